@@ -1,0 +1,70 @@
+"""The contracts: what a source, a stage and a sink must provide. Nothing to inherit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from torchstream.frame import Frame
+    from torchstream.pipeline._channel import Policy
+    from torchstream.pipeline._session import Session
+
+__all__ = ["Sink", "Source", "Stage"]
+
+
+@runtime_checkable
+class Source(Protocol):
+    """Produces the frames of one source id, in order, on the thread the pipeline gives it.
+
+    ``open`` and iterating ``frames()`` raise :class:`~torchstream.SourceError` naming the
+    input when it cannot be opened or read; the pipeline fails that source's session only.
+    ``policy`` is the backpressure of this source: ``block`` (files) or ``latest`` (live).
+    ``close`` is idempotent and may be called from another thread to stop a live source.
+    """
+
+    source_id: str
+    policy: Policy
+
+    def open(self) -> None: ...
+
+    def frames(self) -> Iterator[Frame]: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Stage(Protocol):
+    """Processes batches of frames, adding metadata in place.
+
+    Optional hooks, called on the stage's own thread when present:
+    ``setup(device: torch.device)`` once before the first frame (load the model here),
+    ``on_session_start(session)`` / ``on_session_end(session)`` around each session,
+    ``close()`` once after the last frame. An optional ``batch_policy`` attribute
+    (:class:`~torchstream.BatchPolicy`) sets how frames are grouped; without it every frame
+    is processed alone.
+
+    If ``process`` raises, the runtime retries the frames one by one and drops only the ones
+    that fail again (counted as ``stage_error``, recorded on their sessions).
+    """
+
+    name: str
+
+    def process(self, frames: Sequence[Frame]) -> None: ...
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Consumes finished frames on its own thread, in order per source.
+
+    ``write`` is called for every frame, ``end_session`` after a session's last frame,
+    ``close`` once when the pipeline shuts down (flush and release files here).
+    """
+
+    name: str
+
+    def write(self, frame: Frame) -> None: ...
+
+    def end_session(self, session: Session) -> None: ...
+
+    def close(self) -> None: ...

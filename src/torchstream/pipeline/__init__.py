@@ -1,0 +1,33 @@
+"""The runtime: Pipeline, stages, batching, sessions, channels."""
+
+from torchstream.pipeline._batcher import Batcher, BatcherStatistics, BatchPolicy
+from torchstream.pipeline._channel import Channel, ChannelStatistics, EndOfChannel, Policy
+from torchstream.pipeline._model_stage import Crop, ModelStage, to_host
+from torchstream.pipeline._pipeline import Pipeline
+from torchstream.pipeline._session import EndReason, Session
+from torchstream.pipeline._statistics import (
+    PipelineStatistics,
+    SinkStatistics,
+    SourceStatistics,
+    StageStatistics,
+)
+
+__all__ = [
+    "BatchPolicy",
+    "Batcher",
+    "BatcherStatistics",
+    "Channel",
+    "ChannelStatistics",
+    "Crop",
+    "EndOfChannel",
+    "EndReason",
+    "ModelStage",
+    "Pipeline",
+    "PipelineStatistics",
+    "Policy",
+    "Session",
+    "SinkStatistics",
+    "SourceStatistics",
+    "StageStatistics",
+    "to_host",
+]

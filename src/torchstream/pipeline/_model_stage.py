@@ -1,0 +1,219 @@
+"""ModelStage: the six steps of running a model on frames, as overridable hooks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from torchstream.frame import Frame, ObjectMeta
+from torchstream.pipeline._batcher import BatchPolicy
+
+__all__ = ["Crop", "ModelStage", "to_host"]
+
+
+@dataclass(frozen=True, eq=False)
+class Crop:
+    """An area of one frame that a model stage works on.
+
+    ``box`` is ``(x1, y1, x2, y2)`` in frame pixels; ``object`` is the object the area came
+    from (second-stage models), or None for the whole frame.
+    """
+
+    frame: Frame
+    box: tuple[float, float, float, float]
+    object: ObjectMeta | None = None
+
+    @classmethod
+    def whole(cls, frame: Frame) -> Crop:
+        return cls(frame, (0.0, 0.0, float(frame.width), float(frame.height)))
+
+
+def to_host(value: Any) -> Any:
+    """Copy every tensor in a nested list/tuple/dict to the host, with one synchronisation.
+
+    On CUDA the copies go to pinned memory with ``non_blocking=True`` on the current stream and
+    the stream is synchronised once at the end: the only point where the host waits.
+    """
+    cuda_seen = False
+
+    def copy(item: Any) -> Any:
+        nonlocal cuda_seen
+        if isinstance(item, torch.Tensor):
+            if item.device.type == "cpu":
+                return item
+            if item.device.type == "cuda":
+                cuda_seen = True
+                host = torch.empty(item.shape, dtype=item.dtype, pin_memory=True)
+                host.copy_(item, non_blocking=True)
+                return host
+            return item.cpu()
+        if isinstance(item, list):
+            return [copy(v) for v in item]
+        if isinstance(item, tuple):
+            return tuple(copy(v) for v in item)
+        if isinstance(item, dict):
+            return {k: copy(v) for k, v in item.items()}
+        return item
+
+    result = copy(value)
+    if cuda_seen:
+        torch.cuda.current_stream().synchronize()
+    return result
+
+
+class ModelStage:
+    """A stage that runs a PyTorch model on batches of frames (or of crops of frames).
+
+    Subclass it and override the steps you need; each runs on the stage's thread, under
+    ``torch.inference_mode()``:
+
+    1. ``setup(device)``: load the model (``load_model``) onto the device, in half precision
+       when ``half=True``.
+    2. ``select(frame) -> list[Crop]``: the areas to work on; default the whole frame.
+       A second-stage model returns one crop per object box it cares about.
+    3. ``preprocess(crops) -> batch``: pixels of all crops of the batch into one tensor on the
+       device; default: each crop resized to ``input_size`` (height, width), RGB, scaled to
+       ``[0, 1]`` then normalised by ``mean``/``std``.
+    4. ``forward(batch) -> outputs``: default ``self.model(batch)``.
+    5. ``postprocess(outputs, crops) -> list``: one small result per crop, still on the
+       device (NMS, thresholds, downscaled masks).
+    6. ``attach(crop, result)``: the result, now on the host after one copy for the whole
+       batch (:func:`to_host`), goes into the frame's metadata.
+
+    Frames of all sources are grouped by ``batch_policy``; the crops of a batch are forwarded
+    in chunks of at most ``max_crops_per_forward`` (None: all at once). With
+    ``batch_policy.pad_to_max_size`` a tensor batch is padded with zeros to a multiple of
+    ``max_size`` rows, so the model only ever sees fixed shapes.
+    """
+
+    name: str = "model"
+    input_size: tuple[int, int] | None = None
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        batch_policy: BatchPolicy | None = None,
+        half: bool = False,
+        max_crops_per_forward: int | None = None,
+    ) -> None:
+        if max_crops_per_forward is not None and max_crops_per_forward < 1:
+            raise ValueError(
+                f"max_crops_per_forward must be >= 1 or None, got {max_crops_per_forward}"
+            )
+        if name is not None:
+            self.name = name
+        self.batch_policy = batch_policy or BatchPolicy()
+        self.half = half
+        self.max_crops_per_forward = max_crops_per_forward
+        self.device = torch.device("cpu")
+        self.dtype = torch.float16 if half else torch.float32
+        self.model: torch.nn.Module | None = None
+
+    # -- 1. setup -------------------------------------------------------------------------
+    def load_model(self) -> torch.nn.Module | None:
+        """Build and return the model (weights loaded, on the CPU is fine). Default: none."""
+        return None
+
+    def setup(self, device: torch.device) -> None:
+        self.device = device
+        if self.half and device.type == "cpu":
+            # float16 convolutions are slow or missing on CPU kernels: keep float32 there.
+            self.dtype = torch.float32
+        model = self.load_model()
+        if model is not None:
+            model = model.to(device=device, dtype=self.dtype).eval()
+        self.model = model
+
+    # -- 2. select --------------------------------------------------------------------------
+    def select(self, frame: Frame) -> list[Crop]:
+        return [Crop.whole(frame)]
+
+    # -- 3. preprocess ----------------------------------------------------------------------
+    def preprocess(self, crops: Sequence[Crop]) -> Any:
+        from torchstream.surface import crop_resize
+
+        if self.input_size is None:
+            raise NotImplementedError(
+                f"{type(self).__name__}: set input_size or override preprocess()"
+            )
+        height, width = self.input_size
+        parts = []
+        for frame, frame_crops in _group_by_frame(crops):
+            surface = _surface_of(frame, self.name)
+            boxes = torch.tensor([c.box for c in frame_crops], dtype=torch.float32)
+            parts.append(
+                crop_resize(surface, boxes.to(surface.device), height=height, width=width)
+            )
+        batch = torch.cat(parts).to(self.device)
+        mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
+        return ((batch / 255.0 - mean) / std).to(self.dtype)
+
+    # -- 4. forward -------------------------------------------------------------------------
+    def forward(self, batch: Any) -> Any:
+        if self.model is None:
+            raise NotImplementedError(f"{type(self).__name__}: override load_model() or forward()")
+        return self.model(batch)
+
+    # -- 5. postprocess ---------------------------------------------------------------------
+    def postprocess(self, outputs: Any, crops: Sequence[Crop]) -> list[Any]:
+        raise NotImplementedError(f"{type(self).__name__} must implement postprocess()")
+
+    # -- 6. attach --------------------------------------------------------------------------
+    def attach(self, crop: Crop, result: Any) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must implement attach()")
+
+    # -- the Stage protocol -----------------------------------------------------------------
+    def process(self, frames: Sequence[Frame]) -> None:
+        crops = [crop for frame in frames for crop in self.select(frame)]
+        if not crops:
+            return
+        step = self.max_crops_per_forward or len(crops)
+        with torch.inference_mode():
+            for start in range(0, len(crops), step):
+                chunk = crops[start : start + step]
+                batch = self._pad(self.preprocess(chunk))
+                outputs = self.forward(batch)
+                results = self.postprocess(outputs, chunk)
+                if len(results) != len(chunk):
+                    raise RuntimeError(
+                        f"{type(self).__name__}.postprocess returned {len(results)} results "
+                        f"for {len(chunk)} crops"
+                    )
+                for crop, result in zip(chunk, to_host(list(results)), strict=True):
+                    self.attach(crop, result)
+
+    def _pad(self, batch: Any) -> Any:
+        if not (self.batch_policy.pad_to_max_size and isinstance(batch, torch.Tensor)):
+            return batch
+        size = self.batch_policy.max_size
+        rows = batch.shape[0]
+        target = -(-rows // size) * size
+        if target == rows:
+            return batch
+        padding = batch.new_zeros((target - rows, *batch.shape[1:]))
+        return torch.cat([batch, padding])
+
+
+def _group_by_frame(crops: Sequence[Crop]) -> list[tuple[Frame, list[Crop]]]:
+    """Consecutive runs of crops of the same frame, so the batch keeps the crops' order."""
+    groups: list[tuple[Frame, list[Crop]]] = []
+    for crop in crops:
+        if groups and groups[-1][0] is crop.frame:
+            groups[-1][1].append(crop)
+        else:
+            groups.append((crop.frame, [crop]))
+    return groups
+
+
+def _surface_of(frame: Frame, stage: str) -> torch.Tensor:
+    surface = frame.surface
+    if surface is None:
+        raise ValueError(f"stage {stage!r}: frame {frame.source_id}#{frame.seq} has no surface")
+    return surface

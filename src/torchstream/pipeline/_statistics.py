@@ -1,0 +1,90 @@
+"""Frozen snapshots of what the runtime has done: pulled by callers, never pushed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torchstream.pipeline._batcher import BatcherStatistics
+from torchstream.pipeline._channel import ChannelStatistics
+
+__all__ = [
+    "PipelineStatistics",
+    "SinkStatistics",
+    "SourceStatistics",
+    "StageStatistics",
+]
+
+
+@dataclass(frozen=True)
+class SourceStatistics:
+    source_id: str
+    frames_in: int
+    frames_out: int
+    dropped: dict[str, int]
+    """Frames dropped, by reason (``queue_full``, ``stage_error``)."""
+    sessions: int
+    errors: tuple[str, ...]
+    running: bool
+    first_frame_seconds: float | None
+    """Monotonic time of the first frame in; with ``last_frame_seconds`` gives the fps."""
+    last_frame_seconds: float | None
+
+    @property
+    def dropped_total(self) -> int:
+        return sum(self.dropped.values())
+
+    @property
+    def frames_per_second(self) -> float:
+        if self.first_frame_seconds is None or self.last_frame_seconds is None:
+            return 0.0
+        elapsed = self.last_frame_seconds - self.first_frame_seconds
+        return (self.frames_out - 1) / elapsed if elapsed > 0 and self.frames_out > 1 else 0.0
+
+
+@dataclass(frozen=True)
+class StageStatistics:
+    name: str
+    frames_total: int
+    batches_total: int
+    errors_total: int
+    busy_seconds: float
+    """Time spent inside the stage's ``process``."""
+    batcher: BatcherStatistics
+    input: ChannelStatistics
+
+    @property
+    def mean_batch_seconds(self) -> float:
+        return self.busy_seconds / self.batches_total if self.batches_total else 0.0
+
+
+@dataclass(frozen=True)
+class SinkStatistics:
+    name: str
+    frames_total: int
+    errors_total: int
+    input: ChannelStatistics
+
+
+@dataclass(frozen=True)
+class PipelineStatistics:
+    """Totals of a pipeline. The invariant ``frames_in == frames_out + dropped_total +
+    frames_in_flight`` always holds; once the pipeline is drained, nothing is in flight."""
+
+    frames_in: int
+    frames_out: int
+    dropped: dict[str, int]
+    sources: dict[str, SourceStatistics]
+    stages: tuple[StageStatistics, ...]
+    sinks: tuple[SinkStatistics, ...]
+    sessions_open: int
+    latency_seconds_p50: float
+    latency_seconds_p95: float
+    """Frame entered the pipeline → handed to the sinks, over the last 1024 frames."""
+
+    @property
+    def dropped_total(self) -> int:
+        return sum(self.dropped.values())
+
+    @property
+    def frames_in_flight(self) -> int:
+        return self.frames_in - self.frames_out - self.dropped_total

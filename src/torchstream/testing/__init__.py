@@ -1,0 +1,250 @@
+"""Test helpers shipped with torchstream: synthetic sources and videos with known content, and a
+toy detector that finds them exactly. Use them to test your own stages, sinks and sources.
+
+>>> from torchstream.testing import SyntheticVideo
+>>> video = SyntheticVideo(width=320, height=240)
+>>> video.boxes(0)["red"]
+[10.0, 20.0, 50.0, 50.0]
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from torchstream.frame import Frame
+from torchstream.pipeline._batcher import BatchPolicy
+from torchstream.pipeline._channel import Policy
+from torchstream.pipeline._model_stage import Crop, ModelStage
+
+__all__ = [
+    "COLOURS",
+    "MovingRect",
+    "RectangleDetector",
+    "SyntheticSource",
+    "SyntheticVideo",
+    "write_video",
+]
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (255, 0, 0),
+    "green": (0, 255, 0),
+    "blue": (0, 0, 255),
+}
+"""Pure colours of the synthetic rectangles; the background is grey (96, 96, 96)."""
+
+_BACKGROUND = 96
+
+
+@dataclass(frozen=True)
+class MovingRect:
+    """A solid rectangle of one of :data:`COLOURS`, moving ``velocity`` pixels per frame and
+    bouncing inside the picture. Positions are integers, so boxes are exact."""
+
+    label: str
+    x: int
+    y: int
+    width: int
+    height: int
+    velocity: tuple[int, int] = (0, 0)
+
+    def box(self, seq: int, frame_width: int, frame_height: int) -> list[float]:
+        x = _bounce(self.x + self.velocity[0] * seq, frame_width - self.width)
+        y = _bounce(self.y + self.velocity[1] * seq, frame_height - self.height)
+        return [float(x), float(y), float(x + self.width), float(y + self.height)]
+
+
+def _bounce(position: int, limit: int) -> int:
+    if limit <= 0:
+        return 0
+    period = 2 * limit
+    p = position % period
+    return p if p <= limit else period - p
+
+
+def _default_rects() -> tuple[MovingRect, ...]:
+    return (
+        # Separate horizontal bands: the rectangles never overlap, so every box stays exact.
+        MovingRect("red", 10, 20, 40, 30, (3, 0)),
+        MovingRect("green", 200, 90, 30, 50, (-2, 0)),
+        MovingRect("blue", 120, 170, 60, 20, (5, 0)),
+    )
+
+
+@dataclass(frozen=True)
+class SyntheticVideo:
+    """Known content: coloured rectangles moving over grey, frame by frame."""
+
+    width: int = 320
+    height: int = 240
+    rects: tuple[MovingRect, ...] = field(default_factory=_default_rects)
+    fps: float = 30.0
+
+    def __post_init__(self) -> None:
+        for rect in self.rects:
+            if rect.label not in COLOURS:
+                raise ValueError(f"rect label must be one of {sorted(COLOURS)}, got {rect.label!r}")
+            if rect.width > self.width or rect.height > self.height:
+                raise ValueError(f"rect {rect} does not fit in {self.width}x{self.height}")
+
+    def boxes(self, seq: int) -> dict[str, list[float]]:
+        return {r.label: r.box(seq, self.width, self.height) for r in self.rects}
+
+    def render(self, seq: int) -> torch.Tensor:
+        """The RGB ``uint8 (height, width, 3)`` picture of frame ``seq``."""
+        image = torch.full((self.height, self.width, 3), _BACKGROUND, dtype=torch.uint8)
+        for rect in self.rects:
+            x1, y1, x2, y2 = (int(v) for v in rect.box(seq, self.width, self.height))
+            image[y1:y2, x1:x2] = torch.tensor(COLOURS[rect.label], dtype=torch.uint8)
+        return image
+
+
+def write_video(
+    path: str | Path, video: SyntheticVideo, frames: int, *, codec: str = "ffv1"
+) -> Path:
+    """Encode ``frames`` frames of ``video`` into a real file with PyAV.
+
+    ``ffv1`` (default, in ``.mkv``) is lossless, so decoded pixels equal the rendered ones;
+    ``libx264`` gives a realistic, lossy H.264 file (``.mp4``).
+    """
+    import av
+
+    path = Path(path)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=round(video.fps))
+        stream.width, stream.height = video.width, video.height
+        stream.pix_fmt = "bgr0" if codec == "ffv1" else "yuv420p"
+        for seq in range(frames):
+            picture = av.VideoFrame.from_ndarray(video.render(seq).numpy(), format="rgb24")
+            for packet in stream.encode(picture):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+class SyntheticSource:
+    """Frames of a :class:`SyntheticVideo` straight from memory: no encoding, no decoding.
+
+    ``interval_seconds`` paces the frames like a live camera (0: as fast as possible).
+    ``fail_at`` raises a :class:`RuntimeError` at that frame (a broken input mid-stream).
+    """
+
+    def __init__(
+        self,
+        source_id: str,
+        *,
+        frames: int,
+        video: SyntheticVideo | None = None,
+        policy: Policy = "block",
+        interval_seconds: float = 0.0,
+        fail_at: int | None = None,
+    ) -> None:
+        self.source_id = source_id
+        self.policy: Policy = policy
+        self.video = video or SyntheticVideo()
+        self._count = frames
+        self._interval = interval_seconds
+        self._fail_at = fail_at
+        self.closed = False
+
+    def open(self) -> None:
+        pass
+
+    def frames(self) -> Iterator[Frame]:
+        start = time.monotonic()
+        for seq in range(self._count):
+            if seq == self._fail_at:
+                raise RuntimeError(f"synthetic failure at frame {seq}")
+            if self._interval:
+                delay = start + seq * self._interval - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            frame = Frame(
+                source_id=self.source_id,
+                seq=seq,
+                pts_seconds=seq / self.video.fps,
+                keyframe=seq == 0,
+                width=self.video.width,
+                height=self.video.height,
+                codec="raw",
+            )
+            frame.surface = self.video.render(seq)
+            yield frame
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _ColourBoxes(torch.nn.Module):
+    """Finds the bounding box of each pure colour: a real (if tiny) model on the device."""
+
+    def __init__(self, colours: Sequence[tuple[int, int, int]]) -> None:
+        super().__init__()
+        self.register_buffer("colours", torch.tensor(colours, dtype=torch.float32))
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        # batch: (N, 3, H, W) in 0..255 → (N, K, 5): present, x1, y1, x2, y2
+        colours: torch.Tensor = self.colours
+        distance = (batch[:, None] - colours[None, :, :, None, None]).abs().amax(dim=2)
+        mask = distance < 40  # (N, K, H, W)
+        rows, cols = mask.any(dim=-1), mask.any(dim=-2)
+        height, width = mask.shape[-2], mask.shape[-1]
+        y1 = rows.int().argmax(dim=-1)
+        y2 = height - rows.flip(-1).int().argmax(dim=-1)
+        x1 = cols.int().argmax(dim=-1)
+        x2 = width - cols.flip(-1).int().argmax(dim=-1)
+        present = rows.any(dim=-1)
+        return torch.stack([present.float(), x1.float(), y1.float(), x2.float(), y2.float()], -1)
+
+
+class RectangleDetector(ModelStage):
+    """A toy detector for :class:`SyntheticVideo`: one object per visible coloured rectangle,
+    with its exact box. Frames of different sizes are batched together (padded)."""
+
+    name = "rectangles"
+
+    def __init__(
+        self,
+        *,
+        name: str = "rectangles",
+        batch_policy: BatchPolicy | None = None,
+        delay_seconds: float = 0.0,
+    ) -> None:
+        super().__init__(name=name, batch_policy=batch_policy)
+        self.labels = list(COLOURS)
+        self.delay_seconds = delay_seconds
+        self.batch_sizes: list[int] = []
+
+    def load_model(self) -> torch.nn.Module:
+        return _ColourBoxes([COLOURS[label] for label in self.labels])
+
+    def preprocess(self, crops: Sequence[Crop]) -> torch.Tensor:
+        height = max(c.frame.height for c in crops)
+        width = max(c.frame.width for c in crops)
+        batch = torch.full((len(crops), 3, height, width), -1000.0, device=self.device)
+        for row, crop in enumerate(crops):
+            surface = crop.frame.surface
+            assert surface is not None
+            batch[row, :, : crop.frame.height, : crop.frame.width] = surface.to(
+                self.device
+            ).permute(2, 0, 1)
+        return batch
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        self.batch_sizes.append(int(batch.shape[0]))
+        if self.delay_seconds:
+            time.sleep(self.delay_seconds)
+        return super().forward(batch)  # type: ignore[no-any-return]
+
+    def postprocess(self, outputs: torch.Tensor, crops: Sequence[Crop]) -> list[torch.Tensor]:
+        return list(outputs[: len(crops)])
+
+    def attach(self, crop: Crop, result: torch.Tensor) -> None:
+        for label, row in zip(self.labels, result.tolist(), strict=True):
+            if row[0] > 0:
+                crop.frame.add_object(label=label, confidence=1.0, box=row[1:])

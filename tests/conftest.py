@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from torchstream.testing import SyntheticVideo, write_video
+
+
+@pytest.fixture(autouse=True)
+def _quiet_expected_warnings(caplog: pytest.LogCaptureFixture) -> None:
+    # Failing inputs are logged as warnings on purpose; keep them in caplog, off the console.
+    caplog.set_level(logging.WARNING, logger="torchstream")
+
+
+@pytest.fixture
+def video() -> SyntheticVideo:
+    return SyntheticVideo()
+
+
+@pytest.fixture
+def lossless_file(tmp_path: Path, video: SyntheticVideo) -> Path:
+    """30 frames of the synthetic video, lossless, in a real Matroska file."""
+    return write_video(tmp_path / "rects.mkv", video, 30)
+
+
+@pytest.fixture
+def h264_file(tmp_path: Path, video: SyntheticVideo) -> Path:
+    return write_video(tmp_path / "rects.mp4", video, 30, codec="libx264")

@@ -1,0 +1,250 @@
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from torchstream import BatchPolicy, Frame, Pipeline, PipelineError, Session
+from torchstream.sinks import CallbackSink
+from torchstream.sources import VideoSource
+from torchstream.testing import RectangleDetector, SyntheticSource, SyntheticVideo
+
+
+class Recorder:
+    """A stage that records what it saw: batches, session hooks, per-source order."""
+
+    def __init__(self, name: str = "recorder", batch_policy: BatchPolicy | None = None) -> None:
+        self.name = name
+        self.batch_policy = batch_policy or BatchPolicy()
+        self.events: list[tuple[str, str, int]] = []
+        self.batches: list[list[tuple[str, int]]] = []
+        self.closed = False
+
+    def on_session_start(self, session: Session) -> None:
+        session.state[self.name] = 0
+        self.events.append(("start", session.source_id, session.index))
+
+    def process(self, frames: Sequence[Frame]) -> None:
+        self.batches.append([(f.source_id, f.seq) for f in frames])
+        for frame in frames:
+            assert frame.session is not None
+            frame.session.state[self.name] += 1
+            self.events.append(("frame", frame.source_id, frame.seq))
+
+    def on_session_end(self, session: Session) -> None:
+        self.events.append(("end", session.source_id, session.state[self.name]))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def run(
+    stages: Sequence[object], sources: Sequence[object], **kwargs: object
+) -> tuple[list[Frame], list[Session], Pipeline]:
+    results: list[Frame] = []
+    ended: list[Session] = []
+    sink = CallbackSink(results.append, on_session_end=ended.append)
+    with Pipeline(stages, [sink], **kwargs) as pipeline:  # type: ignore[arg-type]
+        for source in sources:
+            pipeline.add_source(source)  # type: ignore[arg-type]
+        assert pipeline.wait(timeout_seconds=60)
+    return results, ended, pipeline
+
+
+def by_source(frames: list[Frame]) -> dict[str, list[int]]:
+    seqs: dict[str, list[int]] = defaultdict(list)
+    for frame in frames:
+        seqs[frame.source_id].append(frame.seq)
+    return seqs
+
+
+def test_exact_boxes_in_order_with_batches_mixing_sources(video: SyntheticVideo) -> None:
+    recorder = Recorder(batch_policy=BatchPolicy(max_size=8, max_wait_seconds=0.05))
+    detector = RectangleDetector(batch_policy=BatchPolicy(max_size=8, max_wait_seconds=0.05))
+    sources = [SyntheticSource(f"cam{i}", frames=40) for i in range(4)]
+    results, ended, pipeline = run([recorder, detector], sources)
+
+    assert {sid: seqs for sid, seqs in by_source(results).items()} == {
+        f"cam{i}": list(range(40)) for i in range(4)
+    }
+    for frame in results:
+        assert {o.label: o.box for o in frame.objects} == video.boxes(frame.seq)
+    assert max(len({sid for sid, _ in batch}) for batch in recorder.batches) >= 3
+    assert max(detector.batch_sizes) == 8
+    assert sorted(s.source_id for s in ended) == [f"cam{i}" for i in range(4)]
+    assert all(s.end_reason == "end_of_stream" for s in ended)
+    stats = pipeline.statistics()
+    assert (stats.frames_in, stats.frames_out, stats.dropped_total) == (160, 160, 0)
+    assert stats.stages[1].batcher.size_histogram.get(8, 0) > 0
+    assert recorder.closed
+
+
+def test_session_hooks_wrap_each_sessions_frames() -> None:
+    recorder = Recorder(batch_policy=BatchPolicy(max_size=4, max_wait_seconds=0.01))
+    run([recorder], [SyntheticSource("a", frames=10), SyntheticSource("b", frames=7)])
+    for sid, count in (("a", 10), ("b", 7)):
+        mine = [e for e in recorder.events if e[1] == sid]
+        assert mine[0] == ("start", sid, 0)
+        assert mine[1:-1] == [("frame", sid, i) for i in range(count)]
+        assert mine[-1] == ("end", sid, count)
+
+
+def test_latest_policy_drops_counted_and_accounting_holds() -> None:
+    slow = RectangleDetector(
+        batch_policy=BatchPolicy(max_size=1, max_wait_seconds=0), delay_seconds=0.03
+    )
+    live = SyntheticSource("live", frames=60, policy="latest", interval_seconds=0.002)
+    results, _, pipeline = run([slow], [live], source_queue_capacity=2)
+    stats = pipeline.statistics()
+    assert stats.dropped["queue_full"] > 0
+    assert stats.frames_in == 60
+    assert stats.frames_in == stats.frames_out + stats.dropped_total
+    assert stats.frames_in_flight == 0
+    seqs = by_source(results)["live"]
+    assert seqs == sorted(seqs) and len(seqs) == stats.frames_out
+    assert seqs[-1] == 59  # the newest frame always survives
+    source = stats.sources["live"]
+    assert source.frames_in == source.frames_out + source.dropped_total
+
+
+def test_block_policy_loses_nothing_behind_a_slow_stage() -> None:
+    slow = RectangleDetector(delay_seconds=0.005)
+    results, _, pipeline = run([slow], [SyntheticSource("file", frames=40)], queue_capacity=1)
+    assert by_source(results)["file"] == list(range(40))
+    assert pipeline.statistics().dropped_total == 0
+
+
+class FailOn:
+    """Fails on chosen (source, seq) pairs, even inside a batch."""
+
+    name = "failing"
+    batch_policy = BatchPolicy(max_size=4, max_wait_seconds=0.01)
+
+    def __init__(self, bad: set[tuple[str, int]]) -> None:
+        self.bad = bad
+
+    def process(self, frames: Sequence[Frame]) -> None:
+        for frame in frames:
+            frame.attributes["seen"] = frame.attributes.get("seen", 0) + 1
+            if (frame.source_id, frame.seq) in self.bad:
+                raise ValueError(f"bad frame {frame.seq}")
+
+
+def test_a_failing_frame_is_dropped_alone_and_recorded() -> None:
+    stage = FailOn({("a", 3), ("b", 5)})
+    results, ended, pipeline = run(
+        [stage], [SyntheticSource("a", frames=8), SyntheticSource("b", frames=8)]
+    )
+    seqs = by_source(results)
+    assert seqs["a"] == [0, 1, 2, 4, 5, 6, 7]
+    assert seqs["b"] == [0, 1, 2, 3, 4, 6, 7]
+    # Retried frames were restored before the retry: the stage's effect applies once.
+    assert all(f.attributes["seen"] == 1 for f in results)
+    stats = pipeline.statistics()
+    assert stats.dropped == {"stage_error": 2}
+    assert stats.stages[0].errors_total == 2
+    errors = {s.source_id: s.errors for s in ended}
+    assert any("bad frame 3" in e for e in errors["a"])
+
+
+def test_a_source_failing_mid_stream_fails_only_its_session() -> None:
+    results, ended, pipeline = run(
+        [RectangleDetector()],
+        [SyntheticSource("good", frames=20), SyntheticSource("bad", frames=20, fail_at=5)],
+    )
+    seqs = by_source(results)
+    assert seqs["good"] == list(range(20)) and seqs["bad"] == list(range(5))
+    reasons = {s.source_id: s.end_reason for s in ended}
+    assert reasons == {"good": "end_of_stream", "bad": "error"}
+    errors = pipeline.statistics().sources["bad"].errors
+    assert any("synthetic failure at frame 5" in e for e in errors)
+
+
+def test_bad_files_among_good_inputs(tmp_path: Path, lossless_file: Path) -> None:
+    h264 = lossless_file.read_bytes()
+    truncated = tmp_path / "truncated.mkv"
+    truncated.write_bytes(h264[: len(h264) // 2])
+    not_video = tmp_path / "notes.mp4"
+    not_video.write_text("this is not a video\n" * 20)
+    missing = tmp_path / "missing.mp4"
+    sources = [VideoSource(p) for p in (lossless_file, truncated, not_video, missing)]
+    results, _, pipeline = run([RectangleDetector()], sources)
+    stats = pipeline.statistics()
+    assert stats.sources["rects.mkv"].frames_out == 30
+    assert stats.sources["rects.mkv"].errors == ()
+    assert any("truncated" in e or "corrupt" in e for e in stats.sources["truncated.mkv"].errors)
+    assert any("not a readable video" in e for e in stats.sources["notes.mp4"].errors)
+    assert any("no such file" in e for e in stats.sources["missing.mp4"].errors)
+    assert stats.frames_in == stats.frames_out
+
+
+def test_idle_source_gets_a_new_session() -> None:
+    class Pausing(SyntheticSource):
+        def frames(self):  # type: ignore[no-untyped-def]
+            for frame in super().frames():
+                if frame.seq == 3:
+                    time.sleep(0.4)
+                yield frame
+
+    recorder = Recorder()
+    _, ended, _ = run(
+        [recorder], [Pausing("cam", frames=6)], session_idle_timeout_seconds=0.1
+    )
+    assert [(s.index, s.end_reason) for s in ended] == [(0, "idle"), (1, "end_of_stream")]
+    assert [e for e in recorder.events if e[0] != "frame"] == [
+        ("start", "cam", 0),
+        ("end", "cam", 3),
+        ("start", "cam", 1),
+        ("end", "cam", 3),
+    ]
+
+
+def test_setup_failure_raises_at_enter() -> None:
+    class Broken:
+        name = "broken"
+
+        def setup(self, device: object) -> None:
+            raise OSError("weights not found")
+
+        def process(self, frames: Sequence[Frame]) -> None:
+            pass
+
+    with pytest.raises(PipelineError, match="weights not found"), Pipeline([Broken()]):
+        pass
+
+
+def test_padding_gives_fixed_batch_shapes() -> None:
+    detector = RectangleDetector(
+        batch_policy=BatchPolicy(max_size=4, max_wait_seconds=0.001, pad_to_max_size=True)
+    )
+    results, _, _ = run([detector], [SyntheticSource("a", frames=9)])
+    assert set(detector.batch_sizes) == {4}
+    assert len(results) == 9 and all(len(f.objects) == 3 for f in results)
+
+
+def test_threads_are_named_and_joined() -> None:
+    names: set[str] = set()
+
+    class Spy:
+        name = "spy"
+
+        def process(self, frames: Sequence[Frame]) -> None:
+            names.update(t.name for t in threading.enumerate())
+
+    before = threading.active_count()
+    run([Spy()], [SyntheticSource("cam-3", frames=3)])
+    assert {"ts/stage/spy", "ts/source/cam-3", "ts/sink/callback"} <= names
+    assert threading.active_count() == before
+
+
+def test_duplicate_source_id_and_unique_names() -> None:
+    with Pipeline([Recorder()]) as pipeline:
+        pipeline.add_source(SyntheticSource("a", frames=200, interval_seconds=0.001))
+        with pytest.raises(ValueError, match="already running"):
+            pipeline.add_source(SyntheticSource("a", frames=1))
+    with pytest.raises(ValueError, match="unique"):
+        Pipeline([Recorder(), Recorder()])
