@@ -1,0 +1,290 @@
+"""The ``torchstream`` command: a thin layer over the public API."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import logging
+import sys
+import time
+import types
+import typing
+from collections import Counter
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import click
+import torch
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from torchstream._spec import PipelineSpec, RunConfig
+from torchstream._types import Sink
+from torchstream.pipeline import BatchPolicy, Pipeline, PipelineStatistics
+from torchstream.sinks import JsonLinesSink, VideoSink
+from torchstream.sources import open_source
+
+BUNDLED = {"faces": "torchstream.samples.faces"}
+
+_console = Console(stderr=True, highlight=False)
+
+
+@click.group()
+@click.version_option(package_name="torchstream")
+def main() -> None:
+    """torchstream: serve PyTorch models on live video streams and images."""
+
+
+def load_pipeline(spec: str) -> types.ModuleType:
+    """A bundled sample (``faces`` or ``samples/faces``), a ``.py`` file, or a directory
+    holding ``pipeline.py``; it must define ``build(config, options)``."""
+    path = Path(spec)
+    if path.is_file():
+        module_path = path
+    elif path.is_dir() and (path / "pipeline.py").is_file():
+        module_path = path / "pipeline.py"
+    elif spec.removeprefix("samples/") in BUNDLED:
+        return importlib.import_module(BUNDLED[spec.removeprefix("samples/")])
+    else:
+        raise click.BadParameter(
+            f"{spec!r} is neither a bundled sample ({', '.join(sorted(BUNDLED))}) "
+            "nor a Python file or directory with pipeline.py",
+            param_hint="PIPELINE",
+        )
+    module_spec = importlib.util.spec_from_file_location(f"_ts_pipeline_{path.stem}", module_path)
+    if module_spec is None or module_spec.loader is None:
+        raise click.BadParameter(f"cannot load {module_path}", param_hint="PIPELINE")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not callable(getattr(module, "build", None)):
+        raise click.BadParameter(
+            f"{module_path} must define build(config, options)", param_hint="PIPELINE"
+        )
+    return module
+
+
+def _option_fields(module: types.ModuleType) -> list[tuple[dataclasses.Field[Any], Any]]:
+    options_cls = getattr(module, "Options", None)
+    if options_cls is None:
+        return []
+    hints = typing.get_type_hints(options_cls)
+    return [(f, hints[f.name]) for f in dataclasses.fields(options_cls)]
+
+
+def _convert(name: str, kind: Any, text: str) -> Any:
+    if get_origin(kind) is Literal:
+        allowed = [str(a) for a in get_args(kind)]
+        if text not in allowed:
+            raise click.UsageError(f"--{name} must be one of {', '.join(allowed)}, got {text!r}")
+        return text
+    if kind in (int, float, str):
+        try:
+            return kind(text)
+        except ValueError:
+            raise click.UsageError(
+                f"--{name} expects {kind.__name__}, got {text!r}"
+            ) from None
+    raise click.UsageError(f"--{name}: unsupported option type {kind!r}")
+
+
+def parse_options(module: types.ModuleType, args: list[str]) -> Any:
+    """Turn ``--field-name value`` / ``--flag`` / ``--no-flag`` into the pipeline's Options."""
+    fields = {f.name.replace("_", "-"): (f, kind) for f, kind in _option_fields(module)}
+    values: dict[str, Any] = {}
+    rest = list(args)
+    while rest:
+        arg = rest.pop(0)
+        if not arg.startswith("--"):
+            raise click.UsageError(f"unexpected argument {arg!r}")
+        key, _, inline = arg[2:].partition("=")
+        negated = key.startswith("no-") and key[3:] in fields
+        entry = fields.get(key[3:] if negated else key)
+        if entry is None:
+            known = ", ".join(f"--{k}" for k in fields) or "none"
+            raise click.UsageError(f"no such option {arg!r} (pipeline options: {known})")
+        field, kind = entry
+        if kind is bool:
+            values[field.name] = not negated
+            continue
+        if not inline:
+            if not rest:
+                raise click.UsageError(f"--{key} needs a value")
+            inline = rest.pop(0)
+        values[field.name] = _convert(key, kind, inline)
+    options_cls = getattr(module, "Options", None)
+    if options_cls is None:
+        return None
+    try:
+        return options_cls(**values)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+def _options_help(module: types.ModuleType) -> str:
+    lines = []
+    for field, kind in _option_fields(module):
+        flag = field.name.replace("_", "-")
+        if kind is bool:
+            flag = f"--{flag} / --no-{flag}"
+        else:
+            meta = "|".join(map(str, get_args(kind))) if get_origin(kind) is Literal else (
+                getattr(kind, "__name__", str(kind)).upper()
+            )
+            flag = f"--{flag} {meta}"
+        help_text = field.metadata.get("help", "")
+        lines.append(f"  {flag:<34} {help_text} [default: {field.default}]")
+    return "\n".join(lines) or "  (none)"
+
+
+def _device(text: str) -> torch.device:
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise click.BadParameter(f"{text!r} (use cpu, cuda or cuda:N)", param_hint="--device")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise click.BadParameter("CUDA is not available on this machine", param_hint="--device")
+    if device.type not in ("cpu", "cuda"):
+        raise click.BadParameter(f"{text!r} (use cpu, cuda or cuda:N)", param_hint="--device")
+    return device
+
+
+def _unique_ids(inputs: tuple[str, ...]) -> list[Any]:
+    sources, seen = [], Counter[str]()
+    for uri in inputs:
+        source = open_source(uri)
+        seen[source.source_id] += 1
+        if seen[source.source_id] > 1:
+            source = open_source(uri, source_id=f"{source.source_id}-{seen[source.source_id]}")
+        sources.append(source)
+    return sources
+
+
+def _table(stats: PipelineStatistics, elapsed: float, final: bool = False) -> Table:
+    table = Table(title="torchstream" + (" — done" if final else ""), title_justify="left")
+    for column in ("source", "frames", "fps", "dropped", "status"):
+        table.add_column(column, justify="left" if column in ("source", "status") else "right")
+    for sid, s in stats.sources.items():
+        status = "error" if s.errors else ("running" if s.running else "done")
+        table.add_row(sid, str(s.frames_out), f"{s.frames_per_second:.1f}",
+                      str(s.dropped_total), status)
+    fps = stats.frames_out / elapsed if elapsed > 0 else 0.0
+    table.caption = (
+        f"{stats.frames_out} frames in {elapsed:.1f} s ({fps:.1f} frames/s), "
+        f"dropped {stats.dropped_total} {dict(stats.dropped) or ''}"
+    )
+    return table
+
+
+@main.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+@click.argument("pipeline_name", metavar="PIPELINE")
+@click.option("--input", "-i", "inputs", multiple=True, metavar="URI",
+              help="Video file, image file/dir/glob or stream URL; repeat for more sources.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
+              help="Annotated H.264 video (one file per source: NAME-<source>.mp4 beside it).")
+@click.option("--meta", "-m", type=click.Path(dir_okay=False), default=None,
+              help="JSON lines metadata, one line per frame ('-' for stdout).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Frames per batch, across all sources.")
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Longest a frame waits for its batch to fill.")
+@click.option("--half", is_flag=True, help="Half precision on CUDA.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+@click.option("--help", "show_help", is_flag=True, help="Show this message and the pipeline's options.")
+@click.pass_context
+def run(
+    ctx: click.Context,
+    pipeline_name: str,
+    inputs: tuple[str, ...],
+    output: str | None,
+    meta: str | None,
+    device: str,
+    batch_size: int,
+    max_wait_ms: float,
+    half: bool,
+    quiet: bool,
+    show_help: bool,
+) -> None:
+    """Run PIPELINE (a bundled sample such as `faces`, or a .py file) over the inputs.
+
+    Pipeline-specific options (listed by `torchstream run PIPELINE --help`) go after the
+    pipeline name. Exit code 1 if any input failed; the others are still processed.
+    """
+    module = load_pipeline(pipeline_name)
+    if show_help:
+        click.echo(ctx.get_help())
+        click.echo(f"\nOptions of pipeline {pipeline_name!r}:\n{_options_help(module)}")
+        return
+    options = parse_options(module, ctx.args)
+    if not inputs:
+        raise click.UsageError("give at least one --input")
+    config = RunConfig(
+        device=_device(device),
+        batch_policy=BatchPolicy(max_size=batch_size, max_wait_seconds=max_wait_ms / 1000),
+        half=half,
+    )
+    spec: PipelineSpec = module.build(config, options)
+    for target in (output, meta):
+        if target and target != "-":
+            try:
+                Path(target).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise click.UsageError(f"cannot create the folder of {target}: {exc}") from exc
+    sinks: list[Sink] = []
+    if meta:
+        sinks.append(JsonLinesSink(meta))
+    video = VideoSink(output, style=spec.annotation) if output else None
+    if video is not None:
+        sinks.append(video)
+    sources = _unique_ids(inputs)
+
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    started = time.monotonic()
+    interrupted = False
+    live = Live(console=_console, refresh_per_second=4, transient=True) if (
+        not quiet and _console.is_terminal
+    ) else None
+    with Pipeline(spec.stages, sinks, device=config.device) as pipeline:
+        for source in sources:
+            pipeline.add_source(source)
+        try:
+            if live is None:
+                pipeline.wait()
+            else:
+                with live:
+                    while not pipeline.wait(timeout_seconds=0.25):
+                        live.update(_table(pipeline.statistics(), time.monotonic() - started))
+        except KeyboardInterrupt:
+            interrupted = True
+    elapsed = time.monotonic() - started
+    stats = pipeline.statistics()
+    if not quiet:
+        _console.print(_table(stats, elapsed, final=True))
+    failed = False
+    for sid, s in stats.sources.items():
+        for error in s.errors:
+            failed = True
+            _console.print(f"[red]error[/red] {error}" if error.startswith(sid) else
+                           f"[red]error[/red] {sid}: {error}")
+    for sink in pipeline.statistics().sinks:
+        if sink.errors_total:
+            failed = True
+            _console.print(f"[red]error[/red] sink {sink.name}: {sink.errors_total} errors")
+    if meta and meta != "-":
+        _console.print(f"metadata: {Path(meta).resolve()}")
+    if video is not None:
+        for path in video.written_paths:
+            _console.print(f"video: {Path(path).resolve()}")
+    if interrupted:
+        sys.exit(130)
+    if failed:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
