@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +24,13 @@ def test_readme_has_examples() -> None:
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_example_runs(index: int) -> None:
-    namespace: dict[str, Any] = {"__name__": f"readme_{index}"}
-    exec(compile(BLOCKS[index], f"README.md[{index}]", "exec"), namespace)
+    module = types.ModuleType(f"readme_{index}")
+    sys.modules[module.__name__] = module  # dataclasses look their module up
+    namespace: dict[str, Any] = module.__dict__
+    try:
+        exec(compile(BLOCKS[index], f"README.md[{index}]", "exec"), namespace)
+    finally:
+        del sys.modules[module.__name__]
     if "Brightness" in namespace:  # the ModelStage example: run it for real
         frames: list[Any] = []
         with Pipeline([namespace["Brightness"]()], [CallbackSink(frames.append)]) as pipeline:
