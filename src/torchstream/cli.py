@@ -142,7 +142,9 @@ def _device(text: str) -> torch.device:
     try:
         device = torch.device(text)
     except RuntimeError:
-        raise click.BadParameter(f"{text!r} (use cpu, cuda or cuda:N)", param_hint="--device")
+        raise click.BadParameter(
+            f"{text!r} (use cpu, cuda or cuda:N)", param_hint="--device"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise click.BadParameter("CUDA is not available on this machine", param_hint="--device")
     if device.type not in ("cpu", "cuda"):
@@ -195,7 +197,9 @@ def _table(stats: PipelineStatistics, elapsed: float, final: bool = False) -> Ta
               help="Longest a frame waits for its batch to fill.")
 @click.option("--half", is_flag=True, help="Half precision on CUDA.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
-@click.option("--help", "show_help", is_flag=True, help="Show this message and the pipeline's options.")
+@click.option(
+    "--help", "show_help", is_flag=True, help="Show this message and the pipeline's options."
+)
 @click.pass_context
 def run(
     ctx: click.Context,

@@ -172,7 +172,7 @@ def test_bad_files_among_good_inputs(tmp_path: Path, lossless_file: Path) -> Non
     not_video.write_text("this is not a video\n" * 20)
     missing = tmp_path / "missing.mp4"
     sources = [VideoSource(p) for p in (lossless_file, truncated, not_video, missing)]
-    results, _, pipeline = run([RectangleDetector()], sources)
+    _, _, pipeline = run([RectangleDetector()], sources)
     stats = pipeline.statistics()
     assert stats.sources["rects.mkv"].frames_out == 30
     assert stats.sources["rects.mkv"].errors == ()

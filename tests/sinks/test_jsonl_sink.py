@@ -24,7 +24,7 @@ def test_one_line_per_frame_in_order(tmp_path: Path) -> None:
 
 def test_unwritable_path_is_named(tmp_path: Path) -> None:
     sink = JsonLinesSink(tmp_path / "missing" / "meta.jsonl")
-    with pytest.raises(BrokenResourceError, match="missing/meta.jsonl"):
+    with pytest.raises(BrokenResourceError, match=r"missing/meta\.jsonl"):
         sink.write(Frame(source_id="a", seq=0, width=1, height=1))
     sink.close()
     sink.close()

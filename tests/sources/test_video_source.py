@@ -41,7 +41,9 @@ def test_h264_file_has_real_pts_and_close_pixels(h264_file: Path, video: Synthet
     ("content", "match"),
     [(None, "no such file"), (b"definitely not a video" * 50, "not a readable video")],
 )
-def test_unreadable_inputs_name_the_input(tmp_path: Path, content: bytes | None, match: str) -> None:
+def test_unreadable_inputs_name_the_input(
+    tmp_path: Path, content: bytes | None, match: str
+) -> None:
     path = tmp_path / "clip.mp4"
     if content is not None:
         path.write_bytes(content)
@@ -57,7 +59,7 @@ def test_truncated_file_raises_after_delivering_what_it_had(
     cut = tmp_path / "cut.mkv"
     cut.write_bytes(data[: len(data) // 2])
     seen = []
-    with pytest.raises(SourceError, match="truncated|corrupt"):
+    with pytest.raises(SourceError, match=r"truncated|corrupt"):
         for frame in VideoSource(cut).frames():
             seen.append(frame.seq)
     assert 0 < len(seen) < 30

@@ -135,7 +135,7 @@ class Pipeline:
         self._sink_inputs: list[Channel[_Item]] = [
             Channel(f"sink/{s.name}", capacity=queue_capacity) for s in self._sinks
         ]
-        self._batchers = [
+        self._batchers: list[Batcher[Frame]] = [
             Batcher(getattr(s, "batch_policy", None) or BatchPolicy()) for s in self._stages
         ]
         self._stage_counters = [_StageCounters() for _ in self._stages]
@@ -293,7 +293,8 @@ class Pipeline:
                     dropped = self._ingress.put(frame, key=source_id, policy=source.policy)
                     state.last_activity_seconds = time.monotonic()
                 for old in dropped:
-                    self._count_drop(old, "queue_full")
+                    if isinstance(old, Frame):
+                        self._count_drop(old, "queue_full")
         except ClosedResourceError:
             pass  # the pipeline is closing
         except SourceError as exc:
@@ -355,7 +356,11 @@ class Pipeline:
     def _output(self, index: int) -> Callable[[_Item], None]:
         if index + 1 < len(self._stages):
             channel = self._stage_inputs[index + 1]
-            return lambda item: channel.put(item)
+
+            def forward(item: _Item) -> None:
+                channel.put(item)
+
+            return forward
         return self._deliver
 
     def _deliver(self, item: _Item) -> None:
@@ -424,7 +429,9 @@ class Pipeline:
         if self.device.type != "cuda":
             yield
             return
-        with torch.cuda.device(self.device), torch.cuda.stream(torch.cuda.Stream(self.device)):
+        with torch.cuda.device(self.device), torch.cuda.stream(
+            torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
+        ):
             yield
 
     def _stage_loop(self, index: int) -> None:
@@ -453,10 +460,10 @@ class Pipeline:
                     self._call_hook(stage, "on_session_end", session)
                 return
             if isinstance(item, Frame):
-                session = item.session
-                if session is not None and session not in active:
-                    active.add(session)
-                    self._call_hook(stage, "on_session_start", session)
+                frame_session = item.session
+                if frame_session is not None and frame_session not in active:
+                    active.add(frame_session)
+                    self._call_hook(stage, "on_session_start", frame_session)
                 now = time.monotonic()
                 run(batcher.add(item, now) or batcher.poll(now))
             else:
@@ -537,7 +544,8 @@ class Pipeline:
                 except Exception as exc:  # the sink's output broke: record, keep draining
                     counters.errors += 1
                     log.warning("sink %r failed: %r", sink.name, exc)
-                    item.session and item.session.record_error(f"sink {sink.name!r}: {exc}")
+                    if item.session is not None:
+                        item.session.record_error(f"sink {sink.name!r}: {exc}")
         finally:
             try:
                 sink.close()

@@ -7,6 +7,8 @@ import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import torch
+
 from torchstream._errors import SourceError
 from torchstream.codecs._pyav import PyAVDecoder, open_container
 from torchstream.frame import Frame
@@ -95,7 +97,7 @@ class ImageSource:
             frame.surface = rgb
             yield frame
 
-    def _decode(self, path: Path) -> tuple[object, str]:
+    def _decode(self, path: Path) -> tuple[torch.Tensor, str]:
         container = open_container(str(path), source_id=self.source_id)
         try:
             decoder = PyAVDecoder(

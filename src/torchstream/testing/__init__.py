@@ -10,6 +10,7 @@ toy detector that finds them exactly. Use them to test your own stages, sinks an
 from __future__ import annotations
 
 import time
+import typing
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,7 +116,7 @@ def write_video(
 
     path = Path(path)
     with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=round(video.fps))
+        stream = typing.cast("av.VideoStream", container.add_stream(codec, rate=round(video.fps)))
         stream.width, stream.height = video.width, video.height
         stream.pix_fmt = "bgr0" if codec == "ffv1" else "yuv420p"
         for seq in range(frames):
@@ -189,7 +190,7 @@ class _ColourBoxes(torch.nn.Module):
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         # batch: (N, 3, H, W) in 0..255 → (N, K, 5): present, x1, y1, x2, y2
-        colours: torch.Tensor = self.colours
+        colours = self.get_buffer("colours")
         distance = (batch[:, None] - colours[None, :, :, None, None]).abs().amax(dim=2)
         mask = distance < 40  # (N, K, H, W)
         rows, cols = mask.any(dim=-1), mask.any(dim=-2)
