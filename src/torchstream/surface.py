@@ -1,0 +1,172 @@
+"""From a frame's surface to model inputs: crops, resizes and letterboxes, on any device.
+
+A surface is a frame's pixels: a ``uint8`` tensor of shape ``(height, width, 3)``, RGB, on the
+device that decoded it. Every function here reads it and returns a new float tensor in channel-
+first layout with values in [0, 255] (not normalised: do that in your model, where it fuses with
+the first layer). None of them modifies the surface, which other stages and sinks share.
+
+Coordinates are continuous frame pixels: pixel ``(row, col)`` covers ``[col, col + 1) x
+[row, row + 1)`` and its centre is at ``(col + 0.5, row + 0.5)``; boxes are ``[x1, y1, x2, y2]``
+with exclusive x2/y2, as in :class:`~torchstream.ObjectMeta`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from torchstream.models._boxes import Letterbox
+
+__all__ = ["crop_resize", "letterbox", "resize", "to_chw_float"]
+
+
+def to_chw_float(surface: Tensor, *, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The whole surface as a contiguous ``(3, height, width)`` tensor of ``dtype``."""
+    _check_surface(surface)
+    _check_dtype(dtype)
+    return surface.permute(2, 0, 1).to(dtype=dtype, memory_format=torch.contiguous_format)
+
+
+def resize(
+    surface: Tensor,
+    *,
+    height: int,
+    width: int,
+    dtype: torch.dtype = torch.float32,
+    antialias: bool = True,
+) -> Tensor:
+    """The whole surface stretched to ``(3, height, width)``, bilinear.
+
+    ``antialias`` low-pass filters when shrinking (what PIL does); turn it off to match models
+    trained on OpenCV's plain bilinear resize.
+    """
+    _check_size(height, width)
+    image = to_chw_float(surface, dtype=dtype)[None]
+    resized = F.interpolate(
+        image, size=(height, width), mode="bilinear", align_corners=False, antialias=antialias
+    )
+    return resized[0]
+
+
+def letterbox(
+    surface: Tensor,
+    *,
+    height: int,
+    width: int,
+    fill: float = 114.0,
+    dtype: torch.dtype = torch.float32,
+    antialias: bool = True,
+) -> tuple[Tensor, Letterbox]:
+    """Fit the surface into ``(3, height, width)`` keeping its aspect ratio, padding the rest
+    evenly on both sides with ``fill`` (114: YOLO's grey).
+
+    Returns the image and the :class:`~torchstream.models.Letterbox` that maps the model's
+    boxes back with ``boxes_to_source``. The content is resized by exactly
+    ``Letterbox.scale``, so that mapping is exact, not off by a rounding of the content size.
+    Size the target with :func:`~torchstream.models.input_size_for` to pad as little as possible.
+    """
+    _check_surface(surface)
+    _check_size(height, width)
+    box = Letterbox.fit(
+        source_width=surface.shape[1],
+        source_height=surface.shape[0],
+        target_width=width,
+        target_height=height,
+    )
+    image = to_chw_float(surface, dtype=dtype)[None]
+    content = F.interpolate(
+        image,
+        scale_factor=(box.scale, box.scale),
+        mode="bilinear",
+        align_corners=False,
+        antialias=antialias,
+        recompute_scale_factor=False,
+    )[0]
+    expected = (3, box.content_height, box.content_width)
+    if tuple(content.shape) != expected:  # Letterbox.fit is built to make this impossible
+        raise RuntimeError(f"letterbox content is {tuple(content.shape)}, expected {expected}")
+    canvas = torch.full((3, height, width), fill, dtype=dtype, device=surface.device)
+    rows, columns = box.content_slices()
+    canvas[:, rows, columns] = content
+    return canvas, box
+
+
+def crop_resize(
+    surface: Tensor,
+    boxes: Tensor,
+    *,
+    height: int,
+    width: int,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Crop every box of ``boxes`` (K, 4) and resize it to ``(height, width)``: (K, 3, h, w).
+
+    Each output pixel samples the frame bilinearly at its centre mapped into the box (RoI
+    Align with one sample per pixel, no antialiasing: shrink by at most ~2x, or resize the
+    frame first). Inside the frame the image extends its edge pixels to the frame's border;
+    samples outside the frame are 0, as when a face box pokes out of the picture. At scale 1 a
+    box on whole pixels gives back those pixels (exactly when the frame's sides are powers of
+    two, else to float rounding). A box with x2 < x1 (or y2 < y1) gives a mirrored crop.
+
+    All boxes are sampled in one ``grid_sample`` call on the one frame, on the surface's
+    device (boxes elsewhere are moved there).
+    """
+    _check_surface(surface)
+    _check_size(height, width)
+    _check_dtype(dtype)
+    if boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes must have shape (K, 4), got {tuple(boxes.shape)}")
+    count = boxes.shape[0]
+    if count == 0:
+        return torch.empty((0, 3, height, width), dtype=dtype, device=surface.device)
+    frame_height, frame_width = surface.shape[0], surface.shape[1]
+    boxes = boxes.to(device=surface.device, dtype=dtype)
+    x1, y1, x2, y2 = boxes.unbind(1)
+    xs = _sample_positions(x1, x2, width, frame_width)  # (K, width)
+    ys = _sample_positions(y1, y2, height, frame_height)  # (K, height)
+    grid = torch.stack(
+        (
+            (xs * (2 / frame_width) - 1)[:, None, :].expand(count, height, width),
+            (ys * (2 / frame_height) - 1)[:, :, None].expand(count, height, width),
+        ),
+        dim=-1,
+    )
+    crops = F.grid_sample(
+        to_chw_float(surface, dtype=dtype)[None],
+        grid.reshape(1, count * height, width, 2),
+        mode="bilinear",
+        padding_mode="zeros",
+        align_corners=False,
+    )
+    return crops.reshape(3, count, height, width).transpose(0, 1).contiguous()
+
+
+def _sample_positions(start: Tensor, stop: Tensor, samples: int, frame_size: int) -> Tensor:
+    """Frame coordinates of the ``samples`` pixel centres of each box along one axis."""
+    step = (stop - start) / samples  # exactly 1 for a box of `samples` whole pixels
+    offsets = torch.arange(samples, device=start.device, dtype=start.dtype) + 0.5
+    positions = start[:, None] + offsets[None, :] * step[:, None]
+    # In the frame's outer half pixel, hold the edge pixel's value (grid_sample's zero padding
+    # would fade it to black there); outside the frame, move the sample far out so it reads 0.
+    inside = (positions >= 0) & (positions < frame_size)
+    held = positions.clamp(0.5, frame_size - 0.5)
+    return torch.where(inside, held, -2.0)
+
+
+def _check_surface(surface: Tensor) -> None:
+    if surface.dim() != 3 or surface.shape[2] != 3 or surface.dtype != torch.uint8:
+        raise ValueError(
+            "surface must be a uint8 (height, width, 3) RGB tensor, got "
+            f"{surface.dtype} of shape {tuple(surface.shape)}"
+        )
+
+
+def _check_size(height: int, width: int) -> None:
+    if height < 1 or width < 1:
+        raise ValueError(f"height and width must be >= 1, got height={height}, width={width}")
+
+
+def _check_dtype(dtype: torch.dtype) -> None:
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating point dtype, got {dtype}")
