@@ -182,19 +182,26 @@ class SyntheticSource:
 
 
 class _ColourBoxes(torch.nn.Module):
-    """Finds the bounding box of each pure colour: a real (if tiny) model on the device."""
+    """Finds the bounding box of each pure colour: a real (if tiny) model on the device.
+
+    Works on uint8 pixels in int16 arithmetic, one colour at a time: a per-pixel model is
+    memory-bound, and this keeps its intermediates small.
+    """
 
     def __init__(self, colours: Sequence[tuple[int, int, int]]) -> None:
         super().__init__()
-        self.register_buffer("colours", torch.tensor(colours, dtype=torch.float32))
+        self.register_buffer("colours", torch.tensor(colours, dtype=torch.int16))
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        # batch: (N, 3, H, W) in 0..255 → (N, K, 5): present, x1, y1, x2, y2
-        colours = self.get_buffer("colours")
-        distance = (batch[:, None] - colours[None, :, :, None, None]).abs().amax(dim=2)
-        mask = distance < 40  # (N, K, H, W)
-        rows, cols = mask.any(dim=-1), mask.any(dim=-2)
-        height, width = mask.shape[-2], mask.shape[-1]
+        # batch: (N, 3, H, W) uint8 → (N, K, 5): present, x1, y1, x2, y2
+        pixels = batch.to(torch.int16)
+        height, width = batch.shape[-2], batch.shape[-1]
+        rows_list, cols_list = [], []
+        for colour in self.get_buffer("colours"):
+            mask = ((pixels - colour.view(1, 3, 1, 1)).abs() < 40).all(dim=1)  # (N, H, W)
+            rows_list.append(mask.any(dim=-1))
+            cols_list.append(mask.any(dim=-2))
+        rows, cols = torch.stack(rows_list, 1), torch.stack(cols_list, 1)  # (N, K, H/W)
         y1 = rows.int().argmax(dim=-1)
         y2 = height - rows.flip(-1).int().argmax(dim=-1)
         x1 = cols.int().argmax(dim=-1)
@@ -227,7 +234,10 @@ class RectangleDetector(ModelStage):
     def preprocess(self, crops: Sequence[Crop]) -> torch.Tensor:
         height = max(c.frame.height for c in crops)
         width = max(c.frame.width for c in crops)
-        batch = torch.full((len(crops), 3, height, width), -1000.0, device=self.device)
+        # Pad with the grey background: it matches no colour.
+        batch = torch.full(
+            (len(crops), 3, height, width), _BACKGROUND, dtype=torch.uint8, device=self.device
+        )
         for row, crop in enumerate(crops):
             surface = crop.frame.surface
             assert surface is not None
