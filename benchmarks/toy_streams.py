@@ -142,7 +142,10 @@ def main() -> None:
     if args.record:
         results = Path(__file__).with_name("RESULTS.md")
         if not results.exists():
-            results.write_text("# Benchmark results\n\nEach run appends its table (oldest first), with the machine or card, date, versions and command.\n\n")
+            results.write_text(
+                "# Benchmark results\n\nEach run appends its table (oldest first), with the "
+                "machine or card, date, versions and command.\n\n"
+            )
         results.write_text(results.read_text() + "\n" + table)
 
 
