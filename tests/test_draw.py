@@ -9,24 +9,10 @@ from torchstream import AnnotationStyle, Frame, Keypoint, Mask
 from torchstream._draw import annotate, label_color
 from torchstream._font import GLYPH_HEIGHT, render_text, text_size
 
-DEVICES = [
-    pytest.param("cpu"),
-    pytest.param(
-        "cuda",
-        marks=[
-            pytest.mark.gpu,
-            pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
-        ],
-    ),
-]
-
 PERSON_COLOR = (255, 100, 200)
 BARE = AnnotationStyle(boxes=False, labels=False, masks=False, keypoints=False)
 
 
-@pytest.fixture(params=DEVICES)
-def device(request: pytest.FixtureRequest) -> torch.device:
-    return torch.device(request.param)
 
 
 def make_frame(device: torch.device, *, height: int = 120, width: int = 160) -> Frame:

@@ -10,22 +10,6 @@ import torch.nn.functional as F
 from torchstream import surface as surface_module
 from torchstream.surface import crop_resize, letterbox, resize, to_chw_float
 
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=[
-            pytest.mark.gpu,
-            pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-        ],
-    ),
-]
-
-
-@pytest.fixture(params=DEVICES)
-def device(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
 
 def random_surface(height: int, width: int, device: str, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)

@@ -9,22 +9,6 @@ from hypothesis import strategies as st
 
 from torchstream.models import Letterbox, clip_boxes, input_size_for, scale_boxes
 
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=[
-            pytest.mark.gpu,
-            pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-        ],
-    ),
-]
-
-
-@pytest.fixture(params=DEVICES)
-def device(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
 
 def test_fit_hd_into_640x384() -> None:
     box = Letterbox.fit(source_width=1920, source_height=1080, target_width=640, target_height=384)

@@ -12,22 +12,6 @@ from torchstream.models import (
     threshold_masks,
 )
 
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=[
-            pytest.mark.gpu,
-            pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-        ],
-    ),
-]
-
-
-@pytest.fixture(params=DEVICES)
-def device(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
 
 def test_threshold_is_strict(device: str) -> None:
     logits = torch.tensor([[-1.0, 0.0], [0.5, 2.0]], device=device)

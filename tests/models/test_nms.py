@@ -10,16 +10,6 @@ from hypothesis import strategies as st
 from torchstream.models import _nms, batched_nms, box_iou, nms
 from torchstream.models._nms import Overlap
 
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=[
-            pytest.mark.gpu,
-            pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-        ],
-    ),
-]
 # Thresholds that are multiples of 1/100 compare the same way in float32 and in Python floats
 # against the overlaps of small integer boxes (distinct rationals differ by far more than a
 # float32 rounding), so the pure-Python reference can decide with its own arithmetic.
@@ -61,9 +51,6 @@ def reference_nms(
     return kept
 
 
-@pytest.fixture(params=DEVICES)
-def device(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 @settings(deadline=None, max_examples=200)
