@@ -78,7 +78,10 @@ def build(config: RunConfig, options: Options) -> PipelineSpec:
             FaceRefine(threshold=options.refine_threshold, batch_policy=policy, half=half),
             FaceOutput(threshold=options.output_threshold, batch_policy=policy, half=half),
         ],
+        # Anonymised output draws no landmarks: eye and mouth positions on a blurred face
+        # would give back part of what the blur hides.
         annotation=AnnotationStyle(
-            blur_labels=frozenset({"face"}) if options.blur else frozenset()
+            blur_labels=frozenset({"face"}) if options.blur else frozenset(),
+            keypoints=not options.blur,
         ),
     )
