@@ -47,7 +47,9 @@ def test_faces_cli_writes_blurred_video_and_one_line_per_frame(tmp_path: Path) -
     assert all(o.label == "face" for f in lines for o in f.objects)
 
     with av.open(str(video)) as container:
-        decoded = [torch.from_numpy(f.to_ndarray(format="rgb24")) for f in container.decode(video=0)]
+        decoded = [
+            torch.from_numpy(f.to_ndarray(format="rgb24")) for f in container.decode(video=0)
+        ]
     assert len(decoded) == 120 and decoded[0].shape == (144, 176, 3)
     originals = {f.seq: f.surface for f in VideoSource(CLIP).frames()}
     # Inside each face box the output is blurred: far less detail than the original there.
