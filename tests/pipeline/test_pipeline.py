@@ -248,3 +248,19 @@ def test_duplicate_source_id_and_unique_names() -> None:
             pipeline.add_source(SyntheticSource("a", frames=1))
     with pytest.raises(ValueError, match="unique"):
         Pipeline([Recorder(), Recorder()])
+
+
+def test_closing_stops_running_sources_and_accounts_for_everything() -> None:
+    results: list[Frame] = []
+    ended: list[Session] = []
+    sink = CallbackSink(results.append, on_session_end=ended.append)
+    with Pipeline([RectangleDetector()], [sink]) as pipeline:
+        pipeline.add_source(
+            SyntheticSource("live", frames=10**6, policy="latest", interval_seconds=0.002)
+        )
+        assert not pipeline.wait(timeout_seconds=0.3)  # a live source does not end by itself
+    stats = pipeline.statistics()
+    assert [s.end_reason for s in ended] == ["closed"]
+    assert 0 < stats.frames_in == stats.frames_out + stats.dropped_total
+    assert not stats.sources["live"].running
+    pipeline.close()  # idempotent
