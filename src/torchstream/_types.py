@@ -20,7 +20,8 @@ class Source(Protocol):
     ``open`` and iterating ``frames()`` raise :class:`~torchstream.SourceError` naming the
     input when it cannot be opened or read; the pipeline fails that source's session only.
     ``policy`` is the backpressure of this source: ``block`` (files) or ``latest`` (live).
-    ``close`` is idempotent and may be called from another thread to stop a live source.
+    ``close`` is idempotent; the pipeline calls it on the source's thread when the source
+    ends, fails or is stopped (it stops a source between two frames).
     """
 
     source_id: str
