@@ -24,7 +24,8 @@ def test_top_level_names() -> None:
 
 def test_sub_namespaces() -> None:
     assert set(torchstream.sources.__all__) == {
-        "IMAGE_SUFFIXES", "LIVE_SCHEMES", "ImageSource", "VideoSource", "open_source"
+        "IMAGE_SUFFIXES", "LIVE_SCHEMES", "DecoderChoice", "ImageSource", "VideoSource",
+        "open_source",
     }
     assert set(torchstream.sinks.__all__) == {
         "CallbackSink", "ImageSink", "JsonLinesSink", "VideoSink"

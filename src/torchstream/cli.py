@@ -24,7 +24,7 @@ from torchstream._spec import PipelineSpec, RunConfig
 from torchstream._types import Sink
 from torchstream.pipeline import BatchPolicy, Pipeline, PipelineStatistics
 from torchstream.sinks import JsonLinesSink, VideoSink
-from torchstream.sources import open_source
+from torchstream.sources import DecoderChoice, open_source
 
 BUNDLED = {"faces": "torchstream.samples.faces"}
 
@@ -152,13 +152,15 @@ def _device(text: str) -> torch.device:
     return device
 
 
-def _unique_ids(inputs: tuple[str, ...]) -> list[Any]:
+def _unique_ids(inputs: tuple[str, ...], decoder: DecoderChoice) -> list[Any]:
     sources, seen = [], Counter[str]()
     for uri in inputs:
-        source = open_source(uri)
+        source = open_source(uri, decoder=decoder)
         seen[source.source_id] += 1
         if seen[source.source_id] > 1:
-            source = open_source(uri, source_id=f"{source.source_id}-{seen[source.source_id]}")
+            source = open_source(
+                uri, source_id=f"{source.source_id}-{seen[source.source_id]}", decoder=decoder
+            )
         sources.append(source)
     return sources
 
@@ -191,6 +193,13 @@ def _table(stats: PipelineStatistics, elapsed: float, final: bool = False) -> Ta
 @click.option("--meta", "-m", type=click.Path(dir_okay=False), default=None,
               help="JSON lines metadata, one line per frame ('-' for stdout).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option(
+    "--decoder",
+    type=click.Choice(["auto", "nvdec", "pyav"]),
+    default="auto",
+    show_default=True,
+    help="Video decoder: NVDEC on the GPU when the device is CUDA (auto), or force one.",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
               help="Frames per batch, across all sources.")
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=10.0, show_default=True,
@@ -208,6 +217,7 @@ def run(
     output: str | None,
     meta: str | None,
     device: str,
+    decoder: DecoderChoice,
     batch_size: int,
     max_wait_ms: float,
     half: bool,
@@ -245,7 +255,7 @@ def run(
     video = VideoSink(output, style=spec.annotation) if output else None
     if video is not None:
         sinks.append(video)
-    sources = _unique_ids(inputs)
+    sources = _unique_ids(inputs, decoder)
 
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     started = time.monotonic()

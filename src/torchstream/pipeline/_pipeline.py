@@ -273,6 +273,9 @@ class Pipeline:
         source_id = source.source_id
         error: SourceError | None = None
         try:
+            prepare = getattr(source, "prepare", None)
+            if prepare is not None:
+                prepare(self.device)
             source.open()
             for frame in source.frames():
                 if state.stop:
@@ -488,6 +491,9 @@ class Pipeline:
         counters = self._stage_counters[index]
         snapshots = [(list(f.objects), dict(f.attributes)) for f in frames]
         started = time.perf_counter()
+        on_cuda = self.device.type == "cuda"
+        if on_cuda:
+            _wait_ready(frames)
         try:
             stage.process(frames)
             passed = frames
@@ -503,6 +509,12 @@ class Pipeline:
                         passed.append(frame)
                     except Exception as frame_exc:
                         self._fail_frame(index, frame, frame_exc)
+        if on_cuda and passed:
+            # The next stage waits for this stage's work on the frames, not for the device.
+            done = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            done.record()
+            for frame in passed:
+                frame.__dict__["_ready"] = done
         counters.busy_seconds += time.perf_counter() - started
         counters.batches += 1
         counters.frames += len(frames)
@@ -538,6 +550,9 @@ class Pipeline:
                 try:
                     if isinstance(item, Frame):
                         counters.frames += 1
+                        ready = item.__dict__.get("_ready")
+                        if ready is not None:  # a host consumer: wait for the frame's work
+                            ready.synchronize()
                         sink.write(item)
                     else:
                         sink.end_session(item.session)
@@ -607,6 +622,21 @@ class Pipeline:
             latency_seconds_p50=_percentile(latencies, 0.50),
             latency_seconds_p95=_percentile(latencies, 0.95),
         )
+
+
+def _wait_ready(frames: Sequence[Frame]) -> None:
+    """Make the current CUDA stream wait for the work that produced each frame (its decode or
+    the previous stage), and tell the allocator this stream uses the surfaces."""
+    stream = torch.cuda.current_stream()
+    waited: set[int] = set()
+    for frame in frames:
+        ready = frame.__dict__.get("_ready")
+        if ready is not None and id(ready) not in waited:
+            stream.wait_event(ready)
+            waited.add(id(ready))
+        surface = frame.surface
+        if surface is not None and surface.is_cuda:
+            surface.record_stream(stream)
 
 
 def _percentile(ordered: list[float], q: float) -> float:

@@ -5,13 +5,21 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import torch
+
+from torchstream._errors import SourceError
+from torchstream.codecs._nvdec import NvdecDecoder, nvdec_available
 from torchstream.codecs._pyav import PyAVDecoder, open_container
 from torchstream.frame import Frame
 from torchstream.pipeline._channel import Policy
 
-__all__ = ["VideoSource", "default_source_id"]
+__all__ = ["DecoderChoice", "VideoSource", "default_source_id"]
+
+DecoderChoice = Literal["auto", "nvdec", "pyav"]
+"""``auto``: NVDEC when the pipeline's device is CUDA and NVDEC supports the codec, PyAV on
+the CPU otherwise; ``nvdec`` / ``pyav`` force one (``nvdec`` fails the source if it cannot)."""
 
 LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "rtmps://", "udp://", "tcp://", "srt://")
 """Inputs that are live: they default to the ``latest`` policy (newest frame wins)."""
@@ -33,6 +41,11 @@ class VideoSource:
     read exactly once with nothing dropped. ``options`` go to FFmpeg (``{"rtsp_transport":
     "tcp"}``). Errors (missing file, unsupported media, corrupt data, truncation) raise
     :class:`~torchstream.SourceError` naming the input.
+
+    ``decoder`` picks NVDEC or PyAV (see :data:`DecoderChoice`); the pipeline tells the source
+    its device through ``prepare(device)`` before opening it. With NVDEC the surfaces are on
+    the GPU and each frame carries a CUDA event that consumers wait on; ``decoder_used`` says
+    which decoder was chosen once the source is open.
     """
 
     def __init__(
@@ -43,7 +56,13 @@ class VideoSource:
         policy: Policy | None = None,
         options: dict[str, str] | None = None,
         max_pixels: int = 8192 * 8192,
+        decoder: DecoderChoice = "auto",
     ) -> None:
+        if decoder not in ("auto", "nvdec", "pyav"):
+            raise ValueError(f"decoder must be 'auto', 'nvdec' or 'pyav', got {decoder!r}")
+        self.decoder: DecoderChoice = decoder
+        self.device = torch.device("cpu")
+        self.decoder_used: Literal["nvdec", "pyav"] | None = None
         self.uri = str(uri)
         self.source_id = source_id or default_source_id(self.uri)
         if policy is None:
@@ -55,13 +74,30 @@ class VideoSource:
         self._max_pixels = max_pixels
         self._container: Any = None
         self._decoder: PyAVDecoder | None = None
+        self._nvdec: NvdecDecoder | None = None
+
+    def prepare(self, device: torch.device) -> None:
+        """Called by the pipeline before ``open``: the device its stages run on."""
+        self.device = device
 
     def open(self) -> None:
         self._container = open_container(self.uri, source_id=self.source_id, options=self._options)
         try:
+            # PyAVDecoder checks the stream (video present, size limits) for both paths.
             self._decoder = PyAVDecoder(
                 self._container, source_id=self.source_id, uri=self.uri, max_pixels=self._max_pixels
             )
+            use_nvdec = self.decoder == "nvdec" or (
+                self.decoder == "auto" and nvdec_available(self.device, self._decoder.codec)
+            )
+            if use_nvdec:
+                device = self.device if self.device.type == "cuda" else torch.device("cuda")
+                if not torch.cuda.is_available():
+                    raise SourceError(self.source_id, "decoder='nvdec' needs a CUDA device")
+                self._nvdec = NvdecDecoder(
+                    self._decoder.stream, device=device, source_id=self.source_id, uri=self.uri
+                )
+            self.decoder_used = "nvdec" if use_nvdec else "pyav"
         except BaseException:
             self.close()
             raise
@@ -71,21 +107,33 @@ class VideoSource:
             self.open()
         decoder = self._decoder
         assert decoder is not None
+        if self._nvdec is not None:
+            for seq, (rgb, ready, pts, keyframe) in enumerate(self._nvdec.frames(self._container)):
+                frame = self._frame(seq, rgb, pts, keyframe, decoder.codec)
+                frame.__dict__["_ready"] = ready
+                yield frame
+            return
         for seq, (rgb, pts, keyframe) in enumerate(decoder.frames()):
-            frame = Frame(
-                source_id=self.source_id,
-                seq=seq,
-                pts_seconds=pts,
-                keyframe=keyframe,
-                width=int(rgb.shape[1]),
-                height=int(rgb.shape[0]),
-                codec=decoder.codec,
-            )
-            frame.surface = rgb
-            yield frame
+            yield self._frame(seq, rgb, pts, keyframe, decoder.codec)
+
+    def _frame(
+        self, seq: int, rgb: torch.Tensor, pts: float | None, keyframe: bool, codec: str
+    ) -> Frame:
+        frame = Frame(
+            source_id=self.source_id,
+            seq=seq,
+            pts_seconds=pts,
+            keyframe=keyframe,
+            width=int(rgb.shape[1]),
+            height=int(rgb.shape[0]),
+            codec=codec,
+        )
+        frame.surface = rgb
+        return frame
 
     def close(self) -> None:
         container, self._container, self._decoder = self._container, None, None
+        self._nvdec = None
         if container is not None:
             container.close()
 
