@@ -264,3 +264,10 @@ def test_closing_stops_running_sources_and_accounts_for_everything() -> None:
     assert 0 < stats.frames_in == stats.frames_out + stats.dropped_total
     assert not stats.sources["live"].running
     pipeline.close()  # idempotent
+
+
+def test_a_pipeline_without_stages_hands_frames_to_the_sinks() -> None:
+    results, ended, pipeline = run([], [SyntheticSource("a", frames=5)])
+    assert [f.seq for f in results] == list(range(5)) and len(ended) == 1
+    stats = pipeline.statistics()
+    assert (stats.frames_out, stats.stages) == (5, ())

@@ -601,7 +601,10 @@ class Pipeline:
                 input=ch.statistics(),
             )
             for stage, c, b, ch in zip(
-                self._stages, self._stage_counters, self._batchers, self._stage_inputs,
+                self._stages,
+                self._stage_counters,
+                self._batchers,
+                self._stage_inputs[: len(self._stages)],  # no stages: ingress feeds the sinks
                 strict=True,
             )
         )

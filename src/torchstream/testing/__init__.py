@@ -118,7 +118,7 @@ def write_video(
     with av.open(str(path), "w") as container:
         stream = typing.cast("av.VideoStream", container.add_stream(codec, rate=round(video.fps)))
         stream.width, stream.height = video.width, video.height
-        stream.pix_fmt = "bgr0" if codec == "ffv1" else "yuv420p"
+        stream.pix_fmt = {"ffv1": "bgr0", "mjpeg": "yuvj420p"}.get(codec, "yuv420p")
         for seq in range(frames):
             picture = av.VideoFrame.from_ndarray(video.render(seq).numpy(), format="rgb24")
             for packet in stream.encode(picture):
