@@ -103,7 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--source", type=Path, required=True)
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 4, 16, 32])
-    parser.add_argument("--frames", type=int, default=300)
+    parser.add_argument("--frames", type=int, default=900)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ts-decode"))
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()

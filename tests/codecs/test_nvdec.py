@@ -104,6 +104,7 @@ def test_pipeline_on_nvdec_finds_the_same_boxes(clips: dict[str, Path]) -> None:
             assert max(abs(x - y) for x, y in zip(oa.box, ob.box, strict=True)) <= 2
 
 
+@pytest.mark.filterwarnings("ignore:Warning. Profiler clears events")
 def test_no_host_copy_of_frames_on_the_video_path(clips: dict[str, Path]) -> None:
     run_pipeline(clips["h264"], "nvdec", "cuda")  # warm up: model setup copies weights
     from torch.profiler import ProfilerActivity, profile

@@ -428,7 +428,7 @@ class Pipeline:
 
     @contextlib.contextmanager
     def _cuda_stream(self) -> Iterator[None]:
-        """Each stage thread works on its own CUDA stream when the device is CUDA."""
+        """Each stage and sink thread works on its own CUDA stream when the device is CUDA."""
         if self.device.type != "cuda":
             yield
             return
@@ -538,6 +538,10 @@ class Pipeline:
                 self._sources[session.source_id].dropped[reason] += 1
 
     def _run_sink(self, index: int) -> None:
+        with self._cuda_stream():  # on CUDA, the sink's own stream: waits are per stream
+            self._sink_loop(index)
+
+    def _sink_loop(self, index: int) -> None:
         sink = self._sinks[index]
         inbox = self._sink_inputs[index]
         counters = self._sink_counters[index]
@@ -550,9 +554,8 @@ class Pipeline:
                 try:
                     if isinstance(item, Frame):
                         counters.frames += 1
-                        ready = item.__dict__.get("_ready")
-                        if ready is not None:  # a host consumer: wait for the frame's work
-                            ready.synchronize()
+                        if "_ready" in item.__dict__:
+                            _wait_ready([item])
                         sink.write(item)
                     else:
                         sink.end_session(item.session)
@@ -629,7 +632,11 @@ class Pipeline:
 
 def _wait_ready(frames: Sequence[Frame]) -> None:
     """Make the current CUDA stream wait for the work that produced each frame (its decode or
-    the previous stage), and tell the allocator this stream uses the surfaces."""
+    the previous stage), and tell the allocator this stream uses the surfaces.
+
+    The wait is on the device, not the host: whatever the thread then does with the frame on
+    its current stream (a copy to the host included) runs after the frame's producer.
+    """
     stream = torch.cuda.current_stream()
     waited: set[int] = set()
     for frame in frames:
