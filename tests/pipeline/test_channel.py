@@ -85,3 +85,37 @@ def test_bad_capacity() -> None:
         Channel("t", 0)
     with pytest.raises(ValueError, match="per_key_capacity"):
         Channel("t", 2, per_key_capacity=3)
+
+
+def test_get_many_takes_a_burst_in_order_and_frees_room() -> None:
+    ch: Channel[int] = Channel("t", 8, per_key_capacity=3)
+    for i in range(3):
+        ch.put(i, key="a")
+    ch.put_many([10, 11])
+    assert ch.get_many(4) == [0, 1, 2, 10]
+    ch.put(3, key="a")  # the key's quota was released
+    assert ch.get_many(10) == [11, 3]
+    with pytest.raises(TimeoutError):
+        ch.get_many(5, timeout_seconds=0.01)
+    stats = ch.statistics()
+    assert (stats.put_total, stats.get_total, stats.size) == (6, 6, 0)
+
+
+def test_put_many_blocks_for_room_and_fails_when_closed() -> None:
+    ch: Channel[int] = Channel("t", 2)
+    done = threading.Event()
+
+    def producer() -> None:
+        ch.put_many([1, 2, 3, 4])
+        done.set()
+
+    thread = threading.Thread(target=producer)
+    thread.start()
+    got = []
+    while len(got) < 4:
+        got.extend(ch.get_many(4, timeout_seconds=5))
+    thread.join(5)
+    assert got == [1, 2, 3, 4] and done.is_set()
+    ch.close()
+    with pytest.raises(ClosedResourceError):
+        ch.put_many([5])

@@ -46,6 +46,9 @@ class _SessionEnd:
 
 _Item = Frame | _SessionEnd
 
+_BURST = 256
+"""Most items a consumer thread takes from its channel at once."""
+
 
 def _droppable(item: _Item) -> bool:
     return isinstance(item, Frame)
@@ -356,33 +359,32 @@ class Pipeline:
                             state.lock.release()
                 self._changed.wait(max(0.0, next_check - time.monotonic()))
 
-    def _output(self, index: int) -> Callable[[_Item], None]:
+    def _output(self, index: int) -> Callable[[list[_Item]], None]:
         if index + 1 < len(self._stages):
-            channel = self._stage_inputs[index + 1]
-
-            def forward(item: _Item) -> None:
-                channel.put(item)
-
-            return forward
+            return self._stage_inputs[index + 1].put_many
         return self._deliver
 
-    def _deliver(self, item: _Item) -> None:
-        """After the last stage: count the result and hand it to every sink."""
-        if isinstance(item, Frame):
-            now = time.monotonic()
-            session = item.session
-            with self._lock:
+    def _deliver(self, items: list[_Item]) -> None:
+        """After the last stage: count the results and hand them to every sink."""
+        now = time.monotonic()
+        ended = 0
+        with self._lock:
+            for item in items:
+                if isinstance(item, _SessionEnd):
+                    ended += 1
+                    continue
                 self._frames_out += 1
+                session = item.session
                 if session is not None:
                     state = self._sources[session.source_id]
                     state.frames_out += 1
                     state.last_frame_seconds = now
                 self._latencies.append(now - item.__dict__.get("_t_in", now))
         for channel in self._sink_inputs:
-            channel.put(item)
-        if isinstance(item, _SessionEnd):
+            channel.put_many(items)
+        if ended:
             with self._changed:
-                self._sessions_open -= 1
+                self._sessions_open -= ended
                 self._changed.notify_all()
 
     def _close_outputs(self, index: int) -> None:
@@ -396,10 +398,10 @@ class Pipeline:
         try:
             while True:
                 try:
-                    item = self._ingress.get()
+                    items = self._ingress.get_many(_BURST)
                 except EndOfChannel:
                     return
-                self._deliver(item)
+                self._deliver(items)
         finally:
             self._close_outputs(-1)
 
@@ -451,8 +453,8 @@ class Pipeline:
         while True:
             deadline = batcher.deadline()
             try:
-                item = inbox.get(
-                    None if deadline is None else max(0.0, deadline - time.monotonic())
+                items = inbox.get_many(
+                    _BURST, None if deadline is None else max(0.0, deadline - time.monotonic())
                 )
             except TimeoutError:
                 run(batcher.poll(time.monotonic()))
@@ -462,19 +464,20 @@ class Pipeline:
                 for session in list(active):
                     self._call_hook(stage, "on_session_end", session)
                 return
-            if isinstance(item, Frame):
-                frame_session = item.session
-                if frame_session is not None and frame_session not in active:
-                    active.add(frame_session)
-                    self._call_hook(stage, "on_session_start", frame_session)
-                now = time.monotonic()
-                run(batcher.add(item, now) or batcher.poll(now))
-            else:
-                run(batcher.flush())
-                if item.session in active:
-                    active.discard(item.session)
-                    self._call_hook(stage, "on_session_end", item.session)
-                output(item)
+            for item in items:
+                if isinstance(item, Frame):
+                    frame_session = item.session
+                    if frame_session is not None and frame_session not in active:
+                        active.add(frame_session)
+                        self._call_hook(stage, "on_session_start", frame_session)
+                    now = time.monotonic()
+                    run(batcher.add(item, now) or batcher.poll(now))
+                else:
+                    run(batcher.flush())
+                    if item.session in active:
+                        active.discard(item.session)
+                        self._call_hook(stage, "on_session_end", item.session)
+                    output([item])
 
     def _call_hook(self, stage: Stage, hook: str, session: Session) -> None:
         method = getattr(stage, hook, None)
@@ -486,7 +489,9 @@ class Pipeline:
             log.warning("stage %r %s failed for %s: %r", stage.name, hook, session.source_id, exc)
             session.record_error(f"stage {stage.name!r} {hook}: {exc!r}")
 
-    def _run_batch(self, index: int, frames: list[Frame], output: Callable[[_Item], None]) -> None:
+    def _run_batch(
+        self, index: int, frames: list[Frame], output: Callable[[list[_Item]], None]
+    ) -> None:
         stage = self._stages[index]
         counters = self._stage_counters[index]
         snapshots = [(list(f.objects), dict(f.attributes)) for f in frames]
@@ -518,8 +523,8 @@ class Pipeline:
         counters.busy_seconds += time.perf_counter() - started
         counters.batches += 1
         counters.frames += len(frames)
-        for frame in passed:
-            output(frame)
+        if passed:
+            output(list(passed))
 
     def _fail_frame(self, index: int, frame: Frame, exc: Exception) -> None:
         stage = self._stages[index]
@@ -548,28 +553,32 @@ class Pipeline:
         try:
             while True:
                 try:
-                    item = inbox.get()
+                    items = inbox.get_many(_BURST)
                 except EndOfChannel:
                     return
-                try:
-                    if isinstance(item, Frame):
-                        counters.frames += 1
-                        if "_ready" in item.__dict__:
-                            _wait_ready([item])
-                        sink.write(item)
-                    else:
-                        sink.end_session(item.session)
-                except Exception as exc:  # the sink's output broke: record, keep draining
-                    counters.errors += 1
-                    log.warning("sink %r failed: %r", sink.name, exc)
-                    if item.session is not None:
-                        item.session.record_error(f"sink {sink.name!r}: {exc}")
+                for item in items:
+                    self._sink_item(sink, counters, item)
         finally:
             try:
                 sink.close()
             except Exception as exc:
                 counters.errors += 1
                 log.warning("sink %r failed to close: %r", sink.name, exc)
+
+    def _sink_item(self, sink: Sink, counters: _StageCounters, item: _Item) -> None:
+        try:
+            if isinstance(item, Frame):
+                counters.frames += 1
+                if "_ready" in item.__dict__:
+                    _wait_ready([item])
+                sink.write(item)
+            else:
+                sink.end_session(item.session)
+        except Exception as exc:  # the sink's output broke: record, keep draining
+            counters.errors += 1
+            log.warning("sink %r failed: %r", sink.name, exc)
+            if item.session is not None:
+                item.session.record_error(f"sink {sink.name!r}: {exc}")
 
     # -- observability ---------------------------------------------------------------------------
     def statistics(self) -> PipelineStatistics:
