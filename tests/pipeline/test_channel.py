@@ -119,3 +119,19 @@ def test_put_many_blocks_for_room_and_fails_when_closed() -> None:
     ch.close()
     with pytest.raises(ClosedResourceError):
         ch.put_many([5])
+
+
+def test_put_many_larger_than_capacity_with_a_waiting_consumer() -> None:
+    # The consumer is already waiting when a burst bigger than the channel arrives.
+    ch: Channel[int] = Channel("t", 2)
+    got: list[int] = []
+
+    def consumer() -> None:
+        while len(got) < 50:
+            got.extend(ch.get_many(8, timeout_seconds=5))
+
+    thread = threading.Thread(target=consumer)
+    thread.start()
+    ch.put_many(list(range(50)))
+    thread.join(10)
+    assert got == list(range(50))

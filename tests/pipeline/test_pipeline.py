@@ -271,3 +271,13 @@ def test_a_pipeline_without_stages_hands_frames_to_the_sinks() -> None:
     assert [f.seq for f in results] == list(range(5)) and len(ended) == 1
     stats = pipeline.statistics()
     assert (stats.frames_out, stats.stages) == (5, ())
+
+
+@pytest.mark.parametrize("with_stage", [False, True])
+def test_many_sources_flow_without_deadlock(with_stage: bool) -> None:
+    tiny = SyntheticVideo(width=64, height=48, rects=())
+    sources = [SyntheticSource(f"s{i}", frames=100, video=tiny) for i in range(32)]
+    stages = [RectangleDetector(batch_policy=BatchPolicy(max_size=16))] if with_stage else []
+    results, ended, _ = run(stages, sources, queue_capacity=4)
+    assert len(results) == 3200 and len(ended) == 32
+    assert all(seqs == list(range(100)) for seqs in by_source(results).values())

@@ -189,6 +189,7 @@ class Channel(Generic[T]):
                 while not self._has_room(None):
                     if self._closed:
                         raise ClosedResourceError(f"channel {self.name!r} is closed")
+                    self._not_empty.notify_all()  # let consumers take what is already in
                     self._not_full.wait()
                 if self._closed:
                     raise ClosedResourceError(f"channel {self.name!r} is closed")
