@@ -110,63 +110,74 @@ class NvdecDecoder:
         self._keyframe_pts: set[int] = set()
 
     def frames(self, container: Any) -> Iterator[_Decoded]:
-        """Demux ``container``'s first video stream with PyAV and decode every packet."""
+        """Demux ``container``'s first video stream with PyAV and decode every packet.
+
+        While it runs, the calling thread's current CUDA stream is this decoder's stream (the
+        thread exists to decode: this saves a stream switch per picture).
+        """
         import av
 
         stream = container.streams.video[0]
+        previous = torch.cuda.current_stream(self.device)
+        torch.cuda.set_stream(self.cuda_stream)
         try:
-            for packet in container.demux(stream):
-                if packet.size:
-                    yield from self.decode(packet)
-        except av.error.FFmpegError as exc:
-            raise SourceError(
-                self.source_id, f"corrupt or truncated data in {self.uri}: {exc}"
-            ) from exc
-        yield from self.decode(None)
+            try:
+                for packet in container.demux(stream):
+                    if packet.size:
+                        yield from self._decode(packet)
+            except av.error.FFmpegError as exc:
+                raise SourceError(
+                    self.source_id, f"corrupt or truncated data in {self.uri}: {exc}"
+                ) from exc
+            yield from self._decode(None)
+        finally:
+            torch.cuda.set_stream(previous)
 
-    def decode(self, packet: Any) -> Iterator[_Decoded]:
-        """Feed one PyAV packet (None: end of stream, flush) and yield the decoded pictures as
-        ``(rgb, ready_event, pts_seconds, keyframe)``."""
+    def _decode(self, packet: Any) -> list[_Decoded]:
+        """Feed one PyAV packet (None: end of stream, flush); return the decoded pictures as
+        ``(rgb, ready_event, pts_seconds, keyframe)``. Runs on this decoder's stream."""
         if packet is None:
-            packets = list(self._filter.filter(None)) if self._filter is not None else []
-            for item in packets:
-                yield from self._feed(item)
-            yield from self._feed(None)
-            return
+            tail = list(self._filter.filter(None)) if self._filter is not None else []
+            return [d for item in [*tail, None] for d in self._feed(item)]
         if not self._seen_keyframe:
             if not packet.is_keyframe:
-                return
+                return []
             self._seen_keyframe = True
-        packets = self._filter.filter(packet) if self._filter is not None else [packet]
-        for item in packets:
-            yield from self._feed(item)
+        if self._filter is None:
+            return self._feed(packet)
+        return [d for item in self._filter.filter(packet) for d in self._feed(item)]
 
-    def _feed(self, packet: Any) -> Iterator[_Decoded]:
+    def _feed(self, packet: Any) -> list[_Decoded]:
         data = self._packet_type()
         keep: Any = None
         if packet is None:
             data.bsl, data.bsl_data = 0, 0
         else:
             keep = np.frombuffer(packet, dtype=np.uint8)  # zero-copy view, alive during Decode
-            data.bsl_data, data.bsl = keep.ctypes.data, keep.size
-            if packet.pts is not None:
-                data.pts = int(packet.pts)
+            data.bsl_data = keep.__array_interface__["data"][0]
+            data.bsl = keep.size
+            pts = packet.pts
+            if pts is not None:
+                data.pts = pts
                 if packet.is_keyframe:
-                    self._keyframe_pts.add(int(packet.pts))
+                    self._keyframe_pts.add(pts)
         try:
             decoded = self._decoder.Decode(data)
         except Exception as exc:
             raise SourceError(self.source_id, f"NVDEC failed on {self.uri}: {exc}") from exc
         del keep
+        out: list[_Decoded] = []
         for picture in decoded:
-            with torch.cuda.stream(self.cuda_stream):
-                view = torch.utils.dlpack.from_dlpack(picture)
-                rgb = torch.empty(view.shape, dtype=torch.uint8, device=self.device)
-                rgb.copy_(view, non_blocking=True)
-                ready = torch.cuda.Event()  # type: ignore[no-untyped-call]
-                ready.record(self.cuda_stream)
-            pts = int(picture.getPTS())
+            # NVDEC reuses its output buffer at the next Decode: copy the picture out.
+            view = torch.utils.dlpack.from_dlpack(picture)
+            rgb = torch.empty_like(view)
+            rgb.copy_(view, non_blocking=True)
+            ready = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            ready.record()
+            pts = picture.getPTS()
             keyframe = pts in self._keyframe_pts
-            self._keyframe_pts.discard(pts)
+            if keyframe:
+                self._keyframe_pts.discard(pts)
             seconds = pts * self._time_base if self._time_base is not None else None
-            yield rgb, ready, seconds, keyframe
+            out.append((rgb, ready, seconds, keyframe))
+        return out

@@ -110,7 +110,7 @@ class VideoSource:
         if self._nvdec is not None:
             for seq, (rgb, ready, pts, keyframe) in enumerate(self._nvdec.frames(self._container)):
                 frame = self._frame(seq, rgb, pts, keyframe, decoder.codec)
-                frame.__dict__["_ready"] = ready
+                frame.__dict__["_ready"] = ready  # decoded on the GPU: consumers wait on it
                 yield frame
             return
         for seq, (rgb, pts, keyframe) in enumerate(decoder.frames()):
@@ -128,7 +128,7 @@ class VideoSource:
             height=int(rgb.shape[0]),
             codec=codec,
         )
-        frame.surface = rgb
+        frame.__dict__["_surface"] = rgb  # decoders give (H, W, 3): skip the setter's check
         return frame
 
     def close(self) -> None:
