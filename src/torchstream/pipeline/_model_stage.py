@@ -34,34 +34,60 @@ class Crop:
 def to_host(value: Any) -> Any:
     """Copy every tensor in a nested list/tuple/dict to the host, with one synchronisation.
 
-    On CUDA the copies go to pinned memory with ``non_blocking=True`` on the current stream and
-    the stream is synchronised once at the end: the only point where the host waits.
+    Device tensors are gathered by dtype and each group crosses the bus as one flat copy into
+    pinned memory (``non_blocking=True``, on the current stream), then is split back into
+    views: a batch of small results costs one transfer per dtype, not one per tensor. The
+    current stream is synchronised once at the end: the only point where the host waits.
     """
-    cuda_seen = False
+    found: list[torch.Tensor] = []
 
-    def copy(item: Any) -> Any:
-        nonlocal cuda_seen
+    def collect(item: Any) -> None:
         if isinstance(item, torch.Tensor):
-            if item.device.type == "cpu":
-                return item
-            if item.device.type == "cuda":
-                cuda_seen = True
-                host = torch.empty(item.shape, dtype=item.dtype, pin_memory=True)
-                host.copy_(item, non_blocking=True)
-                return host
-            return item.cpu()
-        if isinstance(item, list):
-            return [copy(v) for v in item]
-        if isinstance(item, tuple):
-            return tuple(copy(v) for v in item)
-        if isinstance(item, dict):
-            return {k: copy(v) for k, v in item.items()}
-        return item
+            if item.device.type != "cpu":
+                found.append(item)
+        elif isinstance(item, (list, tuple)):
+            for v in item:
+                collect(v)
+        elif isinstance(item, dict):
+            for v in item.values():
+                collect(v)
 
-    result = copy(value)
+    collect(value)
+    if not found:
+        return value
+    copies: dict[int, torch.Tensor] = {}
+    groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
+    for tensor in found:
+        groups.setdefault((tensor.dtype, tensor.device), []).append(tensor)
+    cuda_seen = False
+    for (dtype, device), tensors in groups.items():
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        if device.type == "cuda":
+            cuda_seen = True
+            host = torch.empty(flat.shape, dtype=dtype, pin_memory=True)
+            host.copy_(flat, non_blocking=True)
+        else:
+            host = flat.cpu()
+        offset = 0
+        for tensor in tensors:
+            count = tensor.numel()
+            copies[id(tensor)] = host[offset : offset + count].view(tensor.shape)
+            offset += count
     if cuda_seen:
         torch.cuda.current_stream().synchronize()
-    return result
+
+    def rebuild(item: Any) -> Any:
+        if isinstance(item, torch.Tensor):
+            return copies.get(id(item), item)
+        if isinstance(item, list):
+            return [rebuild(v) for v in item]
+        if isinstance(item, tuple):
+            return tuple(rebuild(v) for v in item)
+        if isinstance(item, dict):
+            return {k: rebuild(v) for k, v in item.items()}
+        return item
+
+    return rebuild(value)
 
 
 class ModelStage:
