@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+import torch
 
 from torchstream import BatchPolicy, Frame, Pipeline, PipelineError, Session
 from torchstream.sinks import CallbackSink
@@ -281,3 +282,55 @@ def test_many_sources_flow_without_deadlock(with_stage: bool) -> None:
     results, ended, _ = run(stages, sources, queue_capacity=4)
     assert len(results) == 3200 and len(ended) == 32
     assert all(seqs == list(range(100)) for seqs in by_source(results).values())
+
+
+class RunsOutOfMemory:
+    """Like a model whose activations do not fit above two frames."""
+
+    name = "oom"
+    batch_policy = BatchPolicy(max_size=8, max_wait_seconds=0.05)
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def process(self, frames: Sequence[Frame]) -> None:
+        self.sizes.append(len(frames))
+        for frame in frames:
+            frame.attributes["oom.seen"] = frame.attributes.get("oom.seen", 0) + 1
+        if len(frames) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_out_of_memory_splits_the_batch_and_loses_nothing() -> None:
+    stage = RunsOutOfMemory()
+    results, _, pipeline = run([stage], [SyntheticSource(f"s{i}", frames=8) for i in range(2)])
+    assert sorted(by_source(results).items()) == [("s0", list(range(8))), ("s1", list(range(8)))]
+    assert all(f.attributes["oom.seen"] == 1 for f in results)  # restored before each retry
+    stats = pipeline.statistics()
+    assert stats.dropped_total == 0 and stats.stages[0].oom_splits_total > 0
+    assert max(stage.sizes) > 2 and 2 in stage.sizes
+
+
+class Scribbler:
+    """A buggy stage that draws into the frame's surface instead of a canvas."""
+
+    name = "scribbler"
+
+    def process(self, frames: Sequence[Frame]) -> None:
+        for frame in frames:
+            if frame.seq % 2 and frame.surface is not None:
+                frame.surface[0, 0] = 255 - frame.surface[0, 0]
+
+
+def test_debug_surfaces_names_the_stage_that_wrote_into_a_frame() -> None:
+    results, ended, pipeline = run(
+        [Scribbler()], [SyntheticSource("cam", frames=6)], debug_surfaces=True
+    )
+    assert [f.seq for f in results] == [0, 2, 4]
+    assert pipeline.statistics().dropped == {"stage_error": 3}
+    assert any("stage 'scribbler' modified the surface of cam#1" in e for e in ended[0].errors)
+
+
+def test_without_debug_surfaces_the_check_costs_nothing() -> None:
+    results, _, _ = run([Scribbler()], [SyntheticSource("cam", frames=4)])
+    assert len(results) == 4

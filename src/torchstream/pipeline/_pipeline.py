@@ -22,6 +22,7 @@ from torchstream._errors import (
 )
 from torchstream._types import Sink, Source, Stage
 from torchstream.frame import Frame
+from torchstream.pipeline._attempt import run_batch
 from torchstream.pipeline._batcher import Batcher, BatchPolicy
 from torchstream.pipeline._channel import Channel, EndOfChannel
 from torchstream.pipeline._session import EndReason, Session
@@ -78,6 +79,7 @@ class _StageCounters:
     batches: int = 0
     errors: int = 0
     busy_seconds: float = 0.0
+    oom_splits: int = 0
 
 
 class Pipeline:
@@ -97,8 +99,13 @@ class Pipeline:
     Backpressure is per source: a ``block`` source (files) waits when its share of the input
     queue is full; a ``latest`` source (live streams) drops its own oldest queued frame,
     counted as ``queue_full``. A stage that raises drops the failing frames (``stage_error``)
-    and records the error on their session; other frames and sources go on. Every frame that
-    enters leaves as a result or as a counted drop: see :meth:`statistics`.
+    and records the error on their session; other frames and sources go on. A batch that runs
+    out of memory is split in halves and retried before any frame is given up. Every frame
+    that enters leaves as a result or as a counted drop: see :meth:`statistics`.
+
+    ``debug_surfaces=True`` checks, around every stage, that no frame's surface was modified
+    in place (pointer, shape, strides and checksums; it costs a pass over each frame): such a
+    frame fails with an error naming the stage.
     """
 
     def __init__(
@@ -110,6 +117,7 @@ class Pipeline:
         queue_capacity: int = 16,
         source_queue_capacity: int = 4,
         session_idle_timeout_seconds: float | None = None,
+        debug_surfaces: bool = False,
     ) -> None:
         names = [s.name for s in stages]
         if len(set(names)) != len(names):
@@ -123,6 +131,7 @@ class Pipeline:
                 f"got {session_idle_timeout_seconds}"
             )
         self.device = torch.device(device)
+        self._debug_surfaces = debug_surfaces
         self._stages = list(stages)
         self._sinks = list(sinks)
         self._idle_timeout = session_idle_timeout_seconds
@@ -494,26 +503,15 @@ class Pipeline:
     ) -> None:
         stage = self._stages[index]
         counters = self._stage_counters[index]
-        snapshots = [(list(f.objects), dict(f.attributes)) for f in frames]
         started = time.perf_counter()
         on_cuda = self.device.type == "cuda"
         if on_cuda:
             _wait_ready(frames)
-        try:
-            stage.process(frames)
-            passed = frames
-        except Exception as exc:
-            passed = []
-            if len(frames) == 1:
-                self._fail_frame(index, frames[0], exc)
-            else:  # find the frames that fail on their own; the others go on
-                for frame, (objects, attributes) in zip(frames, snapshots, strict=True):
-                    frame.objects[:], frame.attributes = objects, attributes
-                    try:
-                        stage.process([frame])
-                        passed.append(frame)
-                    except Exception as frame_exc:
-                        self._fail_frame(index, frame, frame_exc)
+        outcome = run_batch(stage, frames, guard_surfaces=self._debug_surfaces)
+        counters.oom_splits += outcome.oom_splits
+        for frame, exc in outcome.failed:
+            self._fail_frame(index, frame, exc)
+        passed = outcome.passed
         if on_cuda and passed:
             # The next stage waits for this stage's work on the frames, not for the device.
             done = torch.cuda.Event()  # type: ignore[no-untyped-call]
@@ -609,6 +607,7 @@ class Pipeline:
                 batches_total=c.batches,
                 errors_total=c.errors,
                 busy_seconds=c.busy_seconds,
+                oom_splits_total=c.oom_splits,
                 batcher=b.statistics(),
                 input=ch.statistics(),
             )

@@ -49,6 +49,8 @@ class StageStatistics:
     errors_total: int
     busy_seconds: float
     """Time spent inside the stage's ``process``."""
+    oom_splits_total: int
+    """Batches split in halves and retried after running out of memory."""
     batcher: BatcherStatistics
     input: ChannelStatistics
 
