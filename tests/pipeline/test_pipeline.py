@@ -334,3 +334,29 @@ def test_debug_surfaces_names_the_stage_that_wrote_into_a_frame() -> None:
 def test_without_debug_surfaces_the_check_costs_nothing() -> None:
     results, _, _ = run([Scribbler()], [SyntheticSource("cam", frames=4)])
     assert len(results) == 4
+
+
+@pytest.mark.parametrize("policy", ["latest", "block"])
+def test_a_slow_sink_drops_live_frames_but_never_file_frames(policy: str) -> None:
+    got: list[Frame] = []
+    ended: list[Session] = []
+
+    def slow(frame: Frame) -> None:
+        time.sleep(0.01)
+        got.append(frame)
+
+    sinks = [CallbackSink(slow, on_session_end=ended.append, name="slow")]
+    with Pipeline([], sinks, queue_capacity=2) as pipeline:  # type: ignore[arg-type]
+        pipeline.add_source(SyntheticSource("cam", frames=60, policy=policy))  # type: ignore[arg-type]
+        pipeline.wait()
+    stats = pipeline.statistics()
+    sink = stats.sinks[0]
+    assert len(ended) == 1  # the end of the session always arrives
+    assert stats.frames_in == stats.frames_out + stats.dropped_total
+    assert sink.frames_total + sink.dropped_total == stats.frames_out
+    seqs = [f.seq for f in got]
+    assert seqs == sorted(seqs)
+    if policy == "latest":
+        assert sink.dropped_total > 0 and seqs[-1] == 59
+    else:
+        assert sink.dropped_total == 0 and seqs == list(range(60))

@@ -80,6 +80,7 @@ class _StageCounters:
     errors: int = 0
     busy_seconds: float = 0.0
     oom_splits: int = 0
+    dropped: int = 0
 
 
 class Pipeline:
@@ -145,7 +146,8 @@ class Pipeline:
             Channel(f"stage/{s.name}", capacity=queue_capacity) for s in self._stages[1:]
         ]
         self._sink_inputs: list[Channel[_Item]] = [
-            Channel(f"sink/{s.name}", capacity=queue_capacity) for s in self._sinks
+            Channel(f"sink/{s.name}", capacity=queue_capacity, droppable=_droppable)
+            for s in self._sinks
         ]
         self._batchers: list[Batcher[Frame]] = [
             Batcher(getattr(s, "batch_policy", None) or BatchPolicy()) for s in self._stages
@@ -389,12 +391,27 @@ class Pipeline:
                     state.frames_out += 1
                     state.last_frame_seconds = now
                 self._latencies.append(now - item.__dict__.get("_t_in", now))
-        for channel in self._sink_inputs:
-            channel.put_many(items)
+        live = [
+            isinstance(item, Frame) and self._policy_of(item) == "latest" for item in items
+        ]
+        for channel, counters in zip(self._sink_inputs, self._sink_counters, strict=True):
+            if not any(live):
+                channel.put_many(items)
+                continue
+            # Frames of live sources never wait for a slow sink (an encoder, say): when its
+            # queue is full, the sink's oldest frame of that source goes, counted there.
+            for item, is_live in zip(items, live, strict=True):
+                key = item.source_id if isinstance(item, Frame) else item.session.source_id
+                dropped = channel.put(item, key=key, policy="latest" if is_live else "block")
+                counters.dropped += len(dropped)
         if ended:
             with self._changed:
                 self._sessions_open -= ended
                 self._changed.notify_all()
+
+    def _policy_of(self, frame: Frame) -> str:
+        state = self._sources.get(frame.source_id)
+        return state.source.policy if state is not None else "block"
 
     def _close_outputs(self, index: int) -> None:
         if index + 1 < len(self._stages):
@@ -621,7 +638,11 @@ class Pipeline:
         )
         sinks = tuple(
             SinkStatistics(
-                name=sink.name, frames_total=c.frames, errors_total=c.errors, input=ch.statistics()
+                name=sink.name,
+                frames_total=c.frames,
+                errors_total=c.errors,
+                dropped_total=c.dropped,
+                input=ch.statistics(),
             )
             for sink, c, ch in zip(self._sinks, self._sink_counters, self._sink_inputs, strict=True)
         )

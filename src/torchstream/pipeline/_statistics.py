@@ -64,6 +64,9 @@ class SinkStatistics:
     name: str
     frames_total: int
     errors_total: int
+    dropped_total: int
+    """Frames of ``latest`` (live) sources this sink skipped because it fell behind; they
+    were results (counted in ``frames_out``), only this sink did not get them."""
     input: ChannelStatistics
 
 
