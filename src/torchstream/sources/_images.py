@@ -6,10 +6,12 @@ import glob
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from torchstream._errors import SourceError
+from torchstream.codecs._nvjpeg import NvjpegDecoder, nvjpeg_available
 from torchstream.codecs._pyav import PyAVDecoder, open_container
 from torchstream.frame import Frame
 from torchstream.pipeline._channel import Policy
@@ -17,6 +19,10 @@ from torchstream.pipeline._channel import Policy
 __all__ = ["IMAGE_SUFFIXES", "ImageSource"]
 
 log = logging.getLogger(__name__)
+
+_JPEG_SUFFIXES = frozenset({".jpg", ".jpeg"})
+_GPU_BATCH = 16
+"""JPEGs decoded per batched nvJPEG call."""
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"}
@@ -32,6 +38,11 @@ class ImageSource:
     ``pts_seconds`` is None. An image that cannot be decoded (corrupt, unsupported, larger
     than ``max_pixels``) is skipped and recorded in ``errors``; the others go on. No matching
     file at all raises :class:`~torchstream.SourceError`.
+
+    ``decoder``: ``auto`` decodes JPEGs on the GPU with nvJPEG (batches of 16, through
+    torchvision) when the pipeline's device is CUDA and torchvision is installed, and every
+    other case with PyAV on the CPU; ``nvjpeg`` / ``pyav`` force one. GPU-decoded frames carry
+    a CUDA event like NVDEC's.
     """
 
     def __init__(
@@ -41,7 +52,12 @@ class ImageSource:
         source_id: str | None = None,
         policy: Policy = "block",
         max_pixels: int = 8192 * 8192,
+        decoder: Literal["auto", "nvjpeg", "pyav"] = "auto",
     ) -> None:
+        if decoder not in ("auto", "nvjpeg", "pyav"):
+            raise ValueError(f"decoder must be 'auto', 'nvjpeg' or 'pyav', got {decoder!r}")
+        self.decoder = decoder
+        self.device = torch.device("cpu")
         self._spec = images
         if isinstance(images, (str, Path)):
             path = Path(images)
@@ -70,7 +86,15 @@ class ImageSource:
             return sorted(p for p in paths if not p.is_dir())
         return [Path(p) for p in spec]
 
+    def prepare(self, device: torch.device) -> None:
+        """Called by the pipeline before ``open``: the device its stages run on."""
+        self.device = device
+
     def open(self) -> None:
+        if self.decoder == "nvjpeg" and not nvjpeg_available(self.device):
+            raise SourceError(
+                self.source_id, "decoder='nvjpeg' needs a CUDA device and torchvision"
+            )
         self._paths = self._resolve()
         if not self._paths:
             raise SourceError(self.source_id, f"no image files match {self._spec!s}")
@@ -79,13 +103,52 @@ class ImageSource:
         if self._paths is None:
             self.open()
         assert self._paths is not None
-        for seq, path in enumerate(self._paths):
-            try:
-                rgb, codec = self._decode(path)
-            except SourceError as exc:
-                log.warning("%s", exc)
-                self.errors.append(str(exc))
+        gpu = (
+            NvjpegDecoder(self.device, max_pixels=self._max_pixels)
+            if self.decoder != "pyav" and nvjpeg_available(self.device)
+            else None
+        )
+        numbered = list(enumerate(self._paths))
+        for start in range(0, len(numbered), _GPU_BATCH if gpu else 1):
+            chunk = numbered[start : start + (_GPU_BATCH if gpu else 1)]
+            yield from self._decode_chunk(chunk, gpu)
+
+    def _decode_chunk(
+        self, chunk: list[tuple[int, Path]], gpu: NvjpegDecoder | None
+    ) -> Iterator[Frame]:
+        decoded: dict[int, tuple[torch.Tensor, str] | SourceError] = {}
+        ready: torch.cuda.Event | None = None
+        jpegs = [(seq, p) for seq, p in chunk if gpu and p.suffix.lower() in _JPEG_SUFFIXES]
+        if gpu is not None and jpegs:
+            blobs: list[bytes] = []
+            for seq, path in jpegs:
+                try:
+                    blobs.append(path.read_bytes())
+                except OSError as exc:
+                    decoded[seq] = SourceError(self.source_id, f"cannot read {path}: {exc}")
+                    blobs.append(b"")
+            for (seq, path), picture in zip(jpegs, gpu.decode(blobs), strict=True):
+                if seq in decoded:
+                    continue
+                decoded[seq] = (
+                    SourceError(self.source_id, f"cannot decode {path} on the GPU: {picture}")
+                    if isinstance(picture, Exception)
+                    else (picture, "mjpeg")
+                )
+            ready = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            ready.record()
+        for seq, path in chunk:
+            if seq not in decoded:
+                try:
+                    decoded[seq] = self._decode(path)
+                except SourceError as exc:
+                    decoded[seq] = exc
+            result = decoded[seq]
+            if isinstance(result, SourceError):
+                log.warning("%s", result)
+                self.errors.append(str(result))
                 continue
+            rgb, codec = result
             frame = Frame(
                 source_id=self.source_id,
                 seq=seq,
@@ -95,6 +158,8 @@ class ImageSource:
                 attributes={"image.path": str(path)},
             )
             frame.surface = rgb
+            if ready is not None and rgb.is_cuda:
+                frame.__dict__["_ready"] = ready
             yield frame
 
     def _decode(self, path: Path) -> tuple[torch.Tensor, str]:
