@@ -244,3 +244,32 @@ def test_safe_filename_part() -> None:
     assert safe_filename_part("") == "source"
     assert safe_filename_part("...") == "source"
     assert len(safe_filename_part("x" * 500)) == 100
+
+
+def test_each_file_encodes_on_its_own_thread_and_errors_surface(tmp_path: Path) -> None:
+    import threading
+
+    from torchstream import BrokenResourceError, Frame
+    from torchstream.sinks import VideoSink
+
+    sink = VideoSink(tmp_path / "out.mkv")
+
+    def frame(source: str, seq: int, width: int = 64) -> Frame:
+        f = Frame(source_id=source, seq=seq, pts_seconds=seq / 30, width=width, height=48)
+        f.surface = torch.full((48, width, 3), 10 * seq % 255, dtype=torch.uint8)
+        return f
+
+    for seq in range(5):
+        sink.write(frame("a", seq))
+        sink.write(frame("b", seq))
+    names = {t.name for t in threading.enumerate()}
+    assert {"ts/encode/out.mkv", "ts/encode/out-b.mkv"} <= names
+    sink.write(frame("a", 5, width=80))  # a size change fails in a.mkv's encoder thread
+    with pytest.raises((BrokenResourceError, ValueError)):
+        for seq in range(6, 40):  # surfaces at one of the next writes
+            sink.write(frame("a", seq))
+        sink.close()
+    sink.close()
+    assert not any(t.name.startswith("ts/encode/") for t in threading.enumerate())
+    with av.open(str(tmp_path / "out-b.mkv")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 5

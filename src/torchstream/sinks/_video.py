@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import string
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import torch
 
 from torchstream._draw import AnnotationStyle, annotate
 from torchstream._errors import BrokenResourceError, ClosedResourceError
 from torchstream.codecs._encode import VideoEncoder
+from torchstream.pipeline._channel import Channel, EndOfChannel
 
 if TYPE_CHECKING:
     from torchstream.frame import Frame
@@ -41,6 +46,67 @@ def _fields(template: str) -> set[str]:
         raise ValueError(f"path {template!r} is not a valid template: {exc}") from None
 
 
+class _EncoderThread:
+    """One file's encoder on a thread of its own (``ts/encode/<file>``), fed through a bounded
+    queue: the sink's thread only draws, starts the download of the canvas to pinned host
+    memory (asynchronous on CUDA) and moves on; x264 runs here. The first frame is encoded on
+    the caller's thread so that a file that cannot be created fails at once."""
+
+    def __init__(self, encoder: VideoEncoder, *, capacity: int = 8) -> None:
+        self.encoder = encoder
+        self._queue: Channel[tuple[torch.Tensor, torch.cuda.Event | None, float | None]] = (
+            Channel(f"encode/{encoder.path.name}", capacity)
+        )
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    def submit(self, canvas: torch.Tensor, pts_seconds: float | None) -> None:
+        if self._error is not None:
+            raise BrokenResourceError(f"{self.encoder.path}: {self._error}") from self._error
+        if self._thread is None:  # first frame: open the file here, errors surface now
+            self.encoder.encode(canvas, pts_seconds=pts_seconds)
+            self._thread = threading.Thread(
+                target=self._run, name=f"ts/encode/{self.encoder.path.name}", daemon=True
+            )
+            self._thread.start()
+            return
+        ready: torch.cuda.Event | None = None
+        host = canvas
+        if canvas.is_cuda:
+            host = torch.empty(canvas.shape, dtype=canvas.dtype, pin_memory=True)
+            host.copy_(canvas, non_blocking=True)
+            ready = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            ready.record()
+        self._queue.put((host, ready, pts_seconds))
+
+    def _run(self) -> None:
+        while True:
+            try:
+                host, ready, pts_seconds = self._queue.get()
+            except EndOfChannel:
+                return
+            if self._error is not None:
+                continue  # the file is gone: drain so the sink never blocks on us
+            try:
+                if ready is not None:
+                    ready.synchronize()
+                self.encoder.encode(host, pts_seconds=pts_seconds)
+            except Exception as exc:
+                self._error = exc
+
+    def finish(self) -> None:
+        """Encode what is queued, finish the file; raise the first error it met."""
+        self._queue.close()
+        if self._thread is not None:
+            self._thread.join()
+        try:
+            self.encoder.close()
+        except Exception as exc:
+            self._error = self._error or exc
+        if self._error is not None:
+            raise self._error
+
+
 class VideoSink:
     """Writes each source's frames, annotated, to an H.264 video file of its own.
 
@@ -58,7 +124,12 @@ class VideoSink:
     ``preset`` options), finished at :meth:`end_session` and any still open at :meth:`close`.
     ``fps`` is the frame rate assumed for frames without ``pts_seconds`` (30 when None);
     frames with pts keep their own timing. The frame's surface is annotated on a new canvas
-    with ``style`` and copied to the host here, on the sink's thread.
+    with ``style`` on the sink's thread (on the frame's device); each file is then encoded on
+    a thread of its own (``ts/encode/<file>``) fed by a bounded queue, the canvas reaching it
+    through an asynchronous copy to pinned memory when it is on the GPU. A full queue makes
+    ``write`` wait, which the pipeline turns into dropped frames for live sources and
+    backpressure for files. An encoding error surfaces at the source's next ``write`` or at
+    the end of its session.
 
     Errors: a missing or unwritable output directory raises ValueError here, at construction
     (or, when the directory itself depends on ``{source_id}``,
@@ -107,7 +178,7 @@ class VideoSink:
         self._fps = 30.0 if fps is None else fps
         self._crf = crf
         self._preset = preset
-        self._encoders: dict[str, VideoEncoder] = {}
+        self._encoders: dict[str, _EncoderThread] = {}
         self._broken: dict[str, BrokenResourceError] = {}
         self._files_per_source: dict[str, int] = {}
         self._first_source: str | None = None
@@ -136,36 +207,38 @@ class VideoSink:
                 f"session ends: {broken}"
             ) from broken
         canvas = annotate(frame, self._style)
-        encoder = self._encoders.get(frame.source_id)
-        if encoder is None:
-            encoder = self._open(frame.source_id)
-        first = encoder.frames_written == 0
+        worker = self._encoders.get(frame.source_id)
+        if worker is None:
+            worker = self._open(frame.source_id)
+        first = worker.encoder.frames_written == 0
         try:
-            encoder.encode(canvas, pts_seconds=frame.pts_seconds)
+            worker.submit(canvas, frame.pts_seconds)
         except BrokenResourceError as exc:
             del self._encoders[frame.source_id]
             self._broken[frame.source_id] = exc
+            with contextlib.suppress(Exception):  # already reported above
+                worker.finish()
             raise
         if first:
-            self._paths.append(encoder.path)
+            self._paths.append(worker.encoder.path)
 
     def end_session(self, session: Session) -> None:
         """Finish the file of the session's source, if it has one open."""
         self._broken.pop(session.source_id, None)
-        encoder = self._encoders.pop(session.source_id, None)
-        if encoder is not None:
-            encoder.close()
+        worker = self._encoders.pop(session.source_id, None)
+        if worker is not None:
+            worker.finish()
 
     def close(self) -> None:
         """Finish every open file (idempotent); raises the first error after trying them all."""
         if self._closed:
             return
         self._closed = True
-        encoders, self._encoders = list(self._encoders.values()), {}
+        workers, self._encoders = list(self._encoders.values()), {}
         error: BaseException | None = None
-        for encoder in encoders:
+        for worker in workers:
             try:
-                encoder.close()
+                worker.finish()
             except Exception as exc:  # keep closing the others, then report the first
                 error = error or exc
         if error is not None:
@@ -174,20 +247,21 @@ class VideoSink:
     def __repr__(self) -> str:
         return f"VideoSink({self._template!r}, name={self.name!r}, files={len(self._paths)})"
 
-    def _open(self, source_id: str) -> VideoEncoder:
+    def _open(self, source_id: str) -> _EncoderThread:
         if self._first_source is None:
             self._first_source = source_id
         index = self._files_per_source.get(source_id, 0)
         self._files_per_source[source_id] = index + 1
         path = self._file_for(source_id, index)
-        taken = set(self._paths) | {e.path for e in self._encoders.values()}
+        taken = set(self._paths) | {w.encoder.path for w in self._encoders.values()}
         candidate, n = path, 1
         while candidate in taken:
             n += 1
             candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
         encoder = VideoEncoder(candidate, crf=self._crf, preset=self._preset, fps=self._fps)
-        self._encoders[source_id] = encoder
-        return encoder
+        worker = _EncoderThread(encoder)
+        self._encoders[source_id] = worker
+        return worker
 
     def _file_for(self, source_id: str, index: int) -> Path:
         safe = safe_filename_part(source_id)
