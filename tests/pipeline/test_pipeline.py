@@ -360,3 +360,19 @@ def test_a_slow_sink_drops_live_frames_but_never_file_frames(policy: str) -> Non
         assert sink.dropped_total > 0 and seqs[-1] == 59
     else:
         assert sink.dropped_total == 0 and seqs == list(range(60))
+
+
+def test_statistics_of_finished_sources_stay_bounded() -> None:
+    tiny = SyntheticVideo(width=32, height=32, rects=())
+    with Pipeline([Recorder()]) as pipeline:
+        for i in range(300):
+            pipeline.add_source(SyntheticSource(f"s{i}", frames=1, video=tiny))
+            if i % 50 == 49:
+                pipeline.wait()
+        pipeline.wait()
+        pipeline.add_source(SyntheticSource("last", frames=1, video=tiny))
+        pipeline.wait()
+    stats = pipeline.statistics()
+    assert stats.frames_in == stats.frames_out == 301
+    assert 256 <= len(stats.sources) <= 257 and "last" in stats.sources
+    assert "s0" not in stats.sources and "s299" in stats.sources

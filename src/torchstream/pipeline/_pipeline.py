@@ -47,6 +47,9 @@ class _SessionEnd:
 
 _Item = Frame | _SessionEnd
 
+_KEEP_FINISHED = 256
+"""Finished sources whose statistics a pipeline keeps (the newest)."""
+
 _BURST = 256
 """Most items a consumer thread takes from its channel at once."""
 
@@ -66,6 +69,7 @@ class _SourceState:
     errors: list[str] = field(default_factory=list)
     running: bool = True
     stop: bool = False
+    ends_delivered: int = 0
     first_frame_seconds: float | None = None
     last_frame_seconds: float | None = None
     last_activity_seconds: float = field(default_factory=time.monotonic)
@@ -232,8 +236,23 @@ class Pipeline:
             if existing is not None:
                 state.sessions = existing.sessions + 1
                 state.session.index = existing.sessions
+                state.ends_delivered = existing.ends_delivered
+                del self._sources[source_id]  # re-insert: the dict stays in age order
             self._sources[source_id] = state
+            self._forget_finished_sources()
         state.thread = self._spawn(f"ts/source/{source_id}", self._run_source, state)
+
+    def _forget_finished_sources(self) -> None:
+        """Keep the statistics of at most ``_KEEP_FINISHED`` finished sources (the newest), so
+        a pipeline that sees thousands of short-lived sources does not grow without bound.
+        Called with ``self._lock`` held."""
+        finished = [
+            sid
+            for sid, s in self._sources.items()
+            if not s.running and s.ends_delivered >= s.sessions
+        ]
+        for sid in finished[: max(0, len(finished) - _KEEP_FINISHED)]:
+            del self._sources[sid]
 
     def wait(self, timeout_seconds: float | None = None) -> bool:
         """Block until every source has ended and its frames have left the stages.
@@ -383,11 +402,14 @@ class Pipeline:
             for item in items:
                 if isinstance(item, _SessionEnd):
                     ended += 1
+                    ended_state = self._sources.get(item.session.source_id)
+                    if ended_state is not None:
+                        ended_state.ends_delivered += 1
                     continue
                 self._frames_out += 1
                 session = item.session
-                if session is not None:
-                    state = self._sources[session.source_id]
+                state = self._sources.get(session.source_id) if session is not None else None
+                if state is not None:
                     state.frames_out += 1
                     state.last_frame_seconds = now
                 self._latencies.append(now - item.__dict__.get("_t_in", now))
@@ -554,8 +576,9 @@ class Pipeline:
         with self._lock:
             self._dropped[reason] += 1
             session = frame.session
-            if session is not None:
-                self._sources[session.source_id].dropped[reason] += 1
+            state = self._sources.get(session.source_id) if session is not None else None
+            if state is not None:
+                state.dropped[reason] += 1
 
     def _run_sink(self, index: int) -> None:
         with self._cuda_stream():  # on CUDA, the sink's own stream: waits are per stream
