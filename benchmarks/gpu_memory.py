@@ -64,8 +64,8 @@ def main() -> None:
             frames += 1
 
     detector = RectangleDetector(batch_policy=BatchPolicy(max_size=8, max_wait_seconds=0.01))
-    sinks = [CallbackSink(count), VideoSink("/tmp/ts-memory/{source_id}.mkv", preset="ultrafast")]
     Path("/tmp/ts-memory").mkdir(exist_ok=True)
+    sinks = [CallbackSink(count), VideoSink("/tmp/ts-memory/{source_id}.mkv", preset="ultrafast")]
     rows = []
     started = time.monotonic()
     next_sample = started
