@@ -12,13 +12,27 @@ with exclusive x2/y2, as in :class:`~torchstream.ObjectMeta`.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from torchstream.models._boxes import Letterbox
 
-__all__ = ["crop_resize", "letterbox", "resize", "to_chw_float"]
+__all__ = [
+    "crop_resize",
+    "letterbox",
+    "letterbox_nv12",
+    "nv12_to_rgb",
+    "resize",
+    "to_chw_float",
+]
+
+Colorspace = Literal["bt709", "bt601"]
+
+# (Kr, Kb) of each colour matrix: R = Y + 2(1-Kr) V, B = Y + 2(1-Kb) U, G from the rest.
+_MATRICES: dict[str, tuple[float, float]] = {"bt709": (0.2126, 0.0722), "bt601": (0.299, 0.114)}
 
 
 def to_chw_float(surface: Tensor, *, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -170,3 +184,99 @@ def _check_size(height: int, width: int) -> None:
 def _check_dtype(dtype: torch.dtype) -> None:
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating point dtype, got {dtype}")
+
+
+def _yuv_to_rgb(
+    y: Tensor, u: Tensor, v: Tensor, *, colorspace: Colorspace, full_range: bool
+) -> Tensor:
+    """Float Y, U, V planes (0..255 code values) → float RGB ``(3, ...)`` in 0..255."""
+    if colorspace not in _MATRICES:
+        raise ValueError(f"colorspace must be one of {sorted(_MATRICES)}, got {colorspace!r}")
+    kr, kb = _MATRICES[colorspace]
+    kg = 1.0 - kr - kb
+    if full_range:
+        luma, cb, cr = y, u - 128.0, v - 128.0
+    else:
+        luma = (y - 16.0) * (255.0 / 219.0)
+        cb, cr = (u - 128.0) * (255.0 / 224.0), (v - 128.0) * (255.0 / 224.0)
+    red = luma + 2.0 * (1.0 - kr) * cr
+    blue = luma + 2.0 * (1.0 - kb) * cb
+    green = luma - (2.0 * kb * (1.0 - kb) / kg) * cb - (2.0 * kr * (1.0 - kr) / kg) * cr
+    return torch.stack([red, green, blue]).clamp_(0.0, 255.0)
+
+
+def _split_nv12(nv12: Tensor) -> tuple[Tensor, Tensor, int, int]:
+    if nv12.dtype != torch.uint8 or nv12.dim() != 2 or nv12.shape[0] % 3 or nv12.shape[1] % 2:
+        raise ValueError(
+            "nv12 must be a uint8 (height * 3 / 2, width) tensor with even sizes, got "
+            f"{nv12.dtype} {tuple(nv12.shape)}"
+        )
+    height, width = nv12.shape[0] * 2 // 3, nv12.shape[1]
+    luma = nv12[:height]
+    chroma = nv12[height:].reshape(height // 2, width // 2, 2).permute(2, 0, 1)
+    return luma, chroma, height, width
+
+
+def nv12_to_rgb(
+    nv12: Tensor, *, colorspace: Colorspace = "bt709", full_range: bool = False
+) -> Tensor:
+    """An NV12 picture (NVDEC's native output: the Y plane, then interleaved U/V at half
+    resolution, as one ``uint8 (height * 3 / 2, width)`` tensor) → ``uint8 (height, width, 3)``
+    RGB, on the same device. Chroma is upsampled bilinearly; ``colorspace`` and
+    ``full_range`` must match the stream (most HD video: BT.709, limited range)."""
+    luma, chroma, height, width = _split_nv12(nv12)
+    uv = F.interpolate(
+        chroma[None].float(), size=(height, width), mode="bilinear", align_corners=False
+    )[0]
+    rgb = _yuv_to_rgb(
+        luma.float(), uv[0], uv[1], colorspace=colorspace, full_range=full_range
+    )
+    return rgb.round_().to(torch.uint8).permute(1, 2, 0).contiguous()
+
+
+def letterbox_nv12(
+    nv12: Tensor,
+    *,
+    height: int,
+    width: int,
+    fill: float = 114.0,
+    dtype: torch.dtype = torch.float32,
+    colorspace: Colorspace = "bt709",
+    full_range: bool = False,
+) -> tuple[Tensor, Letterbox]:
+    """Colour conversion, resize and letterbox of an NV12 picture in one pass at the *output*
+    resolution: each output pixel samples Y and U/V bilinearly where it lands in the source
+    and is converted there, so a 1080p frame letterboxed to 640x384 converts 0.2 M pixels, not
+    2 M. Returns ``(3, height, width)`` in 0..255 and the :class:`Letterbox` (as
+    :func:`letterbox`). Bilinear sampling without antialiasing: when shrinking more than ~2x,
+    fine detail aliases a little (detectors tolerate it; use :func:`letterbox` on an RGB
+    surface when they do not)."""
+    _check_size(height, width)
+    _check_dtype(dtype)
+    luma, chroma, source_height, source_width = _split_nv12(nv12)
+    box = Letterbox.fit(
+        source_width=source_width,
+        source_height=source_height,
+        target_width=width,
+        target_height=height,
+    )
+    rows, columns = box.content_slices()
+    content_h, content_w = box.content_height, box.content_width
+    device = nv12.device
+    # The content covers the whole source: output pixel j samples the source at normalised
+    # (j + 0.5) / content_w * 2 - 1, the same for the half-resolution chroma plane.
+    xs = (torch.arange(content_w, device=device, dtype=torch.float32) + 0.5) / content_w * 2 - 1
+    ys = (torch.arange(content_h, device=device, dtype=torch.float32) + 0.5) / content_h * 2 - 1
+    grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], dim=-1)[None]
+
+    def sample(plane: Tensor) -> Tensor:
+        return F.grid_sample(
+            plane[None].float(), grid, mode="bilinear", padding_mode="border", align_corners=False
+        )[0]
+
+    y = sample(luma[None])[0]
+    uv = sample(chroma)
+    rgb = _yuv_to_rgb(y, uv[0], uv[1], colorspace=colorspace, full_range=full_range)
+    canvas = torch.full((3, height, width), fill, dtype=dtype, device=device)
+    canvas[:, rows, columns] = rgb.to(dtype)
+    return canvas, box
