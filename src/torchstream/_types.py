@@ -22,6 +22,11 @@ class Source(Protocol):
     ``policy`` is the backpressure of this source: ``block`` (files) or ``latest`` (live).
     ``close`` is idempotent; the pipeline calls it on the source's thread when the source
     ends, fails or is stopped (it stops a source between two frames).
+
+    Optional: ``prepare(device: torch.device)``, called before ``open`` with the pipeline's
+    device, so a source can decode where the stages run (NVDEC, nvJPEG). A source that
+    decodes on the GPU sets ``frame.__dict__["_ready"]`` to a CUDA event recorded after the
+    picture is complete; stages and sinks wait on it on their own streams.
     """
 
     source_id: str
