@@ -188,12 +188,12 @@ def test_idle_source_gets_a_new_session() -> None:
         def frames(self):  # type: ignore[no-untyped-def]
             for frame in super().frames():
                 if frame.seq == 3:
-                    time.sleep(0.4)
+                    time.sleep(1.5)  # far past the idle timeout, whatever the machine's load
                 yield frame
 
     recorder = Recorder()
     _, ended, _ = run(
-        [recorder], [Pausing("cam", frames=6)], session_idle_timeout_seconds=0.1
+        [recorder], [Pausing("cam", frames=6)], session_idle_timeout_seconds=0.5
     )
     assert [(s.index, s.end_reason) for s in ended] == [(0, "idle"), (1, "end_of_stream")]
     assert [e for e in recorder.events if e[0] != "frame"] == [
