@@ -85,3 +85,25 @@ def test_entry_point_runs_as_a_process(pipeline_file: Path, lossless_file: Path)
     )
     assert done.returncode == 0, done.stderr.decode()
     assert len(done.stdout.splitlines()) == 30
+
+
+def test_metrics_endpoint_is_announced_and_a_busy_port_is_an_error(
+    pipeline_file: Path, lossless_file: Path
+) -> None:
+    pytest.importorskip("prometheus_client", reason="pip install 'torchstream[telemetry]'")
+    import socket
+
+    runner = CliRunner()
+    result = runner.invoke(main, [
+        "run", str(pipeline_file), "-i", str(lossless_file), "--metrics-port", "0", "-q",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "metrics: http://127.0.0.1:" in result.output
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = runner.invoke(main, [
+            "run", str(pipeline_file), "-i", str(lossless_file), "--metrics-port", str(port),
+        ])
+    assert result.exit_code == 2 and "cannot serve metrics" in result.output

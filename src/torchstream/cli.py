@@ -206,6 +206,12 @@ def _table(stats: PipelineStatistics, elapsed: float, final: bool = False) -> Ta
               help="Longest a frame waits for its batch to fill.")
 @click.option("--half", is_flag=True, help="Half precision on CUDA.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+@click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=None,
+              help="Serve Prometheus metrics on this port (needs torchstream[telemetry]).")
+@click.option("--metrics-address", default="127.0.0.1", show_default=True,
+              help="Address the metrics endpoint binds to (0.0.0.0 for a remote Prometheus).")
+@click.option("--metrics-source-labels/--no-metrics-source-labels", default=True,
+              show_default=True, help="Per-source metric labels (off for thousands of sources).")
 @click.option(
     "--help", "show_help", is_flag=True, help="Show this message and the pipeline's options."
 )
@@ -222,6 +228,9 @@ def run(
     max_wait_ms: float,
     half: bool,
     quiet: bool,
+    metrics_port: int | None,
+    metrics_address: str,
+    metrics_source_labels: bool,
     show_help: bool,
 ) -> None:
     """Run PIPELINE (a bundled sample such as `faces`, or a .py file) over the inputs.
@@ -264,6 +273,22 @@ def run(
         not quiet and _console.is_terminal
     ) else None
     with Pipeline(spec.stages, sinks, device=config.device) as pipeline:
+        metrics = None
+        if metrics_port is not None:
+            from torchstream.telemetry import serve_metrics
+
+            try:
+                metrics = serve_metrics(
+                    pipeline,
+                    port=metrics_port,
+                    address=metrics_address,
+                    per_source_labels=metrics_source_labels,
+                )
+            except OSError as exc:
+                raise click.UsageError(
+                    f"cannot serve metrics on {metrics_address}:{metrics_port}: {exc}"
+                ) from exc
+            _console.print(f"metrics: http://{metrics_address}:{metrics.port}/metrics")
         for source in sources:
             pipeline.add_source(source)
         try:
@@ -275,6 +300,9 @@ def run(
                         live.update(_table(pipeline.statistics(), time.monotonic() - started))
         except KeyboardInterrupt:
             interrupted = True
+        finally:
+            if metrics is not None:
+                metrics.close()
     elapsed = time.monotonic() - started
     stats = pipeline.statistics()
     if not quiet:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import collections
 import contextlib
 import logging
@@ -27,6 +28,7 @@ from torchstream.pipeline._batcher import Batcher, BatchPolicy
 from torchstream.pipeline._channel import Channel, EndOfChannel
 from torchstream.pipeline._session import EndReason, Session
 from torchstream.pipeline._statistics import (
+    BATCH_SECONDS_BUCKETS,
     PipelineStatistics,
     SinkStatistics,
     SourceStatistics,
@@ -85,6 +87,9 @@ class _StageCounters:
     busy_seconds: float = 0.0
     oom_splits: int = 0
     dropped: int = 0
+    batch_seconds: list[int] = field(
+        default_factory=lambda: [0] * (len(BATCH_SECONDS_BUCKETS) + 1)
+    )
 
 
 class Pipeline:
@@ -557,7 +562,9 @@ class Pipeline:
             done.record()
             for frame in passed:
                 frame.__dict__["_ready"] = done
-        counters.busy_seconds += time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        counters.busy_seconds += elapsed
+        counters.batch_seconds[bisect.bisect_left(BATCH_SECONDS_BUCKETS, elapsed)] += 1
         counters.batches += 1
         counters.frames += len(frames)
         if passed:
@@ -632,6 +639,7 @@ class Pipeline:
                         e for e in s.session.errors if e not in s.errors
                     ),
                     running=s.running,
+                    decoder=getattr(s.source, "decoder_used", None),
                     first_frame_seconds=s.first_frame_seconds,
                     last_frame_seconds=s.last_frame_seconds,
                 )
@@ -647,6 +655,7 @@ class Pipeline:
                 batches_total=c.batches,
                 errors_total=c.errors,
                 busy_seconds=c.busy_seconds,
+                batch_seconds_counts=tuple(c.batch_seconds),
                 oom_splits_total=c.oom_splits,
                 batcher=b.statistics(),
                 input=ch.statistics(),

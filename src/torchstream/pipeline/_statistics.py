@@ -8,11 +8,16 @@ from torchstream.pipeline._batcher import BatcherStatistics
 from torchstream.pipeline._channel import ChannelStatistics
 
 __all__ = [
+    "BATCH_SECONDS_BUCKETS",
     "PipelineStatistics",
     "SinkStatistics",
     "SourceStatistics",
     "StageStatistics",
 ]
+
+
+BATCH_SECONDS_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+"""Upper bounds (seconds) of the stage batch-time histogram; a last bucket holds the rest."""
 
 
 @dataclass(frozen=True)
@@ -25,6 +30,8 @@ class SourceStatistics:
     sessions: int
     errors: tuple[str, ...]
     running: bool
+    decoder: str | None
+    """``nvdec`` or ``pyav`` once a video source is open; None for other sources."""
     first_frame_seconds: float | None
     """Monotonic time of the first frame in; with ``last_frame_seconds`` gives the fps."""
     last_frame_seconds: float | None
@@ -49,6 +56,8 @@ class StageStatistics:
     errors_total: int
     busy_seconds: float
     """Time spent inside the stage's ``process``."""
+    batch_seconds_counts: tuple[int, ...]
+    """Batches per bucket of :data:`BATCH_SECONDS_BUCKETS` (plus one for longer ones)."""
     oom_splits_total: int
     """Batches split in halves and retried after running out of memory."""
     batcher: BatcherStatistics

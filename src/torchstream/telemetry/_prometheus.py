@@ -1,0 +1,200 @@
+"""Prometheus metrics of a running pipeline, built from ``Pipeline.statistics()`` at scrape
+time: nothing is counted per frame for them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from torchstream._errors import MissingDependencyError
+from torchstream.pipeline import Pipeline
+from torchstream.pipeline._statistics import BATCH_SECONDS_BUCKETS
+
+try:
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+        Metric,
+    )
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise MissingDependencyError("prometheus-client", "telemetry") from exc
+
+__all__ = ["MetricsServer", "PipelineCollector", "serve_metrics"]
+
+
+class PipelineCollector:
+    """A Prometheus collector for one pipeline (register it in a ``CollectorRegistry``).
+
+    Names follow Prometheus conventions (``torchstream_`` prefix, ``_total`` counters, units
+    in names). Per-source series carry a ``source`` label; with ``per_source_labels=False``
+    they are summed into one series each, for deployments with thousands of sources.
+    """
+
+    def __init__(self, pipeline: Pipeline, *, per_source_labels: bool = True) -> None:
+        self._pipeline = pipeline
+        self._per_source = per_source_labels
+
+    def describe(self) -> list[Metric]:
+        return []  # collected lazily: no scrape at registration
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._pipeline.statistics()
+        source_labels = ["source"] if self._per_source else []
+
+        def per_source(name: str, doc: str, kind: type[Any]) -> Any:
+            return kind(f"torchstream_{name}", doc, labels=source_labels)
+
+        frames_in = per_source("frames_in_total", "Frames that entered the pipeline.",
+                               CounterMetricFamily)
+        frames_out = per_source("frames_out_total", "Frames handed to the sinks.",
+                                CounterMetricFamily)
+        fps = per_source("source_frames_per_second", "Output rate of each source.",
+                         GaugeMetricFamily)
+        dropped = CounterMetricFamily(
+            "torchstream_frames_dropped_total", "Frames dropped, by reason.",
+            labels=[*source_labels, "reason"],
+        )
+        totals: dict[str, float] = {"in": 0, "out": 0, "fps": 0}
+        reasons: dict[str, int] = {}
+        for sid, source in stats.sources.items():
+            if self._per_source:
+                frames_in.add_metric([sid], source.frames_in)
+                frames_out.add_metric([sid], source.frames_out)
+                fps.add_metric([sid], source.frames_per_second)
+                for reason, count in source.dropped.items():
+                    dropped.add_metric([sid, reason], count)
+            totals["in"] += source.frames_in
+            totals["out"] += source.frames_out
+            totals["fps"] += source.frames_per_second if source.running else 0.0
+            for reason, count in source.dropped.items():
+                reasons[reason] = reasons.get(reason, 0) + count
+        if not self._per_source:
+            frames_in.add_metric([], totals["in"])
+            frames_out.add_metric([], totals["out"])
+            fps.add_metric([], totals["fps"])
+            for reason, count in reasons.items():
+                dropped.add_metric([reason], count)
+        yield from (frames_in, frames_out, dropped, fps)
+
+        decoders = GaugeMetricFamily(
+            "torchstream_decoders", "Running video sources by decoder.", labels=["kind"]
+        )
+        kinds: dict[str, int] = {"nvdec": 0, "pyav": 0}
+        for source in stats.sources.values():
+            if source.running and source.decoder in kinds:
+                kinds[source.decoder] += 1
+        for kind, count in kinds.items():
+            decoders.add_metric([kind], count)
+        yield decoders
+        yield GaugeMetricFamily(
+            "torchstream_sessions_open", "Sessions not yet ended.", value=stats.sessions_open
+        )
+        latency = GaugeMetricFamily(
+            "torchstream_frame_latency_seconds",
+            "Frame entered the pipeline to handed to the sinks, over the last 1024 frames.",
+            labels=["quantile"],
+        )
+        latency.add_metric(["0.5"], stats.latency_seconds_p50)
+        latency.add_metric(["0.95"], stats.latency_seconds_p95)
+        yield latency
+        yield from self._stages(stats)
+        yield from self._sinks(stats)
+        yield from _device_memory(self._pipeline.device)
+
+    def _stages(self, stats: Any) -> Iterator[Metric]:
+        labels = ["stage"]
+        frames = CounterMetricFamily("torchstream_stage_frames_total", "Frames processed.",
+                                     labels=labels)
+        errors = CounterMetricFamily("torchstream_stage_errors_total", "Frames that failed.",
+                                     labels=labels)
+        splits = CounterMetricFamily("torchstream_stage_oom_splits_total",
+                                     "Batches split after running out of memory.", labels=labels)
+        depth = GaugeMetricFamily("torchstream_stage_queue_depth_frames",
+                                  "Items waiting in the stage's input queue.", labels=labels)
+        batch_time = HistogramMetricFamily("torchstream_stage_batch_seconds",
+                                           "Time to process one batch.", labels=labels)
+        batch_size = HistogramMetricFamily("torchstream_stage_batch_size_frames",
+                                           "Frames per batch.", labels=labels)
+        for stage in stats.stages:
+            name = [stage.name]
+            frames.add_metric(name, stage.frames_total)
+            errors.add_metric(name, stage.errors_total)
+            splits.add_metric(name, stage.oom_splits_total)
+            depth.add_metric(name, stage.input.size)
+            cumulative, buckets = 0, []
+            for bound, count in zip(
+                [*map(str, BATCH_SECONDS_BUCKETS), "+Inf"], stage.batch_seconds_counts, strict=True
+            ):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            batch_time.add_metric(name, buckets, sum_value=stage.busy_seconds)
+            sizes = stage.batcher.size_histogram
+            cumulative, size_buckets = 0, []
+            for bound in sorted(sizes):
+                cumulative += sizes[bound]
+                size_buckets.append((str(float(bound)), cumulative))
+            size_buckets.append(("+Inf", cumulative))
+            batch_size.add_metric(name, size_buckets, sum_value=stage.batcher.items_total)
+        yield from (frames, errors, splits, depth, batch_time, batch_size)
+
+    def _sinks(self, stats: Any) -> Iterator[Metric]:
+        labels = ["sink"]
+        frames = CounterMetricFamily("torchstream_sink_frames_total", "Frames written.",
+                                     labels=labels)
+        errors = CounterMetricFamily("torchstream_sink_errors_total", "Failed writes.",
+                                     labels=labels)
+        dropped = CounterMetricFamily("torchstream_sink_dropped_total",
+                                      "Live frames a lagging sink skipped.", labels=labels)
+        for sink in stats.sinks:
+            frames.add_metric([sink.name], sink.frames_total)
+            errors.add_metric([sink.name], sink.errors_total)
+            dropped.add_metric([sink.name], sink.dropped_total)
+        yield from (frames, errors, dropped)
+
+
+def _device_memory(device: torch.device) -> Iterator[Metric]:
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return
+    in_use = GaugeMetricFamily("torchstream_device_memory_bytes",
+                               "GPU memory held by tensors.", labels=["device"])
+    peak = GaugeMetricFamily("torchstream_device_memory_peak_bytes",
+                             "Most GPU memory held by tensors so far.", labels=["device"])
+    in_use.add_metric([str(device)], torch.cuda.memory_allocated(device))
+    peak.add_metric([str(device)], torch.cuda.max_memory_allocated(device))
+    yield from (in_use, peak)
+
+
+class MetricsServer:
+    """An HTTP endpoint serving ``/metrics`` for a pipeline; ``close()`` stops it."""
+
+    def __init__(self, server: Any, thread: Any) -> None:
+        self._server = server
+        self._thread = thread
+        self.port: int = server.server_port
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+def serve_metrics(
+    pipeline: Pipeline,
+    *,
+    port: int,
+    address: str = "127.0.0.1",
+    per_source_labels: bool = True,
+) -> MetricsServer:
+    """Serve the pipeline's metrics at ``http://address:port/metrics`` on a daemon thread.
+
+    Binds to 127.0.0.1 unless told otherwise (``0.0.0.0`` for a remote Prometheus).
+    ``port=0`` picks a free port (see ``MetricsServer.port``).
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(PipelineCollector(pipeline, per_source_labels=per_source_labels))
+    server, thread = start_http_server(port, addr=address, registry=registry)
+    return MetricsServer(server, thread)
