@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import urllib.error
 import urllib.request
 from collections.abc import Sequence
 
@@ -51,13 +53,13 @@ def test_metrics_follow_the_pipeline(per_source: bool) -> None:
     detector = RectangleDetector(batch_policy=BatchPolicy(max_size=4, max_wait_seconds=0.01))
     with Pipeline([detector, FailsOnSeven()], [CallbackSink(lambda f: None)]) as pipeline:
         server = serve_metrics(pipeline, port=0, per_source_labels=per_source)
-        try:
-            for sid in ("a", "b"):
-                pipeline.add_source(SyntheticSource(sid, frames=10))
-            pipeline.wait()
-            samples = scrape(server.port)
-        finally:
-            server.close()
+        for sid in ("a", "b"):
+            pipeline.add_source(SyntheticSource(sid, frames=10))
+        pipeline.wait()
+    try:  # after the pipeline closed: the sinks have drained too
+        samples = scrape(server.port)
+    finally:
+        server.close()
     if per_source:
         assert value(samples, "torchstream_frames_in_total", source="a") == 10
         assert value(samples, "torchstream_frames_out_total", source="b") == 9
@@ -87,3 +89,30 @@ def test_metrics_server_binds_loopback_and_closes() -> None:
         server.close()
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=2)
+
+
+def get(port: int, path: str) -> tuple[int, dict[str, object]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_health_readiness_and_status() -> None:
+    pipeline = Pipeline([RectangleDetector()])
+    with pipeline:
+        server = serve_metrics(pipeline, port=0)
+        assert get(server.port, "/healthz")[0] == 200
+        code, body = get(server.port, "/readyz")
+        assert code == 503 and body["reason"] == "no source bound yet"
+        pipeline.add_source(SyntheticSource("cam", frames=3))
+        pipeline.wait()
+        assert get(server.port, "/readyz")[0] == 200
+        code, status = get(server.port, "/status")
+        assert code == 200 and status["frames_in"] == 3
+        assert status["sources"]["cam"]["frames_out"] == 3  # type: ignore[index]
+        assert get(server.port, "/nope")[0] == 404
+    code, body = get(server.port, "/healthz")
+    assert code == 503 and body["reason"] == "pipeline is closed"
+    server.close()

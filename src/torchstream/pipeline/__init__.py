@@ -6,6 +6,7 @@ from torchstream.pipeline._model_stage import Crop, ModelStage, to_host
 from torchstream.pipeline._pipeline import Pipeline
 from torchstream.pipeline._session import EndReason, Session
 from torchstream.pipeline._statistics import (
+    PipelineHealth,
     PipelineStatistics,
     SinkStatistics,
     SourceStatistics,
@@ -23,6 +24,7 @@ __all__ = [
     "EndReason",
     "ModelStage",
     "Pipeline",
+    "PipelineHealth",
     "PipelineStatistics",
     "Policy",
     "Session",

@@ -29,6 +29,7 @@ from torchstream.pipeline._channel import Channel, EndOfChannel
 from torchstream.pipeline._session import EndReason, Session
 from torchstream.pipeline._statistics import (
     BATCH_SECONDS_BUCKETS,
+    PipelineHealth,
     PipelineStatistics,
     SinkStatistics,
     SourceStatistics,
@@ -277,6 +278,18 @@ class Pipeline:
         if self._crash is not None:
             raise PipelineError(f"pipeline thread crashed: {self._crash!r}") from self._crash
         return True
+
+    def health(self) -> PipelineHealth:
+        """Liveness and readiness (see :class:`PipelineHealth`); cheap, safe from any thread."""
+        if self._crash is not None:
+            return PipelineHealth(False, False, f"runtime thread crashed: {self._crash!r}")
+        if self._state != "running":
+            return PipelineHealth(False, False, f"pipeline is {self._state}")
+        with self._lock:
+            bound = len(self._sources)
+        if not bound:
+            return PipelineHealth(True, False, "no source bound yet")
+        return PipelineHealth(True, True, f"{bound} sources bound")
 
     def sources(self) -> list[str]:
         with self._lock:

@@ -9,6 +9,7 @@ from torchstream.pipeline._channel import ChannelStatistics
 
 __all__ = [
     "BATCH_SECONDS_BUCKETS",
+    "PipelineHealth",
     "PipelineStatistics",
     "SinkStatistics",
     "SourceStatistics",
@@ -102,3 +103,16 @@ class PipelineStatistics:
     @property
     def frames_in_flight(self) -> int:
         return self.frames_in - self.frames_out - self.dropped_total
+
+
+@dataclass(frozen=True)
+class PipelineHealth:
+    """Liveness and readiness, for orchestrators.
+
+    ``alive``: no runtime thread crashed and the pipeline is not closed. ``ready``: alive,
+    every stage set up (models loaded) and at least one source bound.
+    """
+
+    alive: bool
+    ready: bool
+    reason: str

@@ -3,7 +3,11 @@ time: nothing is counted per frame for them."""
 
 from __future__ import annotations
 
+import json
+import logging
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import torch
@@ -13,7 +17,7 @@ from torchstream.pipeline import Pipeline
 from torchstream.pipeline._statistics import BATCH_SECONDS_BUCKETS
 
 try:
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
     from prometheus_client.core import (
         CounterMetricFamily,
         GaugeMetricFamily,
@@ -24,6 +28,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise MissingDependencyError("prometheus-client", "telemetry") from exc
 
 __all__ = ["MetricsServer", "PipelineCollector", "serve_metrics"]
+
+log = logging.getLogger(__name__)
 
 
 class PipelineCollector:
@@ -169,17 +175,54 @@ def _device_memory(device: torch.device) -> Iterator[Metric]:
 
 
 class MetricsServer:
-    """An HTTP endpoint serving ``/metrics`` for a pipeline; ``close()`` stops it."""
+    """HTTP endpoints for one pipeline, on a daemon thread (``ts/telemetry``):
 
-    def __init__(self, server: Any, thread: Any) -> None:
+    - ``GET /metrics``: Prometheus exposition;
+    - ``GET /healthz``: 200 while alive, 503 once crashed or closed (liveness);
+    - ``GET /readyz``: 200 when models are loaded and a source is bound, else 503;
+    - ``GET /status``: JSON summary of sources and sessions.
+
+    ``close()`` stops the server and frees the port.
+    """
+
+    def __init__(self, pipeline: Pipeline, registry: CollectorRegistry, server: Any) -> None:
+        self._pipeline = pipeline
+        self._registry = registry
         self._server = server
-        self._thread = thread
-        self.port: int = server.server_port
+        self.port: int = server.server_address[1]
+        self._thread = threading.Thread(
+            target=server.serve_forever, name="ts/telemetry", daemon=True
+        )
+        self._thread.start()
 
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()
+
+
+def _status(pipeline: Pipeline) -> dict[str, Any]:
+    stats, health = pipeline.statistics(), pipeline.health()
+    return {
+        "alive": health.alive,
+        "ready": health.ready,
+        "reason": health.reason,
+        "frames_in": stats.frames_in,
+        "frames_out": stats.frames_out,
+        "dropped": stats.dropped,
+        "sessions_open": stats.sessions_open,
+        "sources": {
+            sid: {
+                "running": s.running,
+                "frames_out": s.frames_out,
+                "frames_per_second": round(s.frames_per_second, 2),
+                "dropped": s.dropped,
+                "decoder": s.decoder,
+                "errors": list(s.errors[-5:]),
+            }
+            for sid, s in stats.sources.items()
+        },
+    }
 
 
 def serve_metrics(
@@ -189,12 +232,39 @@ def serve_metrics(
     address: str = "127.0.0.1",
     per_source_labels: bool = True,
 ) -> MetricsServer:
-    """Serve the pipeline's metrics at ``http://address:port/metrics`` on a daemon thread.
-
-    Binds to 127.0.0.1 unless told otherwise (``0.0.0.0`` for a remote Prometheus).
-    ``port=0`` picks a free port (see ``MetricsServer.port``).
+    """Serve metrics, health and status of ``pipeline`` at ``http://address:port/`` (see
+    :class:`MetricsServer`). Binds to 127.0.0.1 unless told otherwise (``0.0.0.0`` for a
+    remote Prometheus or orchestrator); ``port=0`` picks a free port (``MetricsServer.port``).
+    Raises OSError when the port is taken.
     """
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PipelineCollector(pipeline, per_source_labels=per_source_labels))
-    server, thread = start_http_server(port, addr=address, registry=registry)
-    return MetricsServer(server, thread)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            elif path in ("/healthz", "/readyz"):
+                health = pipeline.health()
+                ok = health.alive if path == "/healthz" else health.ready
+                body = json.dumps({"ok": ok, "reason": health.reason}).encode()
+                self._reply(200 if ok else 503, body, "application/json")
+            elif path == "/status":
+                self._reply(200, json.dumps(_status(pipeline)).encode(), "application/json")
+            else:
+                self._reply(404, b'{"error": "not found"}', "application/json")
+
+        def _reply(self, code: int, body: bytes, content_type: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("telemetry %s", format % args)
+
+    server = ThreadingHTTPServer((address, port), Handler)
+    server.daemon_threads = True
+    return MetricsServer(pipeline, registry, server)
