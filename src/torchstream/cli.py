@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
-import logging
 import sys
 import time
 import types
@@ -20,6 +19,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from torchstream._logging import configure_logging
 from torchstream._spec import PipelineSpec, RunConfig
 from torchstream._types import Sink
 from torchstream.pipeline import BatchPolicy, Pipeline, PipelineStatistics
@@ -206,6 +206,10 @@ def _table(stats: PipelineStatistics, elapsed: float, final: bool = False) -> Ta
               help="Longest a frame waits for its batch to fill.")
 @click.option("--half", is_flag=True, help="Half precision on CUDA.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="Log lines on stderr: text, or JSON objects for collectors.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default="error", show_default=True, help="Lowest level logged.")
 @click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=None,
               help="Serve Prometheus metrics on this port (needs torchstream[telemetry]).")
 @click.option("--metrics-address", default="127.0.0.1", show_default=True,
@@ -228,6 +232,8 @@ def run(
     max_wait_ms: float,
     half: bool,
     quiet: bool,
+    log_format: str,
+    log_level: str,
     metrics_port: int | None,
     metrics_address: str,
     metrics_source_labels: bool,
@@ -266,7 +272,7 @@ def run(
         sinks.append(video)
     sources = _unique_ids(inputs, decoder)
 
-    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(level=log_level, json_lines=log_format == "json")
     started = time.monotonic()
     interrupted = False
     live = Live(console=_console, refresh_per_second=4, transient=True) if (
