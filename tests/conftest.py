@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -9,9 +10,15 @@ from torchstream.testing import SyntheticVideo, write_video
 
 
 @pytest.fixture(autouse=True)
-def _quiet_expected_warnings(caplog: pytest.LogCaptureFixture) -> None:
+def _quiet_expected_warnings(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     # Failing inputs are logged as warnings on purpose; keep them in caplog, off the console.
     caplog.set_level(logging.WARNING, logger="torchstream")
+    # The CLI configures logging (as a program does); undo it after in-process CLI tests.
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture
