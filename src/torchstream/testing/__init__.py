@@ -24,10 +24,13 @@ from torchstream.pipeline._model_stage import Crop, ModelStage
 
 __all__ = [
     "COLOURS",
+    "ConformanceError",
     "MovingRect",
     "RectangleDetector",
     "SyntheticSource",
     "SyntheticVideo",
+    "check_sink",
+    "check_source",
     "write_video",
 ]
 
@@ -259,3 +262,10 @@ class RectangleDetector(ModelStage):
         for label, row in zip(self.labels, result.tolist(), strict=True):
             if row[0] > 0:
                 crop.frame.add_object(label=label, confidence=1.0, box=row[1:])
+
+
+from torchstream.testing._conformance import (  # noqa: E402 - uses the classes above
+    ConformanceError,
+    check_sink,
+    check_source,
+)
