@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
+import os
 import sys
 import time
 import types
@@ -210,6 +211,12 @@ def _table(stats: PipelineStatistics, elapsed: float, final: bool = False) -> Ta
               show_default=True, help="Log lines on stderr: text, or JSON objects for collectors.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="error", show_default=True, help="Lowest level logged.")
+@click.option("--trace-ratio", type=click.FloatRange(0, 1), default=None,
+              help="Trace this share of frames with OpenTelemetry (default: "
+                   "$OTEL_TRACES_SAMPLER_ARG if set, else off). Needs torchstream[telemetry].")
+@click.option("--trace-exporter", type=click.Choice(["otlp-http", "otlp-grpc", "console"]),
+              default="otlp-http", show_default=True,
+              help="Where spans go; OTLP endpoint and headers from $OTEL_EXPORTER_OTLP_*.")
 @click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=None,
               help="Serve Prometheus metrics on this port (needs torchstream[telemetry]).")
 @click.option("--metrics-address", default="127.0.0.1", show_default=True,
@@ -234,6 +241,8 @@ def run(
     quiet: bool,
     log_format: str,
     log_level: str,
+    trace_ratio: float | None,
+    trace_exporter: str,
     metrics_port: int | None,
     metrics_address: str,
     metrics_source_labels: bool,
@@ -273,12 +282,26 @@ def run(
     sources = _unique_ids(inputs, decoder)
 
     configure_logging(level=log_level, json_lines=log_format == "json")
+    sampler_arg = os.environ.get("OTEL_TRACES_SAMPLER_ARG")
+    if trace_ratio is None and sampler_arg:
+        try:
+            trace_ratio = float(sampler_arg)
+        except ValueError:
+            raise click.UsageError(
+                f"OTEL_TRACES_SAMPLER_ARG must be a ratio, got {sampler_arg!r}"
+            ) from None
+    tracer, provider = None, None
+    if trace_ratio:
+        from torchstream.telemetry._tracing import OtelFrameTracer, configure_tracing
+
+        provider = configure_tracing(ratio=trace_ratio, exporter=trace_exporter)  # type: ignore[arg-type]
+        tracer = OtelFrameTracer()
     started = time.monotonic()
     interrupted = False
     live = Live(console=_console, refresh_per_second=4, transient=True) if (
         not quiet and _console.is_terminal
     ) else None
-    with Pipeline(spec.stages, sinks, device=config.device) as pipeline:
+    with Pipeline(spec.stages, sinks, device=config.device, tracer=tracer) as pipeline:
         metrics = None
         if metrics_port is not None:
             from torchstream.telemetry import serve_metrics
@@ -309,6 +332,8 @@ def run(
         finally:
             if metrics is not None:
                 metrics.close()
+    if provider is not None:
+        provider.shutdown()  # flush the last spans
     elapsed = time.monotonic() - started
     stats = pipeline.statistics()
     if not quiet:

@@ -12,6 +12,7 @@ from torchstream.pipeline._statistics import (
     SourceStatistics,
     StageStatistics,
 )
+from torchstream.pipeline._tracing import FrameTracer
 
 __all__ = [
     "BatchPolicy",
@@ -22,6 +23,7 @@ __all__ = [
     "Crop",
     "EndOfChannel",
     "EndReason",
+    "FrameTracer",
     "ModelStage",
     "Pipeline",
     "PipelineHealth",

@@ -35,6 +35,7 @@ from torchstream.pipeline._statistics import (
     SourceStatistics,
     StageStatistics,
 )
+from torchstream.pipeline._tracing import FrameTracer
 
 __all__ = ["Pipeline"]
 
@@ -114,6 +115,9 @@ class Pipeline:
     out of memory is split in halves and retried before any frame is given up. Every frame
     that enters leaves as a result or as a counted drop: see :meth:`statistics`.
 
+    ``tracer`` (see :class:`~torchstream.pipeline.FrameTracer`; OpenTelemetry's is
+    ``torchstream.telemetry.OtelFrameTracer``) follows sampled frames through the stages.
+
     ``debug_surfaces=True`` checks, around every stage, that no frame's surface was modified
     in place (pointer, shape, strides and checksums; it costs a pass over each frame): such a
     frame fails with an error naming the stage.
@@ -129,6 +133,7 @@ class Pipeline:
         source_queue_capacity: int = 4,
         session_idle_timeout_seconds: float | None = None,
         debug_surfaces: bool = False,
+        tracer: FrameTracer | None = None,
     ) -> None:
         names = [s.name for s in stages]
         if len(set(names)) != len(names):
@@ -143,6 +148,7 @@ class Pipeline:
             )
         self.device = torch.device(device)
         self._debug_surfaces = debug_surfaces
+        self._tracer = tracer
         self._stages = list(stages)
         self._sinks = list(sinks)
         self._idle_timeout = session_idle_timeout_seconds
@@ -344,6 +350,8 @@ class Pipeline:
                     state.last_activity_seconds = now
                     frame.__dict__["_session"] = state.session
                     frame.__dict__["_t_in"] = now
+                    if self._tracer is not None:
+                        self._tracer.start_frame(frame)
                     dropped = self._ingress.put(frame, key=source_id, policy=source.policy)
                     state.last_activity_seconds = time.monotonic()
                 for old in dropped:
@@ -431,6 +439,10 @@ class Pipeline:
                     state.frames_out += 1
                     state.last_frame_seconds = now
                 self._latencies.append(now - item.__dict__.get("_t_in", now))
+        if self._tracer is not None:
+            for item in items:
+                if isinstance(item, Frame):
+                    self._tracer.end_frame(item, "out")
         live = [
             isinstance(item, Frame) and self._policy_of(item) == "latest" for item in items
         ]
@@ -564,7 +576,11 @@ class Pipeline:
         on_cuda = self.device.type == "cuda"
         if on_cuda:
             _wait_ready(frames)
-        outcome = run_batch(stage, frames, guard_surfaces=self._debug_surfaces)
+        if self._tracer is None:
+            outcome = run_batch(stage, frames, guard_surfaces=self._debug_surfaces)
+        else:
+            with self._tracer.stage(stage.name, frames):
+                outcome = run_batch(stage, frames, guard_surfaces=self._debug_surfaces)
         counters.oom_splits += outcome.oom_splits
         for frame, exc in outcome.failed:
             self._fail_frame(index, frame, exc)
@@ -593,6 +609,8 @@ class Pipeline:
         self._count_drop(frame, "stage_error")
 
     def _count_drop(self, frame: Frame, reason: str) -> None:
+        if self._tracer is not None:
+            self._tracer.end_frame(frame, reason)
         with self._lock:
             self._dropped[reason] += 1
             session = frame.session
@@ -629,7 +647,11 @@ class Pipeline:
                 counters.frames += 1
                 if "_ready" in item.__dict__:
                     _wait_ready([item])
-                sink.write(item)
+                if self._tracer is None:
+                    sink.write(item)
+                else:
+                    with self._tracer.stage(f"sink {sink.name}", [item]):
+                        sink.write(item)
             else:
                 sink.end_session(item.session)
         except Exception as exc:  # the sink's output broke: record, keep draining
