@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
+import logging
 import os
 import sys
 import time
@@ -292,10 +293,16 @@ def run(
             ) from None
     tracer, provider = None, None
     if trace_ratio:
-        from torchstream.telemetry._tracing import OtelFrameTracer, configure_tracing
+        from torchstream.telemetry._tracing import (
+            OtelFrameTracer,
+            TraceLogFilter,
+            configure_tracing,
+        )
 
         provider = configure_tracing(ratio=trace_ratio, exporter=trace_exporter)  # type: ignore[arg-type]
         tracer = OtelFrameTracer()
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(TraceLogFilter())
     started = time.monotonic()
     interrupted = False
     live = Live(console=_console, refresh_per_second=4, transient=True) if (

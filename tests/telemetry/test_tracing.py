@@ -161,3 +161,30 @@ def test_cli_traces_to_the_console(tmp_path: object, lossless_file: object) -> N
     assert done.returncode == 0, done.stderr.decode()
     out = done.stdout.decode()
     assert out.count('"name": "frame"') == 30 and '"name": "stage rectangles"' in out
+
+
+def test_log_records_about_a_frame_carry_its_trace_id() -> None:
+    import io
+    import json
+    import logging
+
+    from torchstream._logging import JsonFormatter
+    from torchstream.telemetry import TraceLogFilter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(TraceLogFilter())
+    logger = logging.getLogger("torchstream")
+    logger.addHandler(handler)
+    try:
+        spans, _ = traced(ALWAYS_ON, [SyntheticSource("a", frames=6)])
+    finally:
+        logger.removeHandler(handler)
+    failed_root = next(
+        s for s in spans if s.name == "frame" and s.attributes["torchstream.seq"] == 4
+    )
+    entries = [json.loads(line) for line in stream.getvalue().splitlines()]
+    entry = next(e for e in entries if "failed on a#4" in e["message"])
+    assert entry["trace_id"] == format(failed_root.context.trace_id, "032x")
+    assert entry["source_id"] == "a" and entry["seq"] == 4 and "_ts_frame" not in entry

@@ -602,7 +602,12 @@ class Pipeline:
     def _fail_frame(self, index: int, frame: Frame, exc: Exception) -> None:
         stage = self._stages[index]
         error = StageError(stage.name, frame.source_id, frame.seq, exc)
-        log.warning("%s", error, exc_info=exc)
+        # The frame rides along (underscore: formatters skip it) so a tracing log filter can
+        # stamp the record with the frame's trace id.
+        log.warning(
+            "%s", error, exc_info=exc,
+            extra={"source_id": frame.source_id, "seq": frame.seq, "_ts_frame": frame},
+        )
         self._stage_counters[index].errors += 1
         if frame.session is not None:
             frame.session.record_error(str(error))

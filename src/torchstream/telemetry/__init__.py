@@ -8,6 +8,7 @@ __all__ = [
     "MetricsServer",
     "OtelFrameTracer",
     "PipelineCollector",
+    "TraceLogFilter",
     "configure_tracing",
     "frame_span",
     "serve_metrics",
@@ -17,7 +18,9 @@ __all__ = [
 
 def __getattr__(name: str) -> object:
     # Tracing needs opentelemetry-sdk; metrics alone need only prometheus-client.
-    if name in ("OtelFrameTracer", "configure_tracing", "frame_span", "traceparent"):
+    if name in (
+        "OtelFrameTracer", "TraceLogFilter", "configure_tracing", "frame_span", "traceparent"
+    ):
         from torchstream.telemetry import _tracing
 
         return getattr(_tracing, name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
@@ -22,7 +23,13 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("opentelemetry-sdk", "telemetry") from exc
 
-__all__ = ["OtelFrameTracer", "configure_tracing", "frame_span", "traceparent"]
+__all__ = [
+    "OtelFrameTracer",
+    "TraceLogFilter",
+    "configure_tracing",
+    "frame_span",
+    "traceparent",
+]
 
 _propagator = TraceContextTextMapPropagator()
 _SPAN = "_otel_span"
@@ -159,3 +166,18 @@ def configure_tracing(
     provider.add_span_processor(BatchSpanProcessor(span_exporter))
     trace.set_tracer_provider(provider)
     return provider
+
+
+class TraceLogFilter(logging.Filter):
+    """Adds ``trace_id`` and ``span_id`` (hex) to log records: those of the frame a runtime
+    record is about, else of the current span. Install it on a handler next to
+    :class:`~torchstream._logging.JsonFormatter` (the CLI does when tracing is on)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        frame = getattr(record, "_ts_frame", None)
+        span = frame.__dict__.get(_SPAN) if frame is not None else None
+        context = (span or trace.get_current_span()).get_span_context()
+        if context.is_valid:
+            record.trace_id = format(context.trace_id, "032x")
+            record.span_id = format(context.span_id, "016x")
+        return True
