@@ -83,7 +83,8 @@ def test_every_sampled_frame_has_a_tree_of_spans() -> None:
         else:
             # A batch that held frame 4 was retried frame by frame: stages may appear twice.
             assert set(children) == {
-                "annotated.inner", "sink callback", "stage annotated", "stage rectangles"
+                "annotated.inner", "decode", "sink callback", "stage annotated",
+                "stage rectangles",
             }
             assert children.count("sink callback") == 1
             assert root.attributes["torchstream.outcome"] == "out"

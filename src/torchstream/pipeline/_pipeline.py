@@ -334,9 +334,15 @@ class Pipeline:
             if prepare is not None:
                 prepare(self.device)
             source.open()
-            for frame in source.frames():
-                if state.stop:
+            frames = iter(source.frames())
+            while True:
+                # The time spent getting the next frame is its read and decode (for tracing).
+                decode_started_ns = time.time_ns() if self._tracer is not None else 0
+                frame = next(frames, None)
+                if frame is None or state.stop:
                     break
+                if self._tracer is not None:
+                    frame.__dict__["_decode_started_ns"] = decode_started_ns
                 with state.lock:
                     now = time.monotonic()
                     with self._lock:

@@ -40,7 +40,8 @@ class OtelFrameTracer:
     """A :class:`~torchstream.pipeline.FrameTracer` on OpenTelemetry.
 
     Each frame gets a root span ``frame`` (attributes ``torchstream.source_id``,
-    ``torchstream.seq``), child of the context in ``frame.__dict__["_traceparent"]`` when a
+    ``torchstream.seq``), starting when the source began reading it, with a ``decode`` child
+    span for the read and decode, child of the context in ``frame.__dict__["_traceparent"]`` when a
     client sent one. Sampling is the tracer provider's (``ParentBased(TraceIdRatioBased)``
     from :func:`configure_tracing`): unsampled frames cost one sampling decision. Stage and
     sink work on a sampled frame is a child span ``stage <name>`` / ``sink <name>`` with
@@ -57,16 +58,25 @@ class OtelFrameTracer:
         header = frame.__dict__.get("_traceparent")
         if header:
             parent = _propagator.extract({"traceparent": header})
+        decode_started = frame.__dict__.get("_decode_started_ns")
         span = self._tracer.start_span(
             "frame",
             context=parent,
             attributes={"torchstream.source_id": frame.source_id, "torchstream.seq": frame.seq},
+            start_time=decode_started,
         )
-        if span.is_recording():
-            frame.__dict__[_SPAN] = span
-            frame.__dict__[_TRACER] = self._tracer
-        else:
+        if not span.is_recording():
             span.end()
+            return
+        frame.__dict__[_SPAN] = span
+        frame.__dict__[_TRACER] = self._tracer
+        if decode_started is not None:  # the read and decode of this frame, already done
+            self._tracer.start_span(
+                "decode",
+                context=trace.set_span_in_context(span),
+                attributes={"torchstream.codec": frame.codec},
+                start_time=decode_started,
+            ).end()
 
     @contextlib.contextmanager
     def stage(self, name: str, frames: Sequence[Frame]) -> Iterator[None]:
