@@ -273,3 +273,16 @@ def test_each_file_encodes_on_its_own_thread_and_errors_surface(tmp_path: Path) 
     assert not any(t.name.startswith("ts/encode/") for t in threading.enumerate())
     with av.open(str(tmp_path / "out-b.mkv")) as container:
         assert sum(1 for _ in container.decode(video=0)) == 5
+
+
+def test_a_source_named_after_its_file_gets_no_double_extension(tmp_path: Path) -> None:
+    from torchstream import Frame
+    from torchstream.sinks import VideoSink
+
+    sink = VideoSink(tmp_path / "out.mp4")
+    for source in ("first.mkv", "clip.mp4"):
+        frame = Frame(source_id=source, seq=0, width=32, height=32)
+        frame.surface = torch.zeros(32, 32, 3, dtype=torch.uint8)
+        sink.write(frame)
+    sink.close()
+    assert sorted(p.name for p in sink.written_paths) == ["out-clip.mp4", "out.mp4"]

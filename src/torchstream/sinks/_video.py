@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 __all__ = ["VideoSink"]
 
 _FIELDS = frozenset({"source_id", "session"})
+_MEDIA_SUFFIXES = frozenset(
+    {".mp4", ".mkv", ".avi", ".mov", ".webm", ".ts", ".m4v", ".flv", ".h264", ".h265", ".hevc"}
+)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _DEFAULT_STYLE = AnnotationStyle()
 
@@ -264,7 +267,10 @@ class VideoSink:
         return worker
 
     def _file_for(self, source_id: str, index: int) -> Path:
-        safe = safe_filename_part(source_id)
+        # A source named after its file ("clip.mp4") should not give "out-clip.mp4.mp4".
+        base = Path(source_id)
+        name = base.stem if base.suffix.lower() in _MEDIA_SUFFIXES and base.stem else source_id
+        safe = safe_filename_part(name)
         if self._is_template:
             path = Path(self._template.format(source_id=safe, session=index))
             if self._has_session or index == 0:
