@@ -1,0 +1,185 @@
+"""The source side of the runtime: a thread per source, sessions, idle eviction."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from torchstream._errors import ClosedResourceError, SourceError
+from torchstream._types import Source
+from torchstream.frame import Frame
+from torchstream.pipeline._channel import Channel
+from torchstream.pipeline._items import _KEEP_FINISHED, _Item, _SessionEnd, _SourceState
+from torchstream.pipeline._session import EndReason, Session
+from torchstream.pipeline._tracing import FrameTracer
+
+__all__ = ["_Sourcing"]
+
+log = logging.getLogger(__name__)
+
+
+class _Sourcing:
+    """Part of :class:`~torchstream.Pipeline`: reading sources into the ingress channel."""
+
+    device: torch.device
+    _lock: threading.Lock
+    _changed: threading.Condition
+    _sources: dict[str, _SourceState]
+    _ingress: Channel[_Item]
+    _tracer: FrameTracer | None
+    _idle_timeout: float | None
+    _sessions_open: int
+    _frames_in: int
+    _state: str
+
+    def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> threading.Thread:
+        raise NotImplementedError
+
+    def _count_drop(self, frame: Frame, reason: str) -> None:
+        raise NotImplementedError
+
+    def add_source(self, source: Source) -> None:
+        """Start reading ``source`` on its own thread. Its id must not be running already."""
+        if self._state != "running":
+            raise ClosedResourceError("add_source needs a running pipeline (use `with`)")
+        source_id = source.source_id
+        with self._lock:
+            existing = self._sources.get(source_id)
+            if existing is not None and existing.running:
+                raise ValueError(f"source id {source_id!r} is already running")
+            state = _SourceState(source=source, session=self._new_session(source_id, 0))
+            if existing is not None:
+                state.sessions = existing.sessions + 1
+                state.session.index = existing.sessions
+                state.ends_delivered = existing.ends_delivered
+                del self._sources[source_id]  # re-insert: the dict stays in age order
+            self._sources[source_id] = state
+            self._forget_finished_sources()
+        state.thread = self._spawn(f"ts/source/{source_id}", self._run_source, state)
+
+    def _forget_finished_sources(self) -> None:
+        """Keep the statistics of at most ``_KEEP_FINISHED`` finished sources (the newest), so
+        a pipeline that sees thousands of short-lived sources does not grow without bound.
+        Called with ``self._lock`` held."""
+        finished = [
+            sid
+            for sid, s in self._sources.items()
+            if not s.running and s.ends_delivered >= s.sessions
+        ]
+        for sid in finished[: max(0, len(finished) - _KEEP_FINISHED)]:
+            del self._sources[sid]
+
+    def sources(self) -> list[str]:
+        with self._lock:
+            return [sid for sid, s in self._sources.items() if s.running]
+
+    def _new_session(self, source_id: str, index: int) -> Session:
+        # Called with self._lock held.
+        self._sessions_open += 1
+        return Session(source_id=source_id, index=index)
+
+    def _run_source(self, state: _SourceState) -> None:
+        source = state.source
+        source_id = source.source_id
+        error: SourceError | None = None
+        try:
+            prepare = getattr(source, "prepare", None)
+            if prepare is not None:
+                prepare(self.device)
+            source.open()
+            frames = iter(source.frames())
+            while True:
+                # The time spent getting the next frame is its read and decode (for tracing).
+                decode_started_ns = time.time_ns() if self._tracer is not None else 0
+                frame = next(frames, None)
+                if frame is None or state.stop:
+                    break
+                if self._tracer is not None:
+                    frame.__dict__["_decode_started_ns"] = decode_started_ns
+                with state.lock:
+                    now = time.monotonic()
+                    with self._lock:
+                        if state.session.closed:  # evicted while idle: a new session
+                            state.session = self._new_session(source_id, state.sessions)
+                            state.sessions += 1
+                        self._frames_in += 1
+                        state.frames_in += 1
+                        if state.first_frame_seconds is None:
+                            state.first_frame_seconds = now
+                    state.last_activity_seconds = now
+                    frame.__dict__["_session"] = state.session
+                    frame.__dict__["_t_in"] = now
+                    if self._tracer is not None:
+                        self._tracer.start_frame(frame)
+                    dropped = self._ingress.put(frame, key=source_id, policy=source.policy)
+                    state.last_activity_seconds = time.monotonic()
+                for old in dropped:
+                    if isinstance(old, Frame):
+                        self._count_drop(old, "queue_full")
+        except ClosedResourceError:
+            pass  # the pipeline is closing
+        except SourceError as exc:
+            error = exc
+        except Exception as exc:  # the world broke the input (codec, I/O): fail this source only
+            error = SourceError(source_id, f"{type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+        finally:
+            with contextlib.suppress(Exception):
+                source.close()
+        for problem in getattr(source, "errors", ()):  # non-fatal: a skipped image, say
+            state.session.record_error(str(problem))
+        if error is not None:
+            log.warning("source failed: %s", error)
+            state.session.record_error(str(error))
+        reason: EndReason = "error" if error else ("closed" if state.stop else "end_of_stream")
+        with state.lock:
+            self._end_session(state.session, reason)
+        with self._changed:
+            if error is not None:
+                state.errors.append(str(error))
+            state.running = False
+            self._changed.notify_all()
+
+    def _end_session(self, session: Session, reason: EndReason) -> None:
+        if session.closed:
+            return
+        session.end_reason = reason
+        try:
+            self._ingress.put(_SessionEnd(session), key=session.source_id)
+        except ClosedResourceError:
+            with self._changed:
+                self._sessions_open -= 1
+                self._changed.notify_all()
+
+    def _run_idle_eviction(self) -> None:
+        assert self._idle_timeout is not None
+        with self._changed:
+            while self._state == "running":
+                now = time.monotonic()
+                next_check = now + self._idle_timeout
+                for state in list(self._sources.values()):
+                    if not state.running or state.session.closed:
+                        continue
+                    due = state.last_activity_seconds + self._idle_timeout
+                    if due > now:
+                        next_check = min(next_check, due)
+                    elif state.lock.acquire(blocking=False):  # busy putting: not idle
+                        try:
+                            self._lock.release()
+                            try:
+                                self._end_session(state.session, "idle")
+                            finally:
+                                self._lock.acquire()
+                        finally:
+                            state.lock.release()
+                self._changed.wait(max(0.0, next_check - time.monotonic()))
+
+    def _policy_of(self, frame: Frame) -> str:
+        state = self._sources.get(frame.source_id)
+        return state.source.policy if state is not None else "block"
