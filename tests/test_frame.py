@@ -114,3 +114,11 @@ def test_mask_rle_round_trip(shape: tuple[int, int]) -> None:
     assert torch.equal(mask.to_tensor(), bits)
     with pytest.raises(ValueError, match="counts sum"):
         Mask(height=2, width=2, counts=[1]).to_tensor()
+
+
+def test_require_surface_names_the_user_and_the_frame() -> None:
+    frame = Frame(source_id="cam", seq=7, width=2, height=1)
+    with pytest.raises(ValueError, match=r"stage 'x': frame cam#7 of source 'cam' has no surface"):
+        frame.require_surface("stage 'x'")
+    frame.surface = torch.zeros(1, 2, 3, dtype=torch.uint8)
+    assert frame.require_surface("stage 'x'") is frame.surface

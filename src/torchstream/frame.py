@@ -158,6 +158,16 @@ class Frame(msgspec.Struct, kw_only=True, dict=True):
         value: Session | None = self.__dict__.get("_session")
         return value
 
+    def require_surface(self, user: str) -> torch.Tensor:
+        """The surface, or a ValueError naming ``user`` (a stage or sink) and this frame."""
+        surface = self.surface
+        if surface is None:
+            raise ValueError(
+                f"{user}: frame {self.source_id}#{self.seq} of source {self.source_id!r} has "
+                "no surface (decoded pixels are needed here)"
+            )
+        return surface
+
     def add_object(
         self,
         *,

@@ -171,7 +171,7 @@ class ModelStage:
         height, width = self.input_size
         parts = []
         for frame, frame_crops in _group_by_frame(crops):
-            surface = _surface_of(frame, self.name)
+            surface = frame.require_surface(f"stage {self.name!r}")
             boxes = torch.tensor([c.box for c in frame_crops], dtype=torch.float32)
             parts.append(
                 crop_resize(surface, boxes.to(surface.device), height=height, width=width)
@@ -237,9 +237,3 @@ def _group_by_frame(crops: Sequence[Crop]) -> list[tuple[Frame, list[Crop]]]:
             groups.append((crop.frame, [crop]))
     return groups
 
-
-def _surface_of(frame: Frame, stage: str) -> torch.Tensor:
-    surface = frame.surface
-    if surface is None:
-        raise ValueError(f"stage {stage!r}: frame {frame.source_id}#{frame.seq} has no surface")
-    return surface

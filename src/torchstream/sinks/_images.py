@@ -80,11 +80,7 @@ class ImageSink:
     def write(self, frame: Frame) -> None:
         if self._closed:
             raise ClosedResourceError(f"sink {self.name!r} is closed")
-        if frame.surface is None:
-            raise ValueError(
-                f"sink {self.name!r}: frame {frame.source_id}#{frame.seq} of source "
-                f"{frame.source_id!r} has no surface; an image sink needs decoded pixels"
-            )
+        frame.require_surface(f"sink {self.name!r}")
         path = self.path_for(frame)
         data = self._encode(annotate(frame, self._style), path)
         temporary = path.with_name(f".{path.name}.partial")

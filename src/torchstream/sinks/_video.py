@@ -198,11 +198,7 @@ class VideoSink:
     def write(self, frame: Frame) -> None:
         if self._closed:
             raise ClosedResourceError(f"sink {self.name!r} is closed")
-        if frame.surface is None:
-            raise ValueError(
-                f"sink {self.name!r}: frame {frame.source_id}#{frame.seq} of source "
-                f"{frame.source_id!r} has no surface; a video sink needs decoded pixels"
-            )
+        frame.require_surface(f"sink {self.name!r}")
         broken = self._broken.get(frame.source_id)
         if broken is not None:
             raise BrokenResourceError(

@@ -128,12 +128,7 @@ class FaceProposals(ModelStage):
     def preprocess(self, crops: Sequence[Crop]) -> list[_Level]:
         by_size: dict[tuple[int, ...], list[tuple[int, torch.Tensor]]] = {}
         for i, crop in enumerate(crops):
-            surface = crop.frame.surface
-            if surface is None:
-                raise ValueError(
-                    f"stage {self.name!r}: frame {crop.frame.source_id}#{crop.frame.seq} "
-                    "has no surface"
-                )
+            surface = crop.frame.require_surface(f"stage {self.name!r}")
             by_size.setdefault(tuple(surface.shape), []).append((i, surface.to(self.device)))
         levels = []
         for (height, width, _), members in by_size.items():
@@ -229,13 +224,10 @@ class _CandidateStage(ModelStage):
         batch = torch.empty((len(crops), 3, size, size), device=self.device)
         for (_, factor), indices in groups.items():
             frame = crops[indices[0]].frame
-            if frame.surface is None:
-                raise ValueError(
-                    f"stage {self.name!r}: frame {frame.source_id}#{frame.seq} has no surface"
-                )
+            surface = frame.require_surface(f"stage {self.name!r}")
             boxes = torch.tensor([crops[i].box for i in indices], dtype=torch.float32)
             pixels = crop_resize(
-                frame.surface, boxes, height=size * factor, width=size * factor
+                surface, boxes, height=size * factor, width=size * factor
             ).to(self.device)
             if factor > 1:
                 pixels = F.avg_pool2d(pixels, factor)
