@@ -109,9 +109,13 @@ class _Workers:
         output = self._output(index)
         active: set[Session] = set()
 
+        # This thread's CUDA stream (set by _cuda_stream), looked up once: the lookup costs
+        # more than the event waits it serves.
+        stream = torch.cuda.current_stream() if self.device.type == "cuda" else None
+
         def run(batch: list[Frame] | None) -> None:
             if batch:
-                self._run_batch(index, batch, output)
+                self._run_batch(index, batch, output, stream)
 
         while True:
             deadline = batcher.deadline()
@@ -153,14 +157,17 @@ class _Workers:
             session.record_error(f"stage {stage.name!r} {hook}: {exc!r}")
 
     def _run_batch(
-        self, index: int, frames: list[Frame], output: Callable[[list[_Item]], None]
+        self,
+        index: int,
+        frames: list[Frame],
+        output: Callable[[list[_Item]], None],
+        stream: torch.cuda.Stream | None,
     ) -> None:
         stage = self._stages[index]
         counters = self._stage_counters[index]
         started = time.perf_counter()
-        on_cuda = self.device.type == "cuda"
-        if on_cuda:
-            _wait_ready(frames)
+        if stream is not None:
+            _wait_ready(frames, stream)
         if self._tracer is None:
             outcome = run_batch(stage, frames, guard_surfaces=self._debug_surfaces)
         else:
@@ -170,10 +177,10 @@ class _Workers:
         for frame, exc in outcome.failed:
             self._fail_frame(index, frame, exc)
         passed = outcome.passed
-        if on_cuda and passed:
+        if stream is not None and passed:
             # The next stage waits for this stage's work on the frames, not for the device.
             done = torch.cuda.Event()  # type: ignore[no-untyped-call]
-            done.record()
+            done.record(stream)
             for frame in passed:
                 frame.__dict__["_ready"] = done
         elapsed = time.perf_counter() - started
@@ -206,6 +213,7 @@ class _Workers:
         sink = self._sinks[index]
         inbox = self._sink_inputs[index]
         counters = self._sink_counters[index]
+        stream = torch.cuda.current_stream() if self.device.type == "cuda" else None
         try:
             while True:
                 try:
@@ -213,7 +221,7 @@ class _Workers:
                 except EndOfChannel:
                     return
                 for item in items:
-                    self._sink_item(sink, counters, item)
+                    self._sink_item(sink, counters, item, stream)
         finally:
             try:
                 sink.close()
@@ -221,12 +229,18 @@ class _Workers:
                 counters.errors += 1
                 log.warning("sink %r failed to close: %r", sink.name, exc)
 
-    def _sink_item(self, sink: Sink, counters: _StageCounters, item: _Item) -> None:
+    def _sink_item(
+        self,
+        sink: Sink,
+        counters: _StageCounters,
+        item: _Item,
+        stream: torch.cuda.Stream | None,
+    ) -> None:
         try:
             if isinstance(item, Frame):
                 counters.frames += 1
-                if "_ready" in item.__dict__:
-                    _wait_ready([item])
+                if stream is not None and "_ready" in item.__dict__:
+                    _wait_ready([item], stream)
                 if self._tracer is None:
                     sink.write(item)
                 else:
@@ -241,14 +255,14 @@ class _Workers:
                 item.session.record_error(f"sink {sink.name!r}: {exc}")
 
 
-def _wait_ready(frames: Sequence[Frame]) -> None:
-    """Make the current CUDA stream wait for the work that produced each frame (its decode or
-    the previous stage), and tell the allocator this stream uses the surfaces.
+def _wait_ready(frames: Sequence[Frame], stream: torch.cuda.Stream) -> None:
+    """Make ``stream`` (the calling thread's current CUDA stream) wait for the work that
+    produced each frame (its decode or the previous stage), and tell the allocator this
+    stream uses the surfaces.
 
     The wait is on the device, not the host: whatever the thread then does with the frame on
     its current stream (a copy to the host included) runs after the frame's producer.
     """
-    stream = torch.cuda.current_stream()
     waited: set[int] = set()
     for frame in frames:
         ready = frame.__dict__.get("_ready")

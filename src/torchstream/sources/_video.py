@@ -45,7 +45,9 @@ class VideoSource:
     ``decoder`` picks NVDEC or PyAV (see :data:`DecoderChoice`); the pipeline tells the source
     its device through ``prepare(device)`` before opening it. With NVDEC the surfaces are on
     the GPU and each frame carries a CUDA event that consumers wait on; ``decoder_used`` says
-    which decoder was chosen once the source is open.
+    which decoder was chosen once the source is open. ``demuxer="auto"`` lets NVDEC read local
+    files with PyNvVideoCodec's own demuxer (less Python per frame, so more streams per
+    process); ``"pyav"`` keeps PyAV's demuxer for everything.
     """
 
     def __init__(
@@ -57,9 +59,13 @@ class VideoSource:
         options: dict[str, str] | None = None,
         max_pixels: int = 8192 * 8192,
         decoder: DecoderChoice = "auto",
+        demuxer: Literal["auto", "pyav"] = "auto",
     ) -> None:
         if decoder not in ("auto", "nvdec", "pyav"):
             raise ValueError(f"decoder must be 'auto', 'nvdec' or 'pyav', got {decoder!r}")
+        if demuxer not in ("auto", "pyav"):
+            raise ValueError(f"demuxer must be 'auto' or 'pyav', got {demuxer!r}")
+        self.demuxer = demuxer
         self.decoder: DecoderChoice = decoder
         self.device = torch.device("cpu")
         self.decoder_used: Literal["nvdec", "pyav"] | None = None
@@ -108,13 +114,21 @@ class VideoSource:
         decoder = self._decoder
         assert decoder is not None
         if self._nvdec is not None:
-            for seq, (rgb, ready, pts, keyframe) in enumerate(self._nvdec.frames(self._container)):
+            local = self._local_path() if self.demuxer == "auto" else None
+            decoded = self._nvdec.frames(self._container, path=local)
+            for seq, (rgb, ready, pts, keyframe) in enumerate(decoded):
                 frame = self._frame(seq, rgb, pts, keyframe, decoder.codec)
                 frame.__dict__["_ready"] = ready  # decoded on the GPU: consumers wait on it
                 yield frame
             return
         for seq, (rgb, pts, keyframe) in enumerate(decoder.frames()):
             yield self._frame(seq, rgb, pts, keyframe, decoder.codec)
+
+    def _local_path(self) -> str | None:
+        if "://" in self.uri and not self.uri.startswith("file://"):
+            return None
+        path = Path(self.uri.removeprefix("file://"))
+        return str(path) if path.is_file() else None
 
     def _frame(
         self, seq: int, rgb: torch.Tensor, pts: float | None, keyframe: bool, codec: str
@@ -133,7 +147,9 @@ class VideoSource:
 
     def close(self) -> None:
         container, self._container, self._decoder = self._container, None, None
-        self._nvdec = None
+        nvdec, self._nvdec = self._nvdec, None
+        if nvdec is not None:
+            nvdec.close()
         if container is not None:
             container.close()
 

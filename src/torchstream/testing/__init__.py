@@ -108,17 +108,24 @@ class SyntheticVideo:
 
 
 def write_video(
-    path: str | Path, video: SyntheticVideo, frames: int, *, codec: str = "ffv1"
+    path: str | Path,
+    video: SyntheticVideo,
+    frames: int,
+    *,
+    codec: str = "ffv1",
+    faststart: bool = False,
 ) -> Path:
     """Encode ``frames`` frames of ``video`` into a real file with PyAV.
 
     ``ffv1`` (default, in ``.mkv``) is lossless, so decoded pixels equal the rendered ones;
-    ``libx264`` gives a realistic, lossy H.264 file (``.mp4``).
+    ``libx264`` gives a realistic, lossy H.264 file (``.mp4``). ``faststart`` puts an MP4's
+    index before its data, so a file cut short still opens and plays up to the cut.
     """
     import av
 
     path = Path(path)
-    with av.open(str(path), "w") as container:
+    options = {"movflags": "+faststart"} if faststart else {}
+    with av.open(str(path), "w", options=options) as container:
         stream = typing.cast("av.VideoStream", container.add_stream(codec, rate=round(video.fps)))
         stream.width, stream.height = video.width, video.height
         stream.pix_fmt = {"ffv1": "bgr0", "mjpeg": "yuvj420p"}.get(codec, "yuv420p")
