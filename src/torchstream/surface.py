@@ -12,6 +12,8 @@ with exclusive x2/y2, as in :class:`~torchstream.ObjectMeta`.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -23,6 +25,7 @@ from torchstream.models._boxes import Letterbox
 __all__ = [
     "crop_resize",
     "letterbox",
+    "letterbox_batch",
     "letterbox_nv12",
     "nv12_to_rgb",
     "resize",
@@ -104,6 +107,120 @@ def letterbox(
     rows, columns = box.content_slices()
     canvas[:, rows, columns] = content
     return canvas, box
+
+
+def letterbox_batch(
+    surfaces: Sequence[Tensor],
+    *,
+    height: int,
+    width: int,
+    fill: float = 114.0,
+    dtype: torch.dtype = torch.float32,
+    mean: Sequence[float] = (0.0, 0.0, 0.0),
+    std: Sequence[float] = (1.0, 1.0, 1.0),
+    bgr: bool = False,
+    out: Tensor | None = None,
+    backend: Literal["auto", "triton", "torch"] = "auto",
+) -> tuple[Tensor, list[Letterbox]]:
+    """Letterbox a batch of surfaces of any sizes into one model input ``(B, 3, height,
+    width)``, normalised as ``(value - mean) / std`` per output channel (values in 0..255
+    units: ``std=(255, 255, 255)`` gives 0..1), channels RGB or, with ``bgr``, BGR. Returns
+    it with each frame's :class:`~torchstream.models.Letterbox`.
+
+    On CUDA (with Triton, which CUDA builds of torch ship) the whole batch is one kernel
+    launch: each output pixel reads its four source pixels and is written once, normalised,
+    in ``dtype``; no full-resolution float copy of the frame is made. Elsewhere (or with
+    ``backend="torch"``) the same result comes from torch ops, frame by frame. Resizing is
+    bilinear without antialiasing (OpenCV's ``INTER_LINEAR``, what YOLO-style detectors are
+    trained with); :func:`letterbox` antialiases when shrinking.
+
+    ``out``: a preallocated contiguous ``(N >= B, 3, height, width)`` tensor to write into
+    (a fixed-shape batch for CUDA graphs, say); ``out[:B]`` is returned. ``fill`` is a pixel
+    value (0..255), normalised like the content.
+    """
+    _check_size(height, width)
+    _check_dtype(dtype)
+    if backend not in ("auto", "triton", "torch"):
+        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
+    if len(mean) != 3 or len(std) != 3 or any(s == 0 for s in std):
+        raise ValueError(f"mean and std need 3 values each, std non-zero: {mean!r}, {std!r}")
+    if not surfaces:
+        raise ValueError("letterbox_batch needs at least one surface")
+    for surface in surfaces:
+        _check_surface(surface)
+    device = surfaces[0].device
+    if any(surface.device != device for surface in surfaces):
+        raise ValueError("all surfaces of a batch must be on the same device")
+    count = len(surfaces)
+    if out is None:
+        out = torch.empty((count, 3, height, width), dtype=dtype, device=device)
+    elif (
+        out.dim() != 4
+        or out.shape[0] < count
+        or tuple(out.shape[1:]) != (3, height, width)
+        or out.device != device
+        or not out.is_contiguous()
+        or not out.dtype.is_floating_point
+    ):
+        raise ValueError(
+            f"out must be a contiguous floating point ({count} or more, 3, {height}, {width}) "
+            f"tensor on {device}, got {out.dtype} {tuple(out.shape)} on {out.device}"
+        )
+    boxes = [
+        Letterbox.fit(
+            source_width=surface.shape[1],
+            source_height=surface.shape[0],
+            target_width=width,
+            target_height=height,
+        )
+        for surface in surfaces
+    ]
+    batch = out[:count]
+    normaliser = _normaliser(device, tuple(mean), tuple(std))
+    if backend != "torch" and _fused_letterbox_possible(surfaces, backend):
+        from torchstream._kernels import letterbox_rgb_batch
+
+        placements = []
+        for box in boxes:
+            rows, columns = box.content_slices()
+            assert rows.start is not None and columns.start is not None
+            placements.append(
+                (box.scale, rows.start, columns.start, box.content_height, box.content_width)
+            )
+        letterbox_rgb_batch(surfaces, placements, batch, normaliser, fill=fill, bgr=bgr)
+        return batch, boxes
+    multiply, add = normaliser[:3].view(3, 1, 1), normaliser[3:].view(3, 1, 1)
+    for index, surface in enumerate(surfaces):
+        image, _ = letterbox(
+            surface, height=height, width=width, fill=fill, dtype=torch.float32, antialias=False
+        )
+        if bgr:
+            image = image.flip(0)
+        batch[index] = image * multiply + add
+    return batch, boxes
+
+
+def _fused_letterbox_possible(surfaces: Sequence[Tensor], backend: str) -> bool:
+    """Whether the Triton kernel can take this batch; with ``backend="triton"``, say why not."""
+    from torchstream._kernels import triton_available
+
+    reason = None
+    if surfaces[0].device.type != "cuda":
+        reason = f"the surfaces are on {surfaces[0].device}, not CUDA"
+    elif not triton_available():
+        reason = "Triton is not installed (CUDA builds of torch ship it)"
+    elif any(s.stride(2) != 1 or s.stride(1) != 3 for s in surfaces):
+        reason = "a surface's pixels are not packed (stride (…, 3, 1)); pass .contiguous()"
+    if reason is not None and backend == "triton":
+        raise ValueError(f"backend='triton' cannot run: {reason}")
+    return reason is None
+
+
+@functools.lru_cache(maxsize=16)
+def _normaliser(device: torch.device, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """``value * n[c] + n[3 + c]`` per output channel, kept on the device (one upload)."""
+    values = [1.0 / s for s in std] + [-m / s for m, s in zip(mean, std, strict=True)]
+    return torch.tensor(values, dtype=torch.float32).to(device)
 
 
 def crop_resize(

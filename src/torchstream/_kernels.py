@@ -1,0 +1,127 @@
+"""Triton kernels for the GPU data path, built on first use (Triton ships with CUDA builds of
+torch; nothing here is imported on the CPU)."""
+
+from __future__ import annotations
+
+import functools
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+__all__ = ["LETTERBOX_FIELDS", "letterbox_rgb_batch", "triton_available"]
+
+LETTERBOX_FIELDS = 9
+"""int64 fields per frame in the letterbox kernel's table: surface address, source height and
+width, row stride (bytes), top and left padding, content height and width, and the float32
+bits of 1 / scale."""
+
+
+@functools.cache
+def triton_available() -> bool:
+    try:
+        import triton.language  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@functools.cache
+def _letterbox_kernel() -> Any:
+    import triton
+    import triton.language as tl
+
+    @triton.jit  # type: ignore[untyped-decorator]
+    def letterbox_rgb(  # type: ignore[no-untyped-def]
+        table,  # int64 (B, LETTERBOX_FIELDS)
+        out,  # (B, 3, H, W) float16/float32/bfloat16, contiguous
+        norm,  # float32 (6,): per output channel, value * norm[c] + norm[3 + c]
+        height,
+        width,
+        fill,
+        BGR: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
+        frame = tl.program_id(1)
+        offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        in_canvas = offsets < height * width
+        oy = offsets // width
+        ox = offsets - oy * width
+        row = table + frame * 9
+        source = tl.load(row).to(tl.pointer_type(tl.uint8))
+        source_h = tl.load(row + 1).to(tl.int32)
+        source_w = tl.load(row + 2).to(tl.int32)
+        stride = tl.load(row + 3)
+        inverse = tl.load(row + 8).to(tl.int32).to(tl.float32, bitcast=True)
+        top = tl.load(row + 4).to(tl.int32)
+        left = tl.load(row + 5).to(tl.int32)
+        content_h = tl.load(row + 6).to(tl.int32)
+        content_w = tl.load(row + 7).to(tl.int32)
+        inside = in_canvas & (oy >= top) & (oy < top + content_h)
+        inside = inside & (ox >= left) & (ox < left + content_w)
+        # torch's bilinear (align_corners=False, scale given): source = (dst + 0.5) / scale - 0.5,
+        # clamped at 0; the upper neighbour clamps at the last pixel.
+        fx = tl.maximum(((ox - left).to(tl.float32) + 0.5) * inverse - 0.5, 0.0)
+        fy = tl.maximum(((oy - top).to(tl.float32) + 0.5) * inverse - 0.5, 0.0)
+        x0 = tl.minimum(fx.to(tl.int32), source_w - 1)
+        y0 = tl.minimum(fy.to(tl.int32), source_h - 1)
+        x1 = tl.minimum(x0 + 1, source_w - 1)
+        y1 = tl.minimum(y0 + 1, source_h - 1)
+        wx = fx - x0.to(tl.float32)
+        wy = fy - y0.to(tl.float32)
+        upper = source + y0.to(tl.int64) * stride
+        lower = source + y1.to(tl.int64) * stride
+        plane = height * width
+        base = out + frame.to(tl.int64) * 3 * plane
+        for channel in tl.static_range(3):
+            p00 = tl.load(upper + x0 * 3 + channel, mask=inside, other=0).to(tl.float32)
+            p01 = tl.load(upper + x1 * 3 + channel, mask=inside, other=0).to(tl.float32)
+            p10 = tl.load(lower + x0 * 3 + channel, mask=inside, other=0).to(tl.float32)
+            p11 = tl.load(lower + x1 * 3 + channel, mask=inside, other=0).to(tl.float32)
+            value = (1.0 - wy) * ((1.0 - wx) * p00 + wx * p01) + wy * ((1.0 - wx) * p10 + wx * p11)
+            value = tl.where(inside, value, fill)
+            target = 2 - channel if BGR else channel
+            scaled = value * tl.load(norm + target) + tl.load(norm + 3 + target)
+            tl.store(
+                base + target * plane + offsets,
+                scaled.to(out.dtype.element_ty),
+                mask=in_canvas,
+            )
+
+    return letterbox_rgb
+
+
+def letterbox_rgb_batch(
+    surfaces: Sequence[torch.Tensor],
+    placements: Sequence[tuple[float, int, int, int, int]],
+    out: torch.Tensor,
+    norm: torch.Tensor,
+    *,
+    fill: float,
+    bgr: bool,
+) -> None:
+    """One launch for the whole batch: ``out[i]`` = surface ``i`` resized bilinearly by its
+    placement's scale into its content rectangle, the rest ``fill``, all times ``norm``.
+
+    ``placements[i]`` is ``(scale, top, left, content_h, content_w)``. Surfaces are ``uint8
+    (h, w, 3)`` with packed pixels (row stride free). The kernel is queued on the current
+    stream; the caller keeps the surfaces alive and on that stream until it has run.
+    """
+    rows = []
+    for surface, (scale, top, left, content_h, content_w) in zip(surfaces, placements, strict=True):
+        inverse_bits = struct.unpack("<I", struct.pack("<f", 1.0 / scale))[0]
+        rows.append(
+            [
+                surface.data_ptr(), surface.shape[0], surface.shape[1], surface.stride(0),
+                top, left, content_h, content_w, inverse_bits,
+            ]
+        )
+    table = torch.tensor(rows, dtype=torch.int64).pin_memory()
+    table = table.to(out.device, non_blocking=True)
+    height, width = out.shape[2], out.shape[3]
+    block = 1024
+    grid = ((height * width + block - 1) // block, len(rows))
+    _letterbox_kernel()[grid](
+        table, out, norm, height, width, float(fill), BGR=bgr, BLOCK=block, num_warps=4
+    )
