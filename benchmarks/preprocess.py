@@ -6,8 +6,9 @@ letterboxed, normalised float16 (B, 3, 384, 640) model input.
 Compared: torch ops frame by frame with ``letterbox()`` (antialiased), the same batched the
 way a careful user would for same-size frames (stack, one interpolate, pad, normalise),
 ``letterbox_batch`` on torch ops, and ``letterbox_batch``'s Triton kernel (one launch per
-batch). GPU time comes from CUDA events around many iterations; host time is what the call
-costs the calling thread (launches, Python), which bounds a stage thread under the GIL.
+batch). GPU time comes from CUDA events around many back-to-back iterations; host time is
+what one call costs the calling thread (launches, Python) with the device idle, which bounds
+a stage thread under the GIL.
 """
 
 from __future__ import annotations
@@ -53,19 +54,28 @@ def ours(backend: str) -> Callable[[list[torch.Tensor]], torch.Tensor]:
 def measure(
     fn: Callable[[list[torch.Tensor]], torch.Tensor], surfaces: list[torch.Tensor], iterations: int
 ) -> tuple[float, float]:
-    """(GPU milliseconds per batch, host microseconds per batch)."""
+    """(GPU milliseconds per batch, host microseconds per batch).
+
+    GPU time: back-to-back calls between two events (the device's throughput). Host time:
+    each call timed alone with the device idle before it, so it is the cost of issuing the
+    work (in a GPU-bound loop the host would instead wait for queue room and read the same
+    as the GPU)."""
     for _ in range(3):
         fn(surfaces)
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    host = 0.0
     start.record()
     for _ in range(iterations):
+        fn(surfaces)
+    end.record()
+    end.synchronize()
+    host = 0.0
+    for _ in range(iterations):
+        torch.cuda.synchronize()
         began = time.perf_counter()
         fn(surfaces)
         host += time.perf_counter() - began
-    end.record()
-    end.synchronize()
+    torch.cuda.synchronize()
     return start.elapsed_time(end) / iterations, 1e6 * host / iterations
 
 

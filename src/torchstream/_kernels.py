@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import struct
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -92,6 +93,53 @@ def _letterbox_kernel() -> Any:
     return letterbox_rgb
 
 
+class _PinnedRing:
+    """Pinned staging buffers for the kernels' small per-batch tables, reused in turn.
+
+    A fresh pinned tensor per batch costs a pinned allocation that waits for the GPU while
+    earlier uploads are pending (measured: the call then took as long as the GPU work); a
+    buffer here is rewritten only once its previous upload has run.
+    """
+
+    def __init__(self, slots: int = 8) -> None:
+        self._buffers: list[torch.Tensor | None] = [None] * slots
+        self._uploaded: list[torch.cuda.Event | None] = [None] * slots
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def upload(self, rows: list[list[int]], device: torch.device) -> torch.Tensor:
+        values = torch.tensor(rows, dtype=torch.int64)
+        with self._lock:
+            slot = self._next
+            self._next = (slot + 1) % len(self._buffers)
+            uploaded = self._uploaded[slot]
+            if uploaded is not None:
+                uploaded.synchronize()  # type: ignore[no-untyped-call]
+            buffer = self._buffers[slot]
+            if buffer is None or buffer.numel() < values.numel():
+                buffer = torch.empty(max(values.numel(), 1024), dtype=torch.int64, pin_memory=True)
+                self._buffers[slot] = buffer
+            staged = buffer[: values.numel()].view(values.shape)
+            staged.copy_(values)
+            table = staged.to(device, non_blocking=True)
+            done = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            done.record()
+            self._uploaded[slot] = done
+        return table
+
+
+_rings: dict[torch.device, _PinnedRing] = {}
+_rings_lock = threading.Lock()
+
+
+def _upload(rows: list[list[int]], device: torch.device) -> torch.Tensor:
+    with _rings_lock:
+        ring = _rings.get(device)
+        if ring is None:
+            ring = _rings[device] = _PinnedRing()
+    return ring.upload(rows, device)
+
+
 def letterbox_rgb_batch(
     surfaces: Sequence[torch.Tensor],
     placements: Sequence[tuple[float, int, int, int, int]],
@@ -117,8 +165,7 @@ def letterbox_rgb_batch(
                 top, left, content_h, content_w, inverse_bits,
             ]
         )
-    table = torch.tensor(rows, dtype=torch.int64).pin_memory()
-    table = table.to(out.device, non_blocking=True)
+    table = _upload(rows, out.device)
     height, width = out.shape[2], out.shape[3]
     block = 1024
     grid = ((height * width + block - 1) // block, len(rows))
