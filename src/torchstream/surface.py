@@ -166,27 +166,13 @@ def letterbox_batch(
             f"out must be a contiguous floating point ({count} or more, 3, {height}, {width}) "
             f"tensor on {device}, got {out.dtype} {tuple(out.shape)} on {out.device}"
         )
-    boxes = [
-        Letterbox.fit(
-            source_width=surface.shape[1],
-            source_height=surface.shape[0],
-            target_width=width,
-            target_height=height,
-        )
-        for surface in surfaces
-    ]
+    boxes = [_fit(surface.shape[1], surface.shape[0], width, height) for surface in surfaces]
     batch = out[:count]
     normaliser = _normaliser(device, tuple(mean), tuple(std))
     if backend != "torch" and _fused_letterbox_possible(surfaces, backend):
         from torchstream._kernels import letterbox_rgb_batch
 
-        placements = []
-        for box in boxes:
-            rows, columns = box.content_slices()
-            assert rows.start is not None and columns.start is not None
-            placements.append(
-                (box.scale, rows.start, columns.start, box.content_height, box.content_width)
-            )
+        placements = [_placement(box) for box in boxes]
         letterbox_rgb_batch(surfaces, placements, batch, normaliser, fill=fill, bgr=bgr)
         return batch, boxes
     multiply, add = normaliser[:3].view(3, 1, 1), normaliser[3:].view(3, 1, 1)
@@ -198,6 +184,25 @@ def letterbox_batch(
             image = image.flip(0)
         batch[index] = image * multiply + add
     return batch, boxes
+
+
+@functools.lru_cache(maxsize=256)
+def _fit(source_width: int, source_height: int, width: int, height: int) -> Letterbox:
+    """Letterbox.fit, remembered: a stream's frames all have the same size (Letterbox is
+    immutable)."""
+    return Letterbox.fit(
+        source_width=source_width,
+        source_height=source_height,
+        target_width=width,
+        target_height=height,
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _placement(box: Letterbox) -> tuple[float, int, int, int, int]:
+    """(scale, top, left, content height, content width): what the kernel needs of a box."""
+    rows, columns = box.content_slices()
+    return (box.scale, rows.start or 0, columns.start or 0, box.content_height, box.content_width)
 
 
 def _fused_letterbox_possible(surfaces: Sequence[Tensor], backend: str) -> bool:
