@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torchstream
+import torchstream.codecs
 import torchstream.sinks
 import torchstream.sources
 
@@ -24,8 +25,11 @@ def test_top_level_names() -> None:
 
 def test_sub_namespaces() -> None:
     assert set(torchstream.sources.__all__) == {
-        "IMAGE_SUFFIXES", "LIVE_SCHEMES", "DecoderChoice", "ImageSource", "VideoSource",
-        "open_source",
+        "IMAGE_SUFFIXES", "LIVE_SCHEMES", "DecoderChoice", "ImageSource", "PushedSource",
+        "VideoSource", "open_source",
+    }
+    assert set(torchstream.codecs.__all__) == {
+        "EncodedPacket", "VideoEncoder", "decode_image", "demux_packets"
     }
     assert set(torchstream.sinks.__all__) == {
         "CallbackSink", "ImageSink", "JsonLinesSink", "VideoSink"

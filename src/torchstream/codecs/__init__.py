@@ -1,5 +1,6 @@
 """Decoders and encoders."""
 
 from torchstream.codecs._encode import VideoEncoder
+from torchstream.codecs._pyav import EncodedPacket, decode_image, demux_packets
 
-__all__ = ["VideoEncoder"]
+__all__ = ["EncodedPacket", "VideoEncoder", "decode_image", "demux_packets"]

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 
 from torchstream._errors import MissingDependencyError, SourceError
@@ -104,21 +105,32 @@ class NvdecDecoder:
     """
 
     def __init__(
-        self, stream: Any, *, device: torch.device, source_id: str, uri: str
+        self,
+        codec: str,
+        *,
+        time_base: float | None,
+        device: torch.device,
+        source_id: str,
+        uri: str,
+        stream: Any = None,
     ) -> None:
+        """``codec``: FFmpeg's codec name; ``time_base``: seconds per pts unit. ``stream``: the
+        PyAV stream the packets come from, when they are demuxed by PyAV from a container
+        (MP4/MKV H.264/HEVC packets are converted to Annex B); packets given to
+        :meth:`decode` must already be Annex B (what MPEG-TS, RTSP and our wire carry)."""
         nvc = _nvc()
         self.source_id = source_id
         self.uri = uri
         self.device = device
-        self.codec = stream.codec_context.name or ""
-        if self.codec not in NVDEC_CODECS:
-            raise SourceError(source_id, f"NVDEC cannot decode {self.codec!r} ({uri})")
-        self._time_base = float(stream.time_base) if stream.time_base else None
+        self.codec = codec
+        if codec not in NVDEC_CODECS:
+            raise SourceError(source_id, f"NVDEC cannot decode {codec!r} ({uri})")
+        self._time_base = time_base
         self._filter: Any = None
-        if self.codec in _ANNEXB_FILTERS:
+        if stream is not None and codec in _ANNEXB_FILTERS:
             from av.bitstream import BitStreamFilterContext
 
-            self._filter = BitStreamFilterContext(_ANNEXB_FILTERS[self.codec], stream)
+            self._filter = BitStreamFilterContext(_ANNEXB_FILTERS[codec], stream)
         self.cuda_stream = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
         try:
             self._decoder = nvc.CreateDecoder(
@@ -218,6 +230,32 @@ class NvdecDecoder:
                 f"truncated data in {self.uri}: {seen} of {expected} packets could be read",
             )
         yield from self._flush()
+
+    def decode(
+        self, data: bytes | memoryview, *, pts: int | None = None, keyframe: bool = False
+    ) -> list[_Decoded]:
+        """Decode one Annex B packet given as bytes (a packet received from elsewhere).
+
+        Run with this decoder's stream current (``torch.cuda.stream(decoder.cuda_stream)``).
+        Packets before the first keyframe are skipped. The bytes are read during the call
+        only."""
+        if not self._seen_keyframe:
+            if not keyframe:
+                return []
+            self._seen_keyframe = True
+        view = np.frombuffer(data, dtype=np.uint8)  # zero-copy, alive during Decode
+        packet = self._packet_type()
+        packet.bsl_data = view.ctypes.data
+        packet.bsl = view.size
+        if pts is not None:
+            packet.pts = pts
+            if keyframe:
+                self._keyframe_pts.add(pts)
+        return self._feed(packet)
+
+    def flush(self) -> list[_Decoded]:
+        """The pictures still inside the decoder, at the end of a stream."""
+        return self._flush()
 
     def _feed_pyav(self, packet: Any) -> list[_Decoded]:
         data = self._packet_type()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import av
@@ -12,7 +13,14 @@ import torch
 
 from torchstream._errors import SourceError
 
-__all__ = ["PyAVDecoder", "open_container"]
+__all__ = [
+    "EncodedPacket",
+    "PyAVDecoder",
+    "PyAVPacketDecoder",
+    "decode_image",
+    "demux_packets",
+    "open_container",
+]
 
 log = logging.getLogger(__name__)
 
@@ -124,3 +132,162 @@ class PyAVDecoder:
                 f"truncated: the stream ends at {last_pts:.3f} s of the "
                 f"{declared:.3f} s its container declares ({self.uri})",
             )
+
+
+class PyAVPacketDecoder:
+    """Decodes packets of one stream given as bytes (received from elsewhere, not demuxed
+    here) into RGB ``uint8 (H, W, 3)`` tensors on the CPU.
+
+    ``codec`` is FFmpeg's name (``h264``, ``hevc``, ``mjpeg``, …); H.264/HEVC packets are
+    Annex B or need ``extradata``. ``time_base``: seconds per pts unit. Packets before the
+    first keyframe are skipped; corrupt data raises :class:`SourceError`.
+    """
+
+    def __init__(
+        self,
+        codec: str,
+        *,
+        time_base: float | None,
+        source_id: str,
+        uri: str,
+        extradata: bytes | None = None,
+        max_pixels: int = 8192 * 8192,
+    ) -> None:
+        self.codec = codec
+        self.source_id = source_id
+        self.uri = uri
+        self._time_base = time_base
+        self._max_pixels = max_pixels
+        try:
+            self._context: Any = av.CodecContext.create(codec, "r")
+        except (av.error.FFmpegError, ValueError) as exc:
+            raise SourceError(source_id, f"unknown codec {codec!r} ({uri})") from exc
+        if extradata:
+            self._context.extradata = extradata
+        # PyAV's default slice threading: frame threading would add a frame of latency per
+        # thread to a live stream, and (PyAV 18) freeing a frame-threaded context that was not
+        # flushed hangs.
+        self._seen_keyframe = False
+
+    def decode(
+        self, data: bytes | memoryview, *, pts: int | None = None, keyframe: bool = False
+    ) -> list[tuple[torch.Tensor, float | None, bool]]:
+        if not self._seen_keyframe:
+            if not keyframe:
+                return []
+            self._seen_keyframe = True
+        packet = av.Packet(bytes(data))
+        if pts is not None:
+            packet.pts = pts
+        return self._decode(packet)
+
+    def flush(self) -> list[tuple[torch.Tensor, float | None, bool]]:
+        """The pictures still inside the decoder, at the end of a stream."""
+        return self._decode(None) if self._seen_keyframe else []
+
+    def _decode(self, packet: Any) -> list[tuple[torch.Tensor, float | None, bool]]:
+        try:
+            frames = self._context.decode(packet)
+        except av.error.FFmpegError as exc:
+            raise SourceError(
+                self.source_id, f"corrupt {self.codec} data from {self.uri}: {exc}"
+            ) from exc
+        out = []
+        for frame in frames:
+            if frame.width * frame.height > self._max_pixels:
+                raise SourceError(
+                    self.source_id,
+                    f"picture of {frame.width}x{frame.height} exceeds "
+                    f"max_pixels={self._max_pixels} ({self.uri})",
+                )
+            seconds = (
+                frame.pts * self._time_base
+                if frame.pts is not None and self._time_base is not None
+                else None
+            )
+            rgb = torch.from_numpy(frame.to_ndarray(format="rgb24"))
+            out.append((rgb, seconds, bool(frame.key_frame)))
+        return out
+
+
+def decode_image(
+    data: bytes | memoryview, *, source_id: str, max_pixels: int = 8192 * 8192
+) -> tuple[torch.Tensor, str]:
+    """One still image (JPEG, PNG, BMP, TIFF, WebP, …) from its encoded bytes → ``(rgb,
+    codec)``. The size is checked from the stream header before the picture is decoded."""
+    import io
+
+    try:
+        container = av.open(io.BytesIO(bytes(data)), mode="r")
+    except (av.error.FFmpegError, OSError) as exc:
+        raise SourceError(source_id, f"not a readable image: {exc}") from exc
+    try:
+        decoder = PyAVDecoder(
+            container,
+            source_id=source_id,
+            uri="image bytes",
+            max_pixels=max_pixels,
+            check_truncation=False,
+        )
+        for rgb, _pts, _key in decoder.frames():
+            return rgb, decoder.codec
+        raise SourceError(source_id, "no picture in the image bytes")
+    finally:
+        container.close()
+
+
+@dataclass(frozen=True)
+class EncodedPacket:
+    """One demuxed video packet, ready to send: H.264/HEVC in Annex B (parameter sets in the
+    stream), pts in ``time_base`` seconds per unit."""
+
+    data: bytes
+    codec: str
+    pts: int | None
+    time_base: float | None
+    keyframe: bool
+    width: int
+    height: int
+
+
+_ANNEXB = {"h264": "h264_mp4toannexb", "hevc": "hevc_mp4toannexb"}
+
+
+def demux_packets(
+    uri: str, *, source_id: str, options: dict[str, str] | None = None
+) -> Iterator[EncodedPacket]:
+    """The video packets of ``uri`` without decoding them (what a source adapter sends).
+
+    MP4/MKV H.264 and HEVC are converted to Annex B (the filter passes Annex B input such as
+    MPEG-TS or RTSP through). Errors raise :class:`SourceError` naming the input.
+    """
+    from av.bitstream import BitStreamFilterContext
+
+    container = open_container(uri, source_id=source_id, options=options)
+    try:
+        if not container.streams.video:
+            raise SourceError(source_id, f"no video stream in {uri}")
+        stream = container.streams.video[0]
+        codec = stream.codec_context.name or ""
+        time_base = float(stream.time_base) if stream.time_base else None
+        width, height = stream.codec_context.width, stream.codec_context.height
+        bsf = BitStreamFilterContext(_ANNEXB[codec], stream) if codec in _ANNEXB else None
+
+        def packets(packet: Any) -> Iterator[EncodedPacket]:
+            for item in bsf.filter(packet) if bsf is not None else [packet]:
+                if item.size:
+                    yield EncodedPacket(
+                        bytes(item), codec, item.pts, time_base, bool(item.is_keyframe),
+                        width, height,
+                    )
+
+        try:
+            for packet in container.demux(stream):
+                if packet.size:
+                    yield from packets(packet)
+        except av.error.FFmpegError as exc:
+            raise SourceError(source_id, f"corrupt or truncated data in {uri}: {exc}") from exc
+        if bsf is not None:
+            yield from packets(None)
+    finally:
+        container.close()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from torchstream.pipeline._channel import Policy
 from torchstream.sources._images import IMAGE_SUFFIXES, ImageSource
+from torchstream.sources._pushed import PushedSource
 from torchstream.sources._video import (
     LIVE_SCHEMES,
     DecoderChoice,
@@ -19,6 +20,7 @@ __all__ = [
     "LIVE_SCHEMES",
     "DecoderChoice",
     "ImageSource",
+    "PushedSource",
     "VideoSource",
     "open_source",
 ]

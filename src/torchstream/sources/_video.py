@@ -100,8 +100,14 @@ class VideoSource:
                 device = self.device if self.device.type == "cuda" else torch.device("cuda")
                 if not torch.cuda.is_available():
                     raise SourceError(self.source_id, "decoder='nvdec' needs a CUDA device")
+                stream = self._decoder.stream
                 self._nvdec = NvdecDecoder(
-                    self._decoder.stream, device=device, source_id=self.source_id, uri=self.uri
+                    self._decoder.codec,
+                    time_base=float(stream.time_base) if stream.time_base else None,
+                    device=device,
+                    source_id=self.source_id,
+                    uri=self.uri,
+                    stream=stream,
                 )
             self.decoder_used = "nvdec" if use_nvdec else "pyav"
         except BaseException:
