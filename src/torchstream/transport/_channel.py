@@ -35,7 +35,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 __all__ = ["Receiver", "ReceiverStatistics", "Sender", "SenderStatistics"]
 
-log = logging.getLogger("torchstream.transport")
+log = logging.getLogger(__name__)
 
 _SENDER_TYPES = ("dealer", "push", "pub")
 _RECEIVER_TYPES = ("router", "pull", "sub")
@@ -103,24 +103,28 @@ class _Socket:
 
     def __init__(
         self,
-        endpoint: Endpoint | str,
+        endpoint: Endpoint,
         context: zmq.Context[Any] | None,
         options: SocketOptions,
         limits: Limits,
     ) -> None:
+        if options.max_part_bytes is None:
+            options = replace(options, max_part_bytes=limits.part_cap_bytes)
+        self._socket = endpoint.open(context, options=options)
+        self.endpoint = endpoint.resolved(self._socket)
+        """The endpoint as opened: a bound ``*`` port is the real port here."""
+        self._closed = False
+
+    @classmethod
+    def _parse(cls, endpoint: Endpoint | str) -> Endpoint:
         parsed = Endpoint.parse(endpoint) if isinstance(endpoint, str) else endpoint
         if parsed.socket_type in ("req", "rep"):
             raise ValueError(f"{parsed}: {_REQUEST_REPLY}")
-        if parsed.socket_type not in self._allowed:
+        if parsed.socket_type not in cls._allowed:
             raise ValueError(
-                f"a {self._role} needs a {' / '.join(self._allowed)} endpoint, got {parsed}"
+                f"a {cls._role} needs a {' / '.join(cls._allowed)} endpoint, got {parsed}"
             )
-        if options.max_part_bytes is None:
-            options = replace(options, max_part_bytes=limits.part_cap_bytes)
-        self._socket = parsed.open(context, options=options)
-        self.endpoint = parsed.resolved(self._socket)
-        """The endpoint as opened: a bound ``*`` port is the real port here."""
-        self._closed = False
+        return parsed
 
     def _check_open(self) -> None:
         if self._closed:
@@ -185,7 +189,7 @@ class Sender(_Socket):
             raise ValueError(
                 f"send_timeout_seconds must be >= 0 or None, got {send_timeout_seconds}"
             )
-        super().__init__(endpoint, context, options, limits)
+        super().__init__(self._parse(endpoint), context, options, limits)
         self._timeout = send_timeout_seconds
         self._hwm = options.high_water_mark
         if send_timeout_seconds is not None:
@@ -352,10 +356,10 @@ class Receiver(_Socket):
             raise ValueError("shutdown_secret must be a non-empty string or None")
         if isinstance(subscribe, str):
             raise ValueError(f"subscribe must be a sequence of prefixes, got {subscribe!r}")
-        super().__init__(endpoint, context, options, limits)
-        if subscribe is not None and self.endpoint.socket_type != "sub":
-            self._socket.close(linger=0)
-            raise ValueError(f"subscribe is for sub endpoints, not {self.endpoint}")
+        parsed = self._parse(endpoint)
+        if subscribe is not None and parsed.socket_type != "sub":
+            raise ValueError(f"subscribe is for sub endpoints, not {parsed}")
+        super().__init__(parsed, context, options, limits)
         if self.endpoint.socket_type == "sub":
             for prefix in ("",) if subscribe is None else subscribe:
                 self._socket.setsockopt(zmq.SUBSCRIBE, prefix.encode())

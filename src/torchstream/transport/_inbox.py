@@ -23,7 +23,7 @@ from torchstream.transport._protocol import (
 
 __all__ = ["Delivery", "Inbox"]
 
-log = logging.getLogger("torchstream.transport")
+log = logging.getLogger(__name__)
 
 _MAX_ROUTES = 65536  # sources remembered per inbox; the least recently heard go first
 

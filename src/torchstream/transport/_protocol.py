@@ -425,7 +425,7 @@ def decode(
         )
     try:
         envelope = _envelope_decoder.decode(header)
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ProtocolError(
             "bad_header", f"not a MessagePack map with 'version' and 'kind': {exc}"
         ) from None
@@ -440,7 +440,7 @@ def decode(
         )
     try:
         message: Message = _decoder.decode(header)
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ProtocolError("bad_header", f"invalid {envelope.kind} header: {exc}") from None
     expected_topic = topic_of(message)
     if topic.nbytes > _MAX_TOPIC_BYTES or topic != expected_topic:
