@@ -32,13 +32,13 @@ from torchstream.transport._protocol import (
     Payload,
     RawPayload,
     RejectReason,
-    Rejects,
     ResultMessage,
     Shutdown,
     decode,
     encode,
     topic_of,
 )
+from torchstream.transport._rejects import Rejects
 
 __all__ = [
     "PROTOCOL_VERSION",

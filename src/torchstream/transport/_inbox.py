@@ -15,11 +15,11 @@ from torchstream.transport._protocol import (
     EndOfStreamAck,
     Limits,
     Message,
-    Rejects,
     Shutdown,
     decode,
     encode,
 )
+from torchstream.transport._rejects import Rejects
 
 __all__ = ["Delivery", "Inbox"]
 

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import hmac
 import math
-import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -43,7 +41,6 @@ __all__ = [
     "Payload",
     "RawPayload",
     "RejectReason",
-    "Rejects",
     "ResultMessage",
     "Shutdown",
     "decode",
@@ -68,7 +65,8 @@ RejectReason = Literal[
     "unexpected_kind",
     "shutdown_refused",
 ]
-"""Why a message was rejected: the label of its count in :class:`Rejects`.
+"""Why a message was rejected: the label of its count in
+:class:`~torchstream.transport.Rejects`.
 
 ``parts``: not 2 or 3 parts, or a payload part missing or extra for what the header says.
 ``header_too_large`` / ``payload_too_large``: over :class:`Limits`. ``bad_header``: not
@@ -472,51 +470,3 @@ def decode(
     if problem is not None:
         raise ProtocolError("payload_mismatch", problem)
     return message, payload
-
-
-class Rejects:
-    """Rejected messages counted by reason, and when to log them. Thread-safe.
-
-    Receivers call :meth:`add` for each rejected message and log only when it returns a
-    number: the first rejection of each reason at once, then at most one line per reason
-    every ``log_interval_seconds``, saying how many went unlogged in between. A flood of bad
-    messages costs a counter increment each, not a log line each.
-    """
-
-    def __init__(
-        self,
-        *,
-        log_interval_seconds: float = 10.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        if log_interval_seconds < 0:
-            raise ValueError(f"log_interval_seconds must be >= 0, got {log_interval_seconds}")
-        self._interval = log_interval_seconds
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._counts: dict[str, int] = {}
-        self._unlogged: dict[str, int] = {}
-        self._logged_at: dict[str, float] = {}
-
-    def add(self, reason: str) -> int | None:
-        """Count one rejection. Returns None when the caller should not log it, else how many
-        rejections of this reason went unlogged since the last line (0 for the first)."""
-        with self._lock:
-            self._counts[reason] = self._counts.get(reason, 0) + 1
-            now = self._clock()
-            last = self._logged_at.get(reason)
-            if last is not None and now - last < self._interval:
-                self._unlogged[reason] = self._unlogged.get(reason, 0) + 1
-                return None
-            self._logged_at[reason] = now
-            return self._unlogged.pop(reason, 0)
-
-    def snapshot(self) -> dict[str, int]:
-        """Counts by reason so far (a copy)."""
-        with self._lock:
-            return dict(self._counts)
-
-    @property
-    def total(self) -> int:
-        with self._lock:
-            return sum(self._counts.values())

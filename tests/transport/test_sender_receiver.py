@@ -1,4 +1,5 @@
-"""Sender and Receiver over real sockets, on loopback TCP and on Unix sockets."""
+"""Sender and Receiver (transport/_channel.py) over real sockets, on loopback TCP and on Unix
+sockets. Not test_channel.py: that basename is tests/pipeline's."""
 
 from __future__ import annotations
 
