@@ -4,8 +4,6 @@ from pathlib import Path
 
 import pytest
 
-MISSING = "needs pyzmq: pip install 'torchstream[transport]'"
-
 
 @pytest.fixture(params=["tcp", "ipc"])
 def bind_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
