@@ -8,6 +8,7 @@ __all__ = [
     "MissingDependencyError",
     "OverloadedError",
     "PipelineError",
+    "ProtocolError",
     "SourceError",
     "StageError",
     "TorchStreamError",
@@ -53,6 +54,19 @@ class StageError(TorchStreamError):
 
 class PipelineError(TorchStreamError):
     """The pipeline itself failed (a bug in torchstream or a stage's setup); raised on exit."""
+
+
+class ProtocolError(TorchStreamError):
+    """A message from a socket broke torchstream's wire protocol (``torchstream.transport``):
+    wrong number of parts, an undecodable or oversized header, another protocol version, a
+    payload that does not match its header. ``reason`` is a short stable name for metrics
+    (``wrong_version``, ``payload_mismatch``, ...), ``detail`` says what exactly was wrong.
+    Receivers count it under its reason, log it and drop the message; they never stop for it."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
 
 
 class MissingDependencyError(TorchStreamError, ImportError):
