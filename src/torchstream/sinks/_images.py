@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from torchstream.frame import Frame
     from torchstream.pipeline._session import Session
 
-__all__ = ["ImageSink"]
+__all__ = ["ImageSink", "encode_picture"]
 
 ImageFormat = Literal["jpg", "png"]
 _FORMATS: tuple[ImageFormat, ...] = ("jpg", "png")
@@ -110,21 +110,27 @@ class ImageSink:
 
     def _encode(self, rgb: torch.Tensor, path: Path) -> bytes:
         """One image file's bytes; the only host copy of the canvas happens here."""
-        pixels = rgb.to("cpu").contiguous().numpy()
-        frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
         try:
-            if self._format == "png":
-                codec = av.CodecContext.create("png", "w")
-                codec.pix_fmt = "rgb24"
-            else:
-                codec = av.CodecContext.create("mjpeg", "w")
-                codec.pix_fmt = "yuv420p"
-                codec.color_range = ColorRange.JPEG.value
-                codec.qmin = codec.qmax = _JPEG_QSCALE
-                frame = frame.reformat(format="yuv420p", dst_color_range=ColorRange.JPEG)
-            codec.width, codec.height = frame.width, frame.height
-            codec.time_base = Fraction(1, 1)
-            packets = codec.encode(frame) + codec.encode(None)
+            return encode_picture(rgb, self._format)
         except av.FFmpegError as exc:
             raise BrokenResourceError(f"{path}: cannot encode image: {exc}") from exc
-        return b"".join(bytes(packet) for packet in packets)
+
+
+def encode_picture(rgb: torch.Tensor, format: ImageFormat = "jpg") -> bytes:
+    """A ``uint8 (H, W, 3)`` RGB picture (any device) as the bytes of a JPEG (4:2:0, about
+    quality 90) or PNG file. Raises ``av.FFmpegError`` when FFmpeg cannot encode it."""
+    pixels = rgb.to("cpu").contiguous().numpy()
+    frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+    if format == "png":
+        codec = av.CodecContext.create("png", "w")
+        codec.pix_fmt = "rgb24"
+    else:
+        codec = av.CodecContext.create("mjpeg", "w")
+        codec.pix_fmt = "yuv420p"
+        codec.color_range = ColorRange.JPEG.value
+        codec.qmin = codec.qmax = _JPEG_QSCALE
+        frame = frame.reformat(format="yuv420p", dst_color_range=ColorRange.JPEG)
+    codec.width, codec.height = frame.width, frame.height
+    codec.time_base = Fraction(1, 1)
+    packets = codec.encode(frame) + codec.encode(None)
+    return b"".join(bytes(packet) for packet in packets)

@@ -41,6 +41,7 @@ class _Pushed:
     extradata: bytes | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
     traceparent: str | None = None
+    seq: int | None = None
 
 
 class PushedSource:
@@ -55,12 +56,15 @@ class PushedSource:
       anything FFmpeg reads otherwise), one frame each.
     - :meth:`push_raw`: a ``uint8 (H, W, 3)`` RGB picture, one frame as it is.
 
-    Every push may carry ``attributes`` (copied onto the frames it produces) and a W3C
-    ``traceparent`` (the frame's trace continues it). Pushes block while ``max_queued``
-    items wait (backpressure to the sender; nothing is dropped here), up to ``timeout``
-    seconds, then raise :class:`~torchstream.OverloadedError`. :meth:`end` finishes the
-    stream after what is queued. A corrupt packet fails this source only; a bad image is
-    skipped and recorded in ``errors``, as in :class:`ImageSource`.
+    Every push may carry ``attributes`` (copied onto the frames it produces), a W3C
+    ``traceparent`` (the frame's trace continues it) and the sender's ``seq`` (the frame's
+    ``seq``; otherwise frames are numbered here). With ``keep_original`` each frame keeps
+    the push that made it (its bytes) for a sink to pass on: ``frame.__dict__["_original"]``.
+    Pushes block while ``max_queued`` items wait (backpressure to the sender; nothing is
+    dropped here), up to ``timeout`` seconds, then raise
+    :class:`~torchstream.OverloadedError`. :meth:`end` finishes the stream after what is
+    queued. A corrupt packet fails this source only; a bad image is skipped and recorded in
+    ``errors``, as in :class:`ImageSource`.
     """
 
     def __init__(
@@ -71,6 +75,7 @@ class PushedSource:
         max_queued: int = 64,
         decoder: DecoderChoice = "auto",
         max_pixels: int = 8192 * 8192,
+        keep_original: bool = False,
     ) -> None:
         if policy not in ("block", "latest"):
             raise ValueError(f"policy must be 'block' or 'latest', got {policy!r}")
@@ -85,6 +90,7 @@ class PushedSource:
         self.errors: list[str] = []
         self._max_queued = max_queued
         self._max_pixels = max_pixels
+        self._keep_original = keep_original
         self._queue: collections.deque[_Pushed] = collections.deque()
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -109,13 +115,14 @@ class PushedSource:
         extradata: bytes | None = None,
         attributes: dict[str, Any] | None = None,
         traceparent: str | None = None,
+        seq: int | None = None,
         timeout: float | None = None,
     ) -> None:
         """Queue one encoded video packet (``pts`` in ``time_base`` seconds per unit)."""
         self._push(
             _Pushed(
                 "packet", data, pts, keyframe, codec, time_base, extradata,
-                dict(attributes or {}), traceparent,
+                dict(attributes or {}), traceparent, seq,
             ),
             timeout,
         )
@@ -127,13 +134,14 @@ class PushedSource:
         pts_seconds: float | None = None,
         attributes: dict[str, Any] | None = None,
         traceparent: str | None = None,
+        seq: int | None = None,
         timeout: float | None = None,
     ) -> None:
         """Queue one encoded still image: one frame."""
         self._push(
             _Pushed(
                 "image", data, pts_seconds, True, attributes=dict(attributes or {}),
-                traceparent=traceparent,
+                traceparent=traceparent, seq=seq,
             ),
             timeout,
         )
@@ -145,6 +153,7 @@ class PushedSource:
         pts_seconds: float | None = None,
         attributes: dict[str, Any] | None = None,
         traceparent: str | None = None,
+        seq: int | None = None,
         timeout: float | None = None,
     ) -> None:
         """Queue one ``uint8 (H, W, 3)`` RGB picture: one frame."""
@@ -161,7 +170,7 @@ class PushedSource:
         self._push(
             _Pushed(
                 "raw", pixels, pts_seconds, True, attributes=dict(attributes or {}),
-                traceparent=traceparent,
+                traceparent=traceparent, seq=seq,
             ),
             timeout,
         )
@@ -258,9 +267,10 @@ class PushedSource:
         keyframe: bool,
         codec: str = "",
     ) -> Frame:
+        seq = item.seq if item is not None and item.seq is not None else self._seq
         frame = Frame(
             source_id=self.source_id,
-            seq=self._seq,
+            seq=seq,
             pts_seconds=pts,
             keyframe=keyframe,
             width=int(rgb.shape[1]),
@@ -268,12 +278,15 @@ class PushedSource:
             codec=codec or (item.codec if item is not None else ""),
             attributes=dict(item.attributes) if item is not None else {},
         )
-        self._seq += 1
+        self._seq = seq + 1
         frame.__dict__["_surface"] = rgb
         if ready is not None:
             frame.__dict__["_ready"] = ready
-        if item is not None and item.traceparent:
-            frame.__dict__["_traceparent"] = item.traceparent
+        if item is not None:
+            if item.traceparent:
+                frame.__dict__["_traceparent"] = item.traceparent
+            if self._keep_original:
+                frame.__dict__["_original"] = item
         return frame
 
     def _video_decoder(self, item: _Pushed) -> NvdecDecoder | PyAVPacketDecoder:
@@ -306,7 +319,9 @@ class PushedSource:
             yield from self._flush_video()
             self._release_video()
         decoder = self._video_decoder(item)
-        if item.pts is not None and (item.attributes or item.traceparent):
+        if item.pts is not None and (
+            item.attributes or item.traceparent or item.seq is not None or self._keep_original
+        ):
             self._pending[item.pts] = item
             if len(self._pending) > 256:  # pts that never came out (dropped before a key)
                 del self._pending[next(iter(self._pending))]
@@ -377,7 +392,7 @@ class PushedSource:
                 message = f"image {self._seq_hint(item)} of {self.source_id}: {result}"
                 log.warning("%s", message)
                 self.errors.append(message)
-                self._seq += 1  # the image had its place in the stream
+                self._seq = (item.seq if item.seq is not None else self._seq) + 1  # its place
                 continue
             rgb, codec = result
             yield self._frame(
