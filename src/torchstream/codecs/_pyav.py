@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import av
@@ -244,7 +245,7 @@ class EncodedPacket:
     data: bytes
     codec: str
     pts: int | None
-    time_base: float | None
+    time_base: Fraction | None
     keyframe: bool
     width: int
     height: int
@@ -269,7 +270,7 @@ def demux_packets(
             raise SourceError(source_id, f"no video stream in {uri}")
         stream = container.streams.video[0]
         codec = stream.codec_context.name or ""
-        time_base = float(stream.time_base) if stream.time_base else None
+        time_base = Fraction(stream.time_base) if stream.time_base else None
         width, height = stream.codec_context.width, stream.codec_context.height
         bsf = BitStreamFilterContext(_ANNEXB[codec], stream) if codec in _ANNEXB else None
 

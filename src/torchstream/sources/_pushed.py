@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, Literal
 
 import torch
@@ -42,6 +43,7 @@ class _Pushed:
     attributes: dict[str, Any] = field(default_factory=dict)
     traceparent: str | None = None
     seq: int | None = None
+    original: Any = None
 
 
 class PushedSource:
@@ -58,8 +60,8 @@ class PushedSource:
 
     Every push may carry ``attributes`` (copied onto the frames it produces), a W3C
     ``traceparent`` (the frame's trace continues it) and the sender's ``seq`` (the frame's
-    ``seq``; otherwise frames are numbered here). With ``keep_original`` each frame keeps
-    the push that made it (its bytes) for a sink to pass on: ``frame.__dict__["_original"]``.
+    ``seq``; otherwise frames are numbered here), and ``original``: any object the frame
+    keeps as ``frame.__dict__["_original"]`` (what it came as, for a sink to pass on).
     Pushes block while ``max_queued`` items wait (backpressure to the sender; nothing is
     dropped here), up to ``timeout`` seconds, then raise
     :class:`~torchstream.OverloadedError`. :meth:`end` finishes the stream after what is
@@ -75,7 +77,6 @@ class PushedSource:
         max_queued: int = 64,
         decoder: DecoderChoice = "auto",
         max_pixels: int = 8192 * 8192,
-        keep_original: bool = False,
     ) -> None:
         if policy not in ("block", "latest"):
             raise ValueError(f"policy must be 'block' or 'latest', got {policy!r}")
@@ -90,7 +91,6 @@ class PushedSource:
         self.errors: list[str] = []
         self._max_queued = max_queued
         self._max_pixels = max_pixels
-        self._keep_original = keep_original
         self._queue: collections.deque[_Pushed] = collections.deque()
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -100,6 +100,7 @@ class PushedSource:
         self._video: NvdecDecoder | PyAVPacketDecoder | None = None
         self._video_key: tuple[str, float | None] | None = None
         self._pending: dict[int | float, _Pushed] = {}  # pts -> push, for frames not out yet
+        self._last_pts: int | float | None = None
         self._nvjpeg: NvjpegDecoder | None = None
 
     # -- the owner's side -------------------------------------------------------------
@@ -110,19 +111,21 @@ class PushedSource:
         *,
         codec: str,
         pts: int | None = None,
-        time_base: float | None = None,
+        time_base: float | Fraction | None = None,
         keyframe: bool = False,
         extradata: bytes | None = None,
         attributes: dict[str, Any] | None = None,
         traceparent: str | None = None,
         seq: int | None = None,
+        original: Any = None,
         timeout: float | None = None,
     ) -> None:
         """Queue one encoded video packet (``pts`` in ``time_base`` seconds per unit)."""
         self._push(
             _Pushed(
-                "packet", data, pts, keyframe, codec, time_base, extradata,
-                dict(attributes or {}), traceparent, seq,
+                "packet", data, pts, keyframe, codec,
+                None if time_base is None else float(time_base), extradata,
+                dict(attributes or {}), traceparent, seq, original,
             ),
             timeout,
         )
@@ -135,13 +138,14 @@ class PushedSource:
         attributes: dict[str, Any] | None = None,
         traceparent: str | None = None,
         seq: int | None = None,
+        original: Any = None,
         timeout: float | None = None,
     ) -> None:
         """Queue one encoded still image: one frame."""
         self._push(
             _Pushed(
                 "image", data, pts_seconds, True, attributes=dict(attributes or {}),
-                traceparent=traceparent, seq=seq,
+                traceparent=traceparent, seq=seq, original=original,
             ),
             timeout,
         )
@@ -154,6 +158,7 @@ class PushedSource:
         attributes: dict[str, Any] | None = None,
         traceparent: str | None = None,
         seq: int | None = None,
+        original: Any = None,
         timeout: float | None = None,
     ) -> None:
         """Queue one ``uint8 (H, W, 3)`` RGB picture: one frame."""
@@ -170,7 +175,7 @@ class PushedSource:
         self._push(
             _Pushed(
                 "raw", pixels, pts_seconds, True, attributes=dict(attributes or {}),
-                traceparent=traceparent, seq=seq,
+                traceparent=traceparent, seq=seq, original=original,
             ),
             timeout,
         )
@@ -184,6 +189,11 @@ class PushedSource:
     @property
     def queued(self) -> int:
         return len(self._queue)
+
+    @property
+    def ended(self) -> bool:
+        """Whether :meth:`end` or ``close`` was called: no push is accepted any more."""
+        return self._ended or self._closed
 
     def _push(self, item: _Pushed, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -285,8 +295,8 @@ class PushedSource:
         if item is not None:
             if item.traceparent:
                 frame.__dict__["_traceparent"] = item.traceparent
-            if self._keep_original:
-                frame.__dict__["_original"] = item
+            if item.original is not None:
+                frame.__dict__["_original"] = item.original
         return frame
 
     def _video_decoder(self, item: _Pushed) -> NvdecDecoder | PyAVPacketDecoder:
@@ -312,15 +322,28 @@ class PushedSource:
         return self._video
 
     def _packet(self, item: _Pushed) -> Iterator[Frame]:
-        if self._video is not None and self._video_key != (item.codec, item.time_base):
-            # The stream changed codec or clock (a restarted sender, say): finish the old
-            # decoder's pictures, then start a fresh one.
-            log.info("source %s: new stream parameters %s", self.source_id, item.codec)
+        restarted = (
+            item.keyframe
+            and item.pts is not None
+            and self._last_pts is not None
+            and item.pts <= self._last_pts
+        )
+        if self._video is not None and (
+            restarted or self._video_key != (item.codec, item.time_base)
+        ):
+            # The stream started again (a restarted sender: a keyframe whose pts goes back)
+            # or changed codec or clock: finish the old decoder's pictures, start afresh.
+            log.info("source %s: the stream restarted", self.source_id)
             yield from self._flush_video()
             self._release_video()
+        if item.pts is not None:
+            self._last_pts = item.pts
         decoder = self._video_decoder(item)
         if item.pts is not None and (
-            item.attributes or item.traceparent or item.seq is not None or self._keep_original
+            item.attributes
+            or item.traceparent
+            or item.seq is not None
+            or item.original is not None
         ):
             self._pending[item.pts] = item
             if len(self._pending) > 256:  # pts that never came out (dropped before a key)
@@ -360,6 +383,7 @@ class PushedSource:
     def _release_video(self) -> None:
         decoder, self._video, self._video_key = self._video, None, None
         self._pending.clear()
+        self._last_pts = None
         if isinstance(decoder, NvdecDecoder):
             decoder.close()
 

@@ -20,6 +20,7 @@ from torchstream.transport._channel import (
     SenderStatistics,
 )
 from torchstream.transport._endpoint import Endpoint, SocketOptions, SocketType
+from torchstream.transport._module import Content, Module, ModuleStatistics, PublishSink
 from torchstream.transport._protocol import (
     PROTOCOL_VERSION,
     EndOfStream,
@@ -42,6 +43,7 @@ from torchstream.transport._rejects import Rejects
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "Content",
     "EndOfStream",
     "EndOfStreamAck",
     "Endpoint",
@@ -49,9 +51,12 @@ __all__ = [
     "ImagePayload",
     "Limits",
     "Message",
+    "Module",
+    "ModuleStatistics",
     "PacketPayload",
     "Payload",
     "ProtocolError",
+    "PublishSink",
     "RawPayload",
     "Receiver",
     "ReceiverStatistics",
