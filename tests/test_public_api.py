@@ -32,7 +32,7 @@ def test_sub_namespaces() -> None:
         "EncodedPacket", "VideoEncoder", "decode_image", "demux_packets"
     }
     assert set(torchstream.sinks.__all__) == {
-        "CallbackSink", "ImageSink", "JsonLinesSink", "VideoSink"
+        "CallbackSink", "ImageSink", "JsonLinesSink", "VideoSink", "encode_picture"
     }
 
 

@@ -1,0 +1,134 @@
+"""What the ``torchstream`` commands share: loading pipelines, their options, the device."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import click
+import torch
+from rich.console import Console
+
+BUNDLED = {"faces": "torchstream.samples.faces"}
+
+_console = Console(stderr=True, highlight=False)
+
+
+def load_pipeline(spec: str) -> types.ModuleType:
+    """A bundled sample (``faces`` or ``samples/faces``), a ``.py`` file, or a directory
+    holding ``pipeline.py``; it must define ``build(config, options)``."""
+    path = Path(spec)
+    if path.is_file():
+        module_path = path
+    elif path.is_dir() and (path / "pipeline.py").is_file():
+        module_path = path / "pipeline.py"
+    elif spec.removeprefix("samples/") in BUNDLED:
+        return importlib.import_module(BUNDLED[spec.removeprefix("samples/")])
+    else:
+        raise click.BadParameter(
+            f"{spec!r} is neither a bundled sample ({', '.join(sorted(BUNDLED))}) "
+            "nor a Python file or directory with pipeline.py",
+            param_hint="PIPELINE",
+        )
+    module_spec = importlib.util.spec_from_file_location(f"_ts_pipeline_{path.stem}", module_path)
+    if module_spec is None or module_spec.loader is None:
+        raise click.BadParameter(f"cannot load {module_path}", param_hint="PIPELINE")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not callable(getattr(module, "build", None)):
+        raise click.BadParameter(
+            f"{module_path} must define build(config, options)", param_hint="PIPELINE"
+        )
+    return module
+
+
+def _option_fields(module: types.ModuleType) -> list[tuple[dataclasses.Field[Any], Any]]:
+    options_cls = getattr(module, "Options", None)
+    if options_cls is None:
+        return []
+    hints = typing.get_type_hints(options_cls)
+    return [(f, hints[f.name]) for f in dataclasses.fields(options_cls)]
+
+
+def _convert(name: str, kind: Any, text: str) -> Any:
+    if get_origin(kind) is Literal:
+        allowed = [str(a) for a in get_args(kind)]
+        if text not in allowed:
+            raise click.UsageError(f"--{name} must be one of {', '.join(allowed)}, got {text!r}")
+        return text
+    if kind in (int, float, str):
+        try:
+            return kind(text)
+        except ValueError:
+            raise click.UsageError(
+                f"--{name} expects {kind.__name__}, got {text!r}"
+            ) from None
+    raise click.UsageError(f"--{name}: unsupported option type {kind!r}")
+
+
+def parse_options(module: types.ModuleType, args: list[str]) -> Any:
+    """Turn ``--field-name value`` / ``--flag`` / ``--no-flag`` into the pipeline's Options."""
+    fields = {f.name.replace("_", "-"): (f, kind) for f, kind in _option_fields(module)}
+    values: dict[str, Any] = {}
+    rest = list(args)
+    while rest:
+        arg = rest.pop(0)
+        if not arg.startswith("--"):
+            raise click.UsageError(f"unexpected argument {arg!r}")
+        key, _, inline = arg[2:].partition("=")
+        negated = key.startswith("no-") and key[3:] in fields
+        entry = fields.get(key[3:] if negated else key)
+        if entry is None:
+            known = ", ".join(f"--{k}" for k in fields) or "none"
+            raise click.UsageError(f"no such option {arg!r} (pipeline options: {known})")
+        field, kind = entry
+        if kind is bool:
+            values[field.name] = not negated
+            continue
+        if not inline:
+            if not rest:
+                raise click.UsageError(f"--{key} needs a value")
+            inline = rest.pop(0)
+        values[field.name] = _convert(key, kind, inline)
+    options_cls = getattr(module, "Options", None)
+    if options_cls is None:
+        return None
+    try:
+        return options_cls(**values)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+def _options_help(module: types.ModuleType) -> str:
+    lines = []
+    for field, kind in _option_fields(module):
+        flag = field.name.replace("_", "-")
+        if kind is bool:
+            flag = f"--{flag} / --no-{flag}"
+        else:
+            meta = "|".join(map(str, get_args(kind))) if get_origin(kind) is Literal else (
+                getattr(kind, "__name__", str(kind)).upper()
+            )
+            flag = f"--{flag} {meta}"
+        help_text = field.metadata.get("help", "")
+        lines.append(f"  {flag:<34} {help_text} [default: {field.default}]")
+    return "\n".join(lines) or "  (none)"
+
+
+def _device(text: str) -> torch.device:
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise click.BadParameter(
+            f"{text!r} (use cpu, cuda or cuda:N)", param_hint="--device"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise click.BadParameter("CUDA is not available on this machine", param_hint="--device")
+    if device.type not in ("cpu", "cuda"):
+        raise click.BadParameter(f"{text!r} (use cpu, cuda or cuda:N)", param_hint="--device")
+    return device

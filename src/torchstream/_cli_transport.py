@@ -1,0 +1,360 @@
+"""``torchstream module`` / ``source`` / ``sink``: the pipeline and its adapters as separate
+processes over ZeroMQ (needs ``torchstream[transport]``)."""
+
+from __future__ import annotations
+
+import glob
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from torchstream._cli_common import (
+    _console,
+    _device,
+    _options_help,
+    load_pipeline,
+    parse_options,
+)
+from torchstream._logging import configure_logging
+from torchstream._spec import PipelineSpec, RunConfig
+from torchstream._types import Sink
+from torchstream.pipeline import BatchPolicy
+from torchstream.sinks import JsonLinesSink
+from torchstream.sources import IMAGE_SUFFIXES, DecoderChoice
+from torchstream.sources._video import default_source_id
+
+_ENDPOINT_HELP = "<type>+<bind|connect>:<tcp://HOST:PORT | ipc://PATH>"
+
+
+def _transport() -> Any:
+    try:
+        import torchstream.transport as transport
+    except ImportError as exc:  # MissingDependencyError is an ImportError
+        raise click.UsageError(str(exc)) from exc
+    return transport
+
+
+def _endpoint(transport: Any, text: str, option: str) -> Any:
+    try:
+        return transport.Endpoint.parse(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
+
+
+def _stop_on_signals(stop: Any) -> None:
+    """SIGTERM and SIGINT call ``stop()`` (drain, then exit) instead of killing us."""
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda *_: stop())
+
+
+@click.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+@click.argument("pipeline_name", metavar="PIPELINE")
+@click.option("--in", "inbound", required=True, metavar="ENDPOINT",
+              help=f"Where frames arrive: {_ENDPOINT_HELP} (router+bind, pull+bind, sub+connect).")
+@click.option("--out", "outbound", default=None, metavar="ENDPOINT",
+              help="Where results go (pub+bind, push+bind, dealer+connect).")
+@click.option("--content", type=click.Choice(["none", "original", "image"]), default="none",
+              show_default=True,
+              help="Besides metadata, results carry nothing, the input bytes, or an annotated "
+                   "JPEG.")
+@click.option("--meta", "-m", type=click.Path(dir_okay=False), default=None,
+              help="Also write JSON lines metadata here.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--decoder", type=click.Choice(["auto", "nvdec", "pyav"]), default="auto",
+              show_default=True, help="Video decoder for received packets.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=10.0, show_default=True)
+@click.option("--half", is_flag=True, help="Half precision on CUDA.")
+@click.option("--idle-timeout", type=click.FloatRange(min=0.01), default=60.0, show_default=True,
+              help="Seconds without a frame after which a source ends.")
+@click.option("--shutdown-secret-file", type=click.Path(exists=True, dir_okay=False),
+              default=None, help="Accept Shutdown messages carrying the secret in this file.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default="warning", show_default=True)
+@click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=None,
+              help="Serve Prometheus metrics and health on this port.")
+@click.option("--metrics-address", default="127.0.0.1", show_default=True)
+@click.option("--help", "show_help", is_flag=True,
+              help="Show this message and the pipeline's options.")
+@click.pass_context
+def module(
+    ctx: click.Context,
+    pipeline_name: str,
+    inbound: str,
+    outbound: str | None,
+    content: str,
+    meta: str | None,
+    device: str,
+    decoder: DecoderChoice,
+    batch_size: int,
+    max_wait_ms: float,
+    half: bool,
+    idle_timeout: float,
+    shutdown_secret_file: str | None,
+    log_format: str,
+    log_level: str,
+    metrics_port: int | None,
+    metrics_address: str,
+    show_help: bool,
+) -> None:
+    """Run PIPELINE on frames received over ZeroMQ and send the results on.
+
+    Many sources share the inbound socket; each appears with its first frame and ends with
+    its end of stream (or when idle). SIGTERM stops reading, finishes what was received and
+    exits. Pipeline options go after the pipeline name, as for `run`.
+    """
+    pipeline_module = load_pipeline(pipeline_name)
+    if show_help:
+        click.echo(ctx.get_help())
+        click.echo(f"\nOptions of pipeline {pipeline_name!r}:\n{_options_help(pipeline_module)}")
+        return
+    transport = _transport()
+    options = parse_options(pipeline_module, ctx.args)
+    inbound_endpoint = _endpoint(transport, inbound, "--in")
+    outbound_endpoint = _endpoint(transport, outbound, "--out") if outbound else None
+    if outbound_endpoint is None and not meta:
+        raise click.UsageError("give --out, --meta or both: results must go somewhere")
+    secret = None
+    if shutdown_secret_file:
+        secret = Path(shutdown_secret_file).read_text().strip()
+        if not secret:
+            raise click.BadParameter("the file is empty", param_hint="--shutdown-secret-file")
+    config = RunConfig(
+        device=_device(device),
+        batch_policy=BatchPolicy(max_size=batch_size, max_wait_seconds=max_wait_ms / 1000),
+        half=half,
+    )
+    spec: PipelineSpec = pipeline_module.build(config, options)
+    configure_logging(level=log_level, json_lines=log_format == "json")
+    sinks: list[Sink] = [JsonLinesSink(meta)] if meta else []
+    try:
+        server = transport.Module(
+            spec.stages,
+            inbound=inbound_endpoint,
+            outbound=outbound_endpoint,
+            sinks=sinks,
+            device=config.device,
+            content=content,
+            style=spec.annotation,
+            decoder=decoder,
+            idle_timeout_seconds=idle_timeout,
+            shutdown_secret=secret,
+        )
+    except OSError as exc:
+        raise click.UsageError(str(exc)) from exc
+    _stop_on_signals(server.stop)
+    metrics: list[Any] = []
+
+    def serve_metrics() -> None:
+        from torchstream.telemetry import serve_metrics as serve
+
+        if server.ready.wait() and server.pipeline is not None and metrics_port is not None:
+            metrics.append(serve(server.pipeline, port=metrics_port, address=metrics_address))
+            _console.print(f"metrics: http://{metrics_address}:{metrics[0].port}/metrics")
+
+    if metrics_port is not None:
+        threading.Thread(target=serve_metrics, daemon=True, name="ts/metrics").start()
+    _console.print(
+        f"module {pipeline_name}: frames on {server.inbound}"
+        + (f", results on {server.outbound}" if server.outbound else "")
+    )
+    started = time.monotonic()
+    stats = server.run()
+    for item in metrics:
+        item.close()
+    _console.print(
+        f"module stopped after {time.monotonic() - started:.1f} s: {stats.frames_out} "
+        f"frames out, {stats.dropped_total} dropped, {len(stats.sources)} sources"
+    )
+
+
+@click.group()
+def source() -> None:
+    """Source adapters: read inputs and send them to a module (demuxed, never decoded)."""
+
+
+@source.command("video")
+@click.argument("inputs", nargs=-1, required=True, metavar="URI...")
+@click.option("--out", "outbound", required=True, metavar="ENDPOINT",
+              help=f"The module's input: {_ENDPOINT_HELP} (dealer+connect, push+connect).")
+@click.option("--source-id", default=None, help="Source id (one input only; default: its name).")
+@click.option("--sync", is_flag=True, help="Send at the stream's own frame rate, like a camera.")
+@click.option("--loop", is_flag=True, help="Start over at the end, until interrupted.")
+@click.option("--streams", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Send each input as this many sources (<id>-0, <id>-1, …), for load tests.")
+def source_video(
+    inputs: tuple[str, ...],
+    outbound: str,
+    source_id: str | None,
+    sync: bool,
+    loop: bool,
+    streams: int,
+) -> None:
+    """Send video files or stream URLs to a module, one source each."""
+    transport = _transport()
+    endpoint = _endpoint(transport, outbound, "--out")
+    if source_id and len(inputs) > 1:
+        raise click.UsageError("--source-id names one input; give one input or none")
+    from torchstream.transport._adapters import send_video
+
+    stop = threading.Event()
+    _stop_on_signals(stop.set)
+    jobs: list[tuple[str, str]] = []
+    for uri in inputs:
+        base = source_id or default_source_id(uri)
+        ids = [base] if streams == 1 else [f"{base}-{i}" for i in range(streams)]
+        jobs.extend((uri, sid) for sid in ids)
+    failures: list[str] = []
+
+    def send(uri: str, sid: str) -> None:
+        try:
+            report = send_video(uri, endpoint, source_id=sid, sync=sync, loop=loop, stop=stop)
+            _console.print(f"{sid}: {report.frames} packets sent"
+                           + ("" if report.acknowledged or not endpoint.reliable
+                              else " (end of stream not acknowledged)"))
+        except Exception as exc:
+            failures.append(f"{sid}: {exc}")
+
+    threads = [threading.Thread(target=send, args=job, name=f"ts/send/{job[1]}") for job in jobs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        while thread.is_alive():
+            thread.join(0.2)
+    for failure in failures:
+        _console.print(f"[red]error[/red] {failure}")
+    if failures:
+        sys.exit(1)
+
+
+@source.command("images")
+@click.argument("inputs", nargs=-1, required=True, metavar="PATH...")
+@click.option("--out", "outbound", required=True, metavar="ENDPOINT",
+              help=f"The module's input: {_ENDPOINT_HELP}.")
+@click.option("--source-id", default=None, help="Source id (default: the folder's name).")
+def source_images(inputs: tuple[str, ...], outbound: str, source_id: str | None) -> None:
+    """Send JPEG/PNG files (folders, globs or files, in sorted order) as one source."""
+    transport = _transport()
+    endpoint = _endpoint(transport, outbound, "--out")
+    paths: list[Path] = []
+    for text in inputs:
+        path = Path(text)
+        if path.is_dir():
+            paths.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+        elif glob.has_magic(text):
+            paths.extend(sorted(Path(p) for p in glob.glob(text)))
+        else:
+            paths.append(path)
+    if not paths:
+        raise click.UsageError("no image files in the inputs")
+    sid = source_id or Path(inputs[0]).name or "images"
+    from torchstream._errors import SourceError
+    from torchstream.transport._adapters import send_images
+
+    stop = threading.Event()
+    _stop_on_signals(stop.set)
+    try:
+        report = send_images(paths, endpoint, source_id=sid, stop=stop)
+    except SourceError as exc:
+        _console.print(f"[red]error[/red] {exc}")
+        sys.exit(1)
+    _console.print(f"{sid}: {report.frames} images sent")
+
+
+def _sink_options(function: Any) -> Any:
+    function = click.option(
+        "--in", "inbound", required=True, metavar="ENDPOINT",
+        help=f"The module's output: {_ENDPOINT_HELP} (sub+connect, pull+connect).",
+    )(function)
+    function = click.option(
+        "--source", "source_ids", multiple=True, metavar="PREFIX",
+        help="Only these source ids (prefixes; sub endpoints). Repeatable.",
+    )(function)
+    function = click.option(
+        "--exit-after", type=click.IntRange(min=1), default=None, metavar="N",
+        help="Exit once N sources have ended.",
+    )(function)
+    function = click.option(
+        "--idle-timeout", type=click.FloatRange(min=0.01), default=None,
+        help="Exit after this many seconds without a message.",
+    )(function)
+    return function
+
+
+def _receive(inbound: str, writers: list[Any], source_ids: tuple[str, ...],
+             exit_after: int | None, idle_timeout: float | None) -> None:
+    transport = _transport()
+    endpoint = _endpoint(transport, inbound, "--in")
+    from torchstream.transport._adapters import receive_results
+
+    stop = threading.Event()
+    _stop_on_signals(stop.set)
+    report = receive_results(
+        endpoint, writers, source_ids=list(source_ids) or None,
+        exit_after_sources=exit_after, idle_timeout_seconds=idle_timeout, stop=stop,
+    )
+    _console.print(
+        f"{report.results} results, {report.sources_ended} sources ended, {report.errors} errors"
+    )
+    if report.errors:
+        sys.exit(1)
+
+
+@click.group()
+def sink() -> None:
+    """Sink adapters: receive a module's results and write them."""
+
+
+@sink.command("json")
+@click.argument("path", type=click.Path(dir_okay=False))
+@_sink_options
+def sink_json(path: str, inbound: str, source_ids: tuple[str, ...], exit_after: int | None,
+              idle_timeout: float | None) -> None:
+    """Write every result's metadata as JSON lines to PATH ('-' for stdout)."""
+    from torchstream.transport._adapters import JsonResultWriter
+
+    _receive(inbound, [JsonResultWriter(path)], source_ids, exit_after, idle_timeout)
+
+
+@sink.command("images")
+@click.argument("directory", type=click.Path(file_okay=False))
+@_sink_options
+def sink_images(directory: str, inbound: str, source_ids: tuple[str, ...],
+                exit_after: int | None, idle_timeout: float | None) -> None:
+    """Write results' images (module --content original or image) under DIRECTORY/<source>/."""
+    from torchstream.transport._adapters import ImageResultWriter
+
+    _receive(inbound, [ImageResultWriter(directory)], source_ids, exit_after, idle_timeout)
+
+
+@sink.command("video")
+@click.argument("pattern")
+@_sink_options
+def sink_video(pattern: str, inbound: str, source_ids: tuple[str, ...],
+               exit_after: int | None, idle_timeout: float | None) -> None:
+    """Encode each source's annotated results (module --content image) as H.264 into PATTERN,
+    e.g. 'out/{source_id}.mp4'."""
+    from torchstream.transport._adapters import VideoResultWriter
+
+    try:
+        writer = VideoResultWriter(pattern)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="PATTERN") from None
+    _receive(inbound, [writer], source_ids, exit_after, idle_timeout)
+
+
+def register(group: click.Group) -> None:
+    """Add ``module``, ``source`` and ``sink`` to the ``torchstream`` command."""
+    group.add_command(module)
+    group.add_command(source)
+    group.add_command(sink)

@@ -1,0 +1,301 @@
+"""Adapters: processes at the edges of a module. Source adapters read files, streams and image
+folders and send them (demuxed, not decoded); sink adapters receive results and write them."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+from torchstream._errors import BrokenResourceError, SourceError
+from torchstream.codecs._encode import VideoEncoder
+from torchstream.codecs._pyav import decode_image, demux_packets
+from torchstream.sinks._jsonl import JsonLinesSink
+from torchstream.sinks._video import safe_filename_part
+from torchstream.transport._channel import Receiver, Sender
+from torchstream.transport._endpoint import Endpoint
+from torchstream.transport._protocol import (
+    EndOfStream,
+    FrameMessage,
+    ImagePayload,
+    PacketPayload,
+    ResultMessage,
+)
+
+__all__ = [
+    "ImageResultWriter",
+    "JsonResultWriter",
+    "ResultWriter",
+    "SendReport",
+    "VideoResultWriter",
+    "receive_results",
+    "send_images",
+    "send_video",
+]
+
+log = logging.getLogger(__name__)
+
+_IMAGE_FORMATS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png"}
+
+
+@dataclass(frozen=True)
+class SendReport:
+    source_id: str
+    frames: int
+    """Messages sent (video packets or images)."""
+    acknowledged: bool
+    """Whether the module acknowledged the end of stream (dealer endpoints)."""
+
+
+def send_video(
+    uri: str,
+    endpoint: Endpoint | str,
+    *,
+    source_id: str,
+    sync: bool = False,
+    loop: bool = False,
+    stop: threading.Event | None = None,
+    options: dict[str, str] | None = None,
+) -> SendReport:
+    """Send the video packets of ``uri`` (a file or stream URL, demuxed by PyAV, never
+    decoded here) as ``source_id``, then an end of stream.
+
+    ``sync`` paces packets at the stream's own rate (a file behaves like a camera);
+    ``loop`` starts over at the end, with timestamps that keep increasing, until ``stop``.
+    """
+    stop = stop or threading.Event()
+    sent = 0
+    offset = 0  # pts added to each loop, so the stream's clock never goes back
+    with Sender(endpoint) as sender:
+        started = time.monotonic()
+        while not stop.is_set():
+            stamps: list[int] = []
+            for packet in demux_packets(uri, source_id=source_id, options=options):
+                if stop.is_set():
+                    break
+                time_base = packet.time_base or Fraction(1, 90000)
+                pts = None if packet.pts is None else packet.pts + offset
+                if packet.pts is not None:
+                    stamps.append(packet.pts)
+                if sync and pts is not None:
+                    delay = started + float(pts * time_base) - time.monotonic()
+                    if delay > 0:
+                        stop.wait(delay)
+                sender.send(
+                    FrameMessage(
+                        source_id=source_id,
+                        seq=sent,
+                        keyframe=packet.keyframe,
+                        payload=PacketPayload(
+                            codec=packet.codec,
+                            width=packet.width,
+                            height=packet.height,
+                            time_base=(time_base.numerator, time_base.denominator),
+                            pts=pts,
+                        ),
+                    ),
+                    packet.data,
+                )
+                sent += 1
+            if not loop or not stamps:
+                break
+            # The next loop starts one frame duration after this one's last picture.
+            span = max(stamps) - min(stamps)
+            offset += max(stamps) + max(1, round(span / max(1, len(stamps) - 1)))
+        ack = sender.send_eos(source_id, last_seq=sent - 1 if sent else None)
+    return SendReport(source_id, sent, ack is not None)
+
+
+def send_images(
+    paths: Iterable[Path],
+    endpoint: Endpoint | str,
+    *,
+    source_id: str,
+    stop: threading.Event | None = None,
+) -> SendReport:
+    """Send JPEG and PNG files as the frames of ``source_id`` (the bytes as they are), then
+    an end of stream. A file of another type, or one that cannot be read, raises
+    :class:`SourceError` naming it before anything of it is sent."""
+    stop = stop or threading.Event()
+    sent = 0
+    with Sender(endpoint) as sender:
+        for path in paths:
+            if stop.is_set():
+                break
+            image_format = _IMAGE_FORMATS.get(path.suffix.lower())
+            if image_format is None:
+                raise SourceError(source_id, f"{path}: only JPEG and PNG images can be sent")
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise SourceError(source_id, f"cannot read {path}: {exc}") from exc
+            sender.send(
+                FrameMessage(
+                    source_id=source_id,
+                    seq=sent,
+                    payload=ImagePayload(format=image_format),  # type: ignore[arg-type]
+                ),
+                data,
+            )
+            sent += 1
+        ack = sender.send_eos(source_id, last_seq=sent - 1 if sent else None)
+    return SendReport(source_id, sent, ack is not None)
+
+
+class ResultWriter:
+    """What a sink adapter does with each result; subclasses write files."""
+
+    def write(self, result: ResultMessage, content: memoryview | None) -> None:
+        raise NotImplementedError
+
+    def end(self, source_id: str) -> None:
+        """The source ended: finish its files."""
+
+    def close(self) -> None:
+        """Finish everything."""
+
+
+class JsonResultWriter(ResultWriter):
+    """Every result's frame metadata as one JSON line (the schema of ``--meta``)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._sink = JsonLinesSink(path)
+
+    def write(self, result: ResultMessage, content: memoryview | None) -> None:
+        self._sink.write(result.frame)
+
+    def close(self) -> None:
+        self._sink.close()
+
+
+class ImageResultWriter(ResultWriter):
+    """Each result's image content (``original`` JPEG/PNG or an annotated ``image``) as
+    ``<directory>/<source_id>/<seq:06d>.<jpg|png>``; results without image content are
+    counted in ``skipped``."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self._directory = Path(directory)
+        self.skipped = 0
+        self.written = 0
+
+    def write(self, result: ResultMessage, content: memoryview | None) -> None:
+        payload = result.payload
+        if content is None or not isinstance(payload, ImagePayload):
+            self.skipped += 1
+            return
+        suffix = "jpg" if payload.format == "jpeg" else "png"
+        folder = self._directory / safe_filename_part(result.source_id)
+        path = folder / f"{result.seq:06d}.{suffix}"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_name(f".{path.name}.partial")
+            temporary.write_bytes(content)
+            temporary.replace(path)
+        except OSError as exc:
+            raise BrokenResourceError(f"{path}: cannot write image: {exc}") from exc
+        self.written += 1
+
+
+class VideoResultWriter(ResultWriter):
+    """Annotated results (content ``image``) of each source re-encoded as H.264 into
+    ``pattern`` with ``{source_id}`` replaced (``out/{source_id}.mp4``)."""
+
+    def __init__(self, pattern: str, *, crf: int = 23, preset: str = "veryfast") -> None:
+        if "{source_id}" not in pattern:
+            raise ValueError(f"the video pattern needs {{source_id}}, got {pattern!r}")
+        self._pattern = pattern
+        self._crf = crf
+        self._preset = preset
+        self._encoders: dict[str, VideoEncoder] = {}
+        self.skipped = 0
+        self.paths: list[Path] = []
+
+    def write(self, result: ResultMessage, content: memoryview | None) -> None:
+        if content is None or not isinstance(result.payload, ImagePayload):
+            self.skipped += 1
+            return
+        encoder = self._encoders.get(result.source_id)
+        if encoder is None:
+            path = Path(self._pattern.format(source_id=safe_filename_part(result.source_id)))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            encoder = self._encoders[result.source_id] = VideoEncoder(
+                path, crf=self._crf, preset=self._preset
+            )
+            self.paths.append(path)
+        rgb, _ = decode_image(content, source_id=result.source_id)
+        encoder.encode(rgb, pts_seconds=result.frame.pts_seconds)
+
+    def end(self, source_id: str) -> None:
+        encoder = self._encoders.pop(source_id, None)
+        if encoder is not None:
+            encoder.close()
+
+    def close(self) -> None:
+        for source_id in list(self._encoders):
+            self.end(source_id)
+
+
+@dataclass(frozen=True)
+class ReceiveReport:
+    results: int
+    sources_ended: int
+    errors: int
+
+
+def receive_results(
+    endpoint: Endpoint | str,
+    writers: Sequence[ResultWriter],
+    *,
+    source_ids: Sequence[str] | None = None,
+    exit_after_sources: int | None = None,
+    idle_timeout_seconds: float | None = None,
+    stop: threading.Event | None = None,
+) -> ReceiveReport:
+    """Receive results on ``endpoint`` (sub or pull) and hand them to ``writers`` until
+    ``stop``, until ``exit_after_sources`` sources have ended, or until nothing came for
+    ``idle_timeout_seconds``. ``source_ids``: prefixes to subscribe to (sub only). A writer
+    that fails on one result is logged and counted; the others go on."""
+    stop = stop or threading.Event()
+    results = ended = errors = 0
+    subscribe = list(source_ids) if source_ids else None
+    last = time.monotonic()
+    with Receiver(endpoint, subscribe=subscribe) as inbox:
+        try:
+            while not stop.is_set():
+                if exit_after_sources is not None and ended >= exit_after_sources:
+                    break
+                try:
+                    message, content = inbox.recv(0.2)
+                except TimeoutError:
+                    if idle_timeout_seconds is not None and (
+                        time.monotonic() - last > idle_timeout_seconds
+                    ):
+                        break
+                    continue
+                last = time.monotonic()
+                for writer in writers:
+                    try:
+                        if isinstance(message, ResultMessage):
+                            writer.write(message, content)
+                        elif isinstance(message, EndOfStream):
+                            writer.end(message.source_id)
+                    except Exception as exc:
+                        errors += 1
+                        log.warning("sink adapter: %r failed on %r: %s", writer, message, exc)
+                if isinstance(message, ResultMessage):
+                    results += 1
+                elif isinstance(message, EndOfStream):
+                    ended += 1
+        finally:
+            for writer in writers:
+                try:
+                    writer.close()
+                except Exception as exc:
+                    errors += 1
+                    log.warning("sink adapter: %r failed to close: %s", writer, exc)
+    return ReceiveReport(results, ended, errors)
+
