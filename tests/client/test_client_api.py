@@ -28,7 +28,7 @@ _CODE = """
 import sys
 sys.modules['opentelemetry'] = None  # as if OpenTelemetry were not installed
 from torchstream.client import new_traceparent
-from torchstream.client._core import Requests
+from torchstream.client._requests import Requests
 png = b'\\x89PNG\\r\\n\\x1a\\n' + bytes(4) + b'IHDR' + bytes([0, 0, 0, 2] * 2)
 out = Requests().image('cam', png)
 print(new_traceparent()[:3], out.sent.seq, sorted(m for m in sys.modules if 'opentelemetry' in m))

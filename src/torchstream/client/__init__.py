@@ -17,18 +17,11 @@ Both flavours share one sans-IO core, so they check, number and trace requests i
 from torchstream.client._async_client import AsyncClient
 from torchstream.client._async_sink import AsyncSink
 from torchstream.client._async_source import AsyncSource
-from torchstream.client._core import (
-    ContentKind,
-    ImageFormat,
-    RawFormat,
-    Result,
-    SendResult,
-    SinkStatistics,
-    SourceStatistics,
-    image_format,
-)
 from torchstream.client._matcher import AsyncMatcher, Matcher, MatcherStatistics
+from torchstream.client._requests import ImageFormat, RawFormat, SendResult, image_format
+from torchstream.client._results import ContentKind, Result
 from torchstream.client._sink import Sink
+from torchstream.client._sockets import SinkStatistics, SourceStatistics
 from torchstream.client._source import Source
 from torchstream.client._trace import new_traceparent
 

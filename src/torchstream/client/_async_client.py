@@ -10,8 +10,9 @@ from typing import Any
 from torchstream._errors import BrokenResourceError, ClosedResourceError
 from torchstream.client._async_sink import AsyncSink
 from torchstream.client._async_source import AsyncSource
-from torchstream.client._core import Buffer, ImageFormat, Result
 from torchstream.client._matcher import AsyncMatcher, MatcherStatistics
+from torchstream.client._requests import Buffer, ImageFormat
+from torchstream.client._results import Result
 from torchstream.transport._endpoint import Endpoint, SocketOptions
 
 __all__ = ["AsyncClient"]

@@ -10,10 +10,9 @@ from types import TracebackType
 from typing import cast
 
 from torchstream._errors import ClosedResourceError, MissingDependencyError
-from torchstream.client._core import (
+from torchstream.client._results import Result, Results
+from torchstream.client._sockets import (
     SINK_TYPES,
-    Result,
-    Results,
     SinkStatistics,
     cancelled_by_close,
     check_endpoint,

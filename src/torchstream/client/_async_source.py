@@ -10,14 +10,16 @@ from types import TracebackType
 from typing import Any, cast
 
 from torchstream._errors import ClosedResourceError, MissingDependencyError, OverloadedError
-from torchstream.client._core import (
-    SOURCE_TYPES,
+from torchstream.client._requests import (
     Buffer,
     ImageFormat,
     Outgoing,
     RawFormat,
     Requests,
     SendResult,
+)
+from torchstream.client._sockets import (
+    SOURCE_TYPES,
     SourceStatistics,
     cancelled_by_close,
     check_endpoint,

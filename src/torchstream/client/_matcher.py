@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from torchstream._errors import ClosedResourceError, OverloadedError
-from torchstream.client._core import Result, SendResult
+from torchstream.client._requests import SendResult
+from torchstream.client._results import Result
 
 __all__ = ["AsyncMatcher", "Matcher", "MatcherStatistics"]
 

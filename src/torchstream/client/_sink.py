@@ -9,14 +9,8 @@ from types import TracebackType
 from typing import Any
 
 from torchstream._errors import MissingDependencyError
-from torchstream.client._core import (
-    SINK_TYPES,
-    Result,
-    Results,
-    SinkStatistics,
-    check_endpoint,
-    check_timeout,
-)
+from torchstream.client._results import Result, Results
+from torchstream.client._sockets import SINK_TYPES, SinkStatistics, check_endpoint, check_timeout
 from torchstream.transport._channel import Receiver
 from torchstream.transport._endpoint import Endpoint, SocketOptions
 from torchstream.transport._protocol import Limits

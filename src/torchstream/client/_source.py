@@ -8,14 +8,16 @@ from types import TracebackType
 from typing import Any
 
 from torchstream._errors import ClosedResourceError, MissingDependencyError
-from torchstream.client._core import (
-    SOURCE_TYPES,
+from torchstream.client._requests import (
     Buffer,
     ImageFormat,
     Outgoing,
     RawFormat,
     Requests,
     SendResult,
+)
+from torchstream.client._sockets import (
+    SOURCE_TYPES,
     SourceStatistics,
     check_endpoint,
     check_timeout,

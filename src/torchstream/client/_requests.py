@@ -1,24 +1,18 @@
-"""The client's sans-IO core, shared by the blocking and asyncio shells: what goes out for each
-send (checked, numbered, traced) and what each received message means for the caller.
-
-Nothing here touches a socket. :class:`Requests` turns an image, a raw picture, a video packet
-or an end-of-stream into protocol messages ready to send; :class:`Results` turns received
-messages into :class:`Result` objects and applies the source filter.
-"""
+"""The sending half of the client's sans-IO core, shared by :class:`~torchstream.client.Source`
+and :class:`~torchstream.client.AsyncSource`: what goes out for each send, checked, numbered
+and traced before anything touches a socket."""
 
 from __future__ import annotations
 
-import asyncio
 import math
 import struct
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, get_args
 
 from torchstream.client._trace import check_traceparent, new_traceparent, trace_id_of
 from torchstream.codecs._nvjpeg import jpeg_size
 from torchstream.frame import Frame
-from torchstream.transport._endpoint import Endpoint
 from torchstream.transport._protocol import (
     EndOfStream,
     FrameMessage,
@@ -27,32 +21,22 @@ from torchstream.transport._protocol import (
     PacketPayload,
     Payload,
     RawPayload,
-    ResultMessage,
     encode,
 )
 
 __all__ = [
-    "SINK_TYPES",
-    "SOURCE_TYPES",
-    "ContentKind",
+    "Buffer",
     "ImageFormat",
     "Outgoing",
     "RawFormat",
     "Requests",
-    "Result",
-    "Results",
     "SendResult",
-    "SinkStatistics",
-    "SourceStatistics",
-    "cancelled_by_close",
-    "check_endpoint",
-    "check_timeout",
+    "check_source_id",
     "image_format",
 ]
 
 ImageFormat = Literal["jpeg", "png"]
 RawFormat = Literal["rgb24", "bgr24", "rgba", "gray8", "nv12"]
-ContentKind = Literal["none", "original", "image"]
 
 _IMAGE_FORMATS: tuple[str, ...] = get_args(ImageFormat)
 _RAW_FORMATS: tuple[str, ...] = get_args(RawFormat)
@@ -74,95 +58,6 @@ class SendResult:
     traceparent: str
     end_of_stream: bool = False
 
-
-@dataclass(frozen=True, slots=True, repr=False)
-class Result:
-    """One thing a pipeline sent back: a frame's result or a source's end-of-stream.
-
-    A frame's result has its metadata in ``frame`` (objects, attributes, size; no surface),
-    and ``content`` as the pipeline chose: ``"none"``, ``"original"`` (the bytes that were
-    sent) or ``"image"`` (a picture the pipeline made, an annotated JPEG for example).
-    ``content`` is a zero-copy view of the received message part (``bytes(result.content)``
-    for a copy), ``content_description`` says what it holds. An end-of-stream has
-    ``end_of_stream=True``, no ``frame``, and ``seq`` = the source's last seq (None: none).
-    ``trace_id`` / ``traceparent`` are those of the request that caused it, when the
-    pipeline passed them on.
-    """
-
-    source_id: str
-    seq: int | None
-    frame: Frame | None
-    trace_id: str | None
-    traceparent: str | None = None
-    content_kind: ContentKind = "none"
-    content: memoryview | None = None
-    content_description: Payload | None = None
-    end_of_stream: bool = False
-
-    def __repr__(self) -> str:
-        if self.end_of_stream:
-            return (
-                f"Result(source_id={self.source_id!r}, end_of_stream, last_seq={self.seq}, "
-                f"trace_id={self.trace_id})"
-            )
-        content: str = self.content_kind
-        if self.content is not None:
-            content += f", {self.content.nbytes} bytes"
-        return (
-            f"Result(source_id={self.source_id!r}, seq={self.seq}, trace_id={self.trace_id}, "
-            f"frame={self.frame!r}, content={content})"
-        )
-
-
-@dataclass(frozen=True)
-class SourceStatistics:
-    endpoint: str
-    sent: int
-    """Frames sent (images, raw pictures and packets)."""
-    end_of_streams: int
-
-
-@dataclass(frozen=True)
-class SinkStatistics:
-    endpoint: str
-    results: int
-    """Frame results returned."""
-    end_of_streams: int
-    filtered: int
-    """Messages of sources the sink does not want (on sub, most never reach it)."""
-    unexpected: int
-    """Valid messages that are not results (frames, acknowledgements), skipped."""
-    rejected: dict[str, int]
-    """Malformed messages dropped, by :data:`~torchstream.transport.RejectReason`."""
-
-
-SOURCE_TYPES = ("dealer", "push")
-"""Socket types a source sends on: to a module's router (acknowledged end-of-stream) or pull."""
-SINK_TYPES = ("sub", "pull")
-"""Socket types a sink receives on: from a module's pub or push."""
-
-
-def check_timeout(name: str, seconds: float | None) -> None:
-    """ValueError unless ``seconds`` is None or a number >= 0."""
-    if seconds is not None and not seconds >= 0:
-        raise ValueError(f"{name} must be >= 0 or None, got {seconds}")
-
-
-def cancelled_by_close(closed: bool) -> bool:
-    """Whether a CancelledError just caught came from closing the socket (pyzmq cancels the
-    pending futures of a socket it closes) rather than from cancelling the current task."""
-    if not closed:
-        return False
-    cancelling = getattr(asyncio.current_task(), "cancelling", None)
-    return cancelling is None or cancelling() == 0
-
-
-def check_endpoint(endpoint: Endpoint | str, allowed: tuple[str, ...], role: str) -> Endpoint:
-    """``endpoint`` parsed, or ValueError when ``role`` cannot use its socket type."""
-    parsed = Endpoint.parse(endpoint) if isinstance(endpoint, str) else endpoint
-    if parsed.socket_type not in allowed:
-        raise ValueError(f"a {role} needs a {' or '.join(allowed)} endpoint, got {parsed}")
-    return parsed
 
 
 def image_format(data: Buffer) -> ImageFormat:
@@ -189,10 +84,6 @@ def _image_size(view: memoryview, format: ImageFormat) -> tuple[int, int]:
     return int(width), int(height)
 
 
-def _trace_id(traceparent: str | None) -> str | None:
-    return None if traceparent is None else trace_id_of(traceparent)
-
-
 def _byte_view(data: Buffer) -> memoryview:
     view = memoryview(data)
     if not view.c_contiguous:
@@ -200,7 +91,7 @@ def _byte_view(data: Buffer) -> memoryview:
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
-def _check_source_id(source_id: str) -> None:
+def check_source_id(source_id: str) -> None:
     if not isinstance(source_id, str) or not 1 <= len(source_id) <= 256:
         raise ValueError(f"source_id must be a string of 1 to 256 characters, got {source_id!r}")
 
@@ -214,7 +105,7 @@ def _raw_pixels(
     if isinstance(pixels, (bytes, bytearray, memoryview)):
         if width is None or height is None:
             raise ValueError("raw pixels given as bytes need width= and height=")
-        return memoryview(pixels), width, height
+        return _byte_view(pixels), width, height
     import numpy as np
 
     try:
@@ -239,7 +130,7 @@ def _raw_pixels(
     if not ok:
         raise ValueError(f"{format} pixels must have shape {expected}, got {tuple(shape)}")
     actual = (shape[1], shape[0] * 2 // 3 if format == "nv12" else shape[0])
-    if (width or actual[0], height or actual[1]) != actual:
+    if (width is not None and width != actual[0]) or (height is not None and height != actual[1]):
         raise ValueError(
             f"width={width}, height={height} disagree with the pixels' {actual[0]}x{actual[1]}"
         )
@@ -345,7 +236,7 @@ class Requests:
         )
 
     def end_of_stream(self, source_id: str, *, traceparent: str | None = None) -> Outgoing:
-        _check_source_id(source_id)
+        check_source_id(source_id)
         traceparent = new_traceparent() if traceparent is None else check_traceparent(traceparent)
         last = self._next_seq.get(source_id, 0) - 1
         message = EndOfStream(
@@ -377,7 +268,7 @@ class Requests:
         attributes: Mapping[str, Any] | None,
         traceparent: str | None,
     ) -> Outgoing:
-        _check_source_id(source_id)
+        check_source_id(source_id)
         if pts_seconds is not None and not math.isfinite(pts_seconds):
             raise ValueError(f"pts_seconds must be finite or None, got {pts_seconds}")
         traceparent = new_traceparent() if traceparent is None else check_traceparent(traceparent)
@@ -397,77 +288,3 @@ class Requests:
         sent = SendResult(source_id, seq, trace_id_of(traceparent), traceparent)
         return Outgoing(message, payload, parts, sent)
 
-
-class Results:
-    """The receiving half: turns messages into :class:`Result` objects for the sources
-    wanted (``source_ids``: exactly these; ``prefix``: ids starting with it; neither: all).
-
-    Messages of other sources are counted in ``filtered``; messages that are not results
-    (a frame or acknowledgement sent to a sink by mistake) in ``unexpected``.
-    """
-
-    def __init__(
-        self, *, source_ids: Collection[str] | None = None, prefix: str | None = None
-    ) -> None:
-        if source_ids is not None and prefix is not None:
-            raise ValueError("give source_ids or prefix, not both")
-        if isinstance(source_ids, str):
-            raise ValueError(f"source_ids must be a collection of ids, got {source_ids!r}")
-        if source_ids is not None:
-            for source_id in source_ids:
-                _check_source_id(source_id)
-        if prefix is not None and not isinstance(prefix, str):
-            raise ValueError(f"prefix must be a string or None, got {prefix!r}")
-        self._ids = None if source_ids is None else frozenset(source_ids)
-        self._prefix = prefix
-        self.results = 0
-        self.end_of_streams = 0
-        self.filtered = 0
-        self.unexpected = 0
-
-    @property
-    def subscriptions(self) -> list[str]:
-        """Topic prefixes a sub socket should subscribe to (it filters before decoding;
-        :meth:`accept` still checks ids exactly)."""
-        if self._ids is not None:
-            return sorted(self._ids)
-        return [self._prefix or ""]
-
-    def wants(self, source_id: str) -> bool:
-        if self._ids is not None:
-            return source_id in self._ids
-        return self._prefix is None or source_id.startswith(self._prefix)
-
-    def accept(self, message: Message, payload: memoryview | None) -> Result | None:
-        """The :class:`Result` for a received message, or None when it is filtered out or not
-        a result (counted)."""
-        if isinstance(message, ResultMessage):
-            if not self.wants(message.source_id):
-                self.filtered += 1
-                return None
-            self.results += 1
-            return Result(
-                source_id=message.source_id,
-                seq=message.seq,
-                frame=message.frame,
-                trace_id=_trace_id(message.traceparent),
-                traceparent=message.traceparent,
-                content_kind=message.content,
-                content=payload,
-                content_description=message.payload,
-            )
-        if isinstance(message, EndOfStream):
-            if not self.wants(message.source_id):
-                self.filtered += 1
-                return None
-            self.end_of_streams += 1
-            return Result(
-                source_id=message.source_id,
-                seq=message.last_seq,
-                frame=None,
-                trace_id=_trace_id(message.traceparent),
-                traceparent=message.traceparent,
-                end_of_stream=True,
-            )
-        self.unexpected += 1
-        return None
