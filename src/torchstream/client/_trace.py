@@ -7,8 +7,8 @@ imports OpenTelemetry: if it is not imported yet, no span can be active.
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
 import sys
 from typing import Any
 
@@ -19,11 +19,13 @@ _ZERO_TRACE_ID = "0" * 32
 _ZERO_SPAN_ID = "0" * 16
 
 
-def _random_hex(nbytes: int) -> str:
+def _random_ids() -> tuple[str, str]:
+    """A random trace id (32 hex) and parent id (16 hex), from one read of the OS's CSPRNG."""
     while True:  # an all-zero id is invalid in W3C trace context; one in 2**64 draws
-        value = secrets.token_hex(nbytes)
-        if value.strip("0"):
-            return value
+        value = os.urandom(24).hex()
+        trace_id, parent_id = value[:32], value[32:]
+        if trace_id.strip("0") and parent_id.strip("0"):
+            return trace_id, parent_id
 
 
 def _propagated() -> str | None:
@@ -54,7 +56,8 @@ def new_traceparent() -> str:
     propagated = _propagated()
     if propagated is not None:
         return propagated
-    return f"00-{_random_hex(16)}-{_random_hex(8)}-01"
+    trace_id, parent_id = _random_ids()
+    return f"00-{trace_id}-{parent_id}-01"
 
 
 def check_traceparent(value: str) -> str:
