@@ -1,0 +1,72 @@
+"""What the blocking and asyncio socket shells of the client share: the endpoints each end
+takes, argument checks, statistics, and telling a close from a cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from torchstream.transport._endpoint import Endpoint
+
+__all__ = [
+    "SINK_TYPES",
+    "SOURCE_TYPES",
+    "SinkStatistics",
+    "SourceStatistics",
+    "cancelled_by_close",
+    "check_endpoint",
+    "check_timeout",
+]
+
+
+@dataclass(frozen=True)
+class SourceStatistics:
+    endpoint: str
+    sent: int
+    """Frames sent (images, raw pictures and packets)."""
+    end_of_streams: int
+
+
+@dataclass(frozen=True)
+class SinkStatistics:
+    endpoint: str
+    results: int
+    """Frame results returned."""
+    end_of_streams: int
+    filtered: int
+    """Messages of sources the sink does not want (on sub, most never reach it)."""
+    unexpected: int
+    """Valid messages that are not results (frames, acknowledgements), skipped."""
+    rejected: dict[str, int]
+    """Malformed messages dropped, by :data:`~torchstream.transport.RejectReason`."""
+
+
+
+SOURCE_TYPES = ("dealer", "push")
+"""Socket types a source sends on: to a module's router (acknowledged end-of-stream) or pull."""
+SINK_TYPES = ("sub", "pull")
+"""Socket types a sink receives on: from a module's pub or push."""
+
+
+def check_timeout(name: str, seconds: float | None) -> None:
+    """ValueError unless ``seconds`` is None or a number >= 0."""
+    if seconds is not None and not seconds >= 0:
+        raise ValueError(f"{name} must be >= 0 or None, got {seconds}")
+
+
+def cancelled_by_close(closed: bool) -> bool:
+    """Whether a CancelledError just caught came from closing the socket (pyzmq cancels the
+    pending futures of a socket it closes) rather than from cancelling the current task."""
+    if not closed:
+        return False
+    cancelling = getattr(asyncio.current_task(), "cancelling", None)
+    return cancelling is None or cancelling() == 0
+
+
+def check_endpoint(endpoint: Endpoint | str, allowed: tuple[str, ...], role: str) -> Endpoint:
+    """``endpoint`` parsed, or ValueError when ``role`` cannot use its socket type."""
+    parsed = Endpoint.parse(endpoint) if isinstance(endpoint, str) else endpoint
+    if parsed.socket_type not in allowed:
+        raise ValueError(f"a {role} needs a {' or '.join(allowed)} endpoint, got {parsed}")
+    return parsed
+
