@@ -211,3 +211,23 @@ def test_pushed_packets_on_nvdec_match_pyav(clip: Path) -> None:
         assert a.pts_seconds == pytest.approx(b.pts_seconds) and a.keyframe == b.keyframe
         a.__dict__["_ready"].synchronize()
         assert (a.surface.cpu().float() - b.surface.cpu().float()).abs().mean() < 3  # type: ignore[union-attr]
+
+
+def test_image_decoder_reuses_decoders_and_checks_sizes_first() -> None:
+    from torchstream.codecs._pyav import ImageDecoder
+
+    pixels = np.zeros((48, 64, 3), dtype=np.uint8)
+    pixels[10:20] = (250, 250, 250)
+    decoder = ImageDecoder(source_id="s", max_pixels=64 * 48)
+    png = encode_image(pixels, "png")
+    for _ in range(3):  # the same decoder, image after image
+        rgb, codec = decoder.decode(png)
+        assert codec == "png" and torch.equal(rgb, torch.from_numpy(pixels))
+    jpeg = encode_image(pixels, "mjpeg")
+    rgb, codec = decoder.decode(jpeg)
+    assert codec == "mjpeg" and (rgb.float() - torch.from_numpy(pixels).float()).abs().mean() < 4
+    with pytest.raises(SourceError, match="exceeds max_pixels"):
+        ImageDecoder(source_id="s", max_pixels=100).decode(jpeg)
+    with pytest.raises(SourceError, match=r"corrupt|no picture"):
+        decoder.decode(jpeg[:40] + bytes(200))
+    assert decoder.decode(png)[1] == "png"  # a bad image does not spoil the next one

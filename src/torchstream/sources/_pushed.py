@@ -18,7 +18,7 @@ import torch
 from torchstream._errors import ClosedResourceError, OverloadedError, SourceError
 from torchstream.codecs._nvdec import NvdecDecoder, nvdec_available
 from torchstream.codecs._nvjpeg import NvjpegDecoder, jpeg_size, nvjpeg_available
-from torchstream.codecs._pyav import PyAVPacketDecoder, decode_image
+from torchstream.codecs._pyav import ImageDecoder, PyAVPacketDecoder
 from torchstream.frame import Frame
 from torchstream.pipeline._channel import Policy
 from torchstream.sources._video import DecoderChoice
@@ -102,6 +102,7 @@ class PushedSource:
         self._pending: dict[int | float, _Pushed] = {}  # pts -> push, for frames not out yet
         self._last_pts: int | float | None = None
         self._nvjpeg: NvjpegDecoder | None = None
+        self._cpu_images = ImageDecoder(source_id=source_id, max_pixels=max_pixels)
 
     # -- the owner's side -------------------------------------------------------------
 
@@ -406,9 +407,7 @@ class PushedSource:
             result = decoded[index]
             if result is None:
                 try:
-                    rgb, codec = decode_image(
-                        item.data, source_id=self.source_id, max_pixels=self._max_pixels
-                    )
+                    rgb, codec = self._cpu_images.decode(item.data)
                     result = (rgb.to(self.device), codec)
                 except SourceError as exc:
                     result = exc
