@@ -21,6 +21,7 @@ from pathlib import Path
 
 import av
 import torch
+from _report import report
 
 from torchstream import Frame, Pipeline
 from torchstream.sinks import CallbackSink
@@ -141,7 +142,7 @@ def main() -> None:
             f"| {cpu:.0f} |"
         )
         print(rows[-1], flush=True)
-    table = "\n".join([
+    report([
         f"### Decode, 1080p30 H.264 — {card} — {datetime.date.today().isoformat()}",
         "",
         f"{platform.node() or 'gpu machine'}: torch {torch.__version__}, PyAV {av.__version__}; "
@@ -154,11 +155,7 @@ def main() -> None:
         "| torchstream PyAV CPU (frames/s) |",
         "|---|---|---|---|---|---|",
         *rows,
-    ]) + "\n"
-    print(table)
-    if args.record:
-        results = Path(__file__).with_name("RESULTS.md")
-        results.write_text(results.read_text() + "\n" + table)
+    ], record=args.record)
 
 
 if __name__ == "__main__":

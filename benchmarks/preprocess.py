@@ -17,10 +17,10 @@ import argparse
 import datetime
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _report import report
 
 from torchstream.surface import letterbox, letterbox_batch
 
@@ -113,7 +113,7 @@ def main() -> None:
             )
             print(rows[-1], flush=True)
     card = torch.cuda.get_device_name(0)
-    table = "\n".join([
+    report([
         f"### Preprocess, 1080p RGB → letterboxed fp16 640x384 — {card} — "
         f"{datetime.date.today().isoformat()}",
         "",
@@ -124,11 +124,7 @@ def main() -> None:
         "| batch | method | GPU ms per batch | frames/s (GPU time) | host µs per batch |",
         "|---|---|---|---|---|",
         *rows,
-    ]) + "\n"
-    print(table)
-    if args.record:
-        results = Path(__file__).with_name("RESULTS.md")
-        results.write_text(results.read_text() + "\n" + table)
+    ], record=args.record)
 
 
 if __name__ == "__main__":

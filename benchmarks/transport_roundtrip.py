@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _report import report
 
 from torchstream.client import Sink, Source
 from torchstream.sinks import encode_picture
@@ -131,7 +132,7 @@ def main() -> None:
                     f"| {transport} | {window} | {rate:,.0f} | {p50:.2f} | {p99:.2f} |"
                 )
                 print(rows[-1], flush=True)
-    table = "\n".join([
+    report([
         f"### Transport round trip, 640x360 JPEG ({len(jpeg):,} bytes) — "
         f"{platform.node() or 'this machine'} (CPU) — {datetime.date.today().isoformat()}",
         "",
@@ -143,11 +144,7 @@ def main() -> None:
         "| transport | requests in flight | messages/s | latency p50 (ms) | latency p99 (ms) |",
         "|---|---|---|---|---|",
         *rows,
-    ]) + "\n"
-    print(table)
-    if args.record:
-        results = Path(__file__).with_name("RESULTS.md")
-        results.write_text(results.read_text() + "\n" + table)
+    ], record=args.record)
 
 
 if __name__ == "__main__":
