@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
+import logging
+import os
 import types
 import typing
 from pathlib import Path
@@ -132,3 +134,24 @@ def _device(text: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise click.BadParameter(f"{text!r} (use cpu, cuda or cuda:N)", param_hint="--device")
     return device
+
+
+def start_tracing(trace_ratio: float | None, exporter: str) -> tuple[Any, Any]:
+    """``(tracer, provider)`` for ``--trace-ratio`` (else ``$OTEL_TRACES_SAMPLER_ARG``), or
+    ``(None, None)`` when tracing is off. Log records then carry trace and span ids."""
+    sampler_arg = os.environ.get("OTEL_TRACES_SAMPLER_ARG")
+    if trace_ratio is None and sampler_arg:
+        try:
+            trace_ratio = float(sampler_arg)
+        except ValueError:
+            raise click.UsageError(
+                f"OTEL_TRACES_SAMPLER_ARG must be a ratio, got {sampler_arg!r}"
+            ) from None
+    if not trace_ratio:
+        return None, None
+    from torchstream.telemetry._tracing import OtelFrameTracer, TraceLogFilter, configure_tracing
+
+    provider = configure_tracing(ratio=trace_ratio, exporter=exporter)  # type: ignore[arg-type]
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(TraceLogFilter())
+    return OtelFrameTracer(), provider

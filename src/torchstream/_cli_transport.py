@@ -19,6 +19,7 @@ from torchstream._cli_common import (
     _options_help,
     load_pipeline,
     parse_options,
+    start_tracing,
 )
 from torchstream._logging import configure_logging
 from torchstream._spec import PipelineSpec, RunConfig
@@ -81,6 +82,11 @@ def _stop_on_signals(stop: Any) -> None:
               show_default=True)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="warning", show_default=True)
+@click.option("--trace-ratio", type=click.FloatRange(0, 1), default=None,
+              help="Trace this share of frames (default $OTEL_TRACES_SAMPLER_ARG, else off); "
+                   "frames sent with a traceparent continue their sender's trace.")
+@click.option("--trace-exporter", type=click.Choice(["otlp-http", "otlp-grpc", "console"]),
+              default="otlp-http", show_default=True)
 @click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=None,
               help="Serve Prometheus metrics and health on this port.")
 @click.option("--metrics-address", default="127.0.0.1", show_default=True)
@@ -103,6 +109,8 @@ def module(
     shutdown_secret_file: str | None,
     log_format: str,
     log_level: str,
+    trace_ratio: float | None,
+    trace_exporter: str,
     metrics_port: int | None,
     metrics_address: str,
     show_help: bool,
@@ -136,6 +144,7 @@ def module(
     )
     spec: PipelineSpec = pipeline_module.build(config, options)
     configure_logging(level=log_level, json_lines=log_format == "json")
+    tracer, provider = start_tracing(trace_ratio, trace_exporter)
     sinks: list[Sink] = [JsonLinesSink(meta)] if meta else []
     try:
         server = transport.Module(
@@ -149,6 +158,7 @@ def module(
             decoder=decoder,
             idle_timeout_seconds=idle_timeout,
             shutdown_secret=secret,
+            tracer=tracer,
         )
     except OSError as exc:
         raise click.UsageError(str(exc)) from exc
@@ -172,6 +182,8 @@ def module(
     stats = server.run()
     for item in metrics:
         item.close()
+    if provider is not None:
+        provider.shutdown()  # flush the last spans
     _console.print(
         f"module stopped after {time.monotonic() - started:.1f} s: {stats.frames_out} "
         f"frames out, {stats.dropped_total} dropped, {len(stats.sources)} sources"

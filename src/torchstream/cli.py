@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
 import time
 from collections import Counter
@@ -20,6 +18,7 @@ from torchstream._cli_common import (
     _options_help,
     load_pipeline,
     parse_options,
+    start_tracing,
 )
 from torchstream._logging import configure_logging
 from torchstream._spec import PipelineSpec, RunConfig
@@ -164,26 +163,7 @@ def run(
     sources = _unique_ids(inputs, decoder)
 
     configure_logging(level=log_level, json_lines=log_format == "json")
-    sampler_arg = os.environ.get("OTEL_TRACES_SAMPLER_ARG")
-    if trace_ratio is None and sampler_arg:
-        try:
-            trace_ratio = float(sampler_arg)
-        except ValueError:
-            raise click.UsageError(
-                f"OTEL_TRACES_SAMPLER_ARG must be a ratio, got {sampler_arg!r}"
-            ) from None
-    tracer, provider = None, None
-    if trace_ratio:
-        from torchstream.telemetry._tracing import (
-            OtelFrameTracer,
-            TraceLogFilter,
-            configure_tracing,
-        )
-
-        provider = configure_tracing(ratio=trace_ratio, exporter=trace_exporter)  # type: ignore[arg-type]
-        tracer = OtelFrameTracer()
-        for handler in logging.getLogger().handlers:
-            handler.addFilter(TraceLogFilter())
+    tracer, provider = start_tracing(trace_ratio, trace_exporter)
     started = time.monotonic()
     interrupted = False
     live = Live(console=_console, refresh_per_second=4, transient=True) if (
