@@ -305,3 +305,18 @@ def test_fuzz_module_counted_rejects() -> None:
     results.close()
     _FUZZ["raw"].close(linger=0)  # type: ignore[attr-defined]
     _FUZZ.clear()
+
+
+def test_health_is_ready_without_sources_and_not_while_stopping(tmp_path: Path) -> None:
+    inbound, outbound = endpoints(tmp_path)
+    module = Module([], inbound=inbound, outbound=outbound)
+    assert not module.health().alive
+    thread = threading.Thread(target=module.run)
+    thread.start()
+    assert module.ready.wait(10)
+    health = module.health()
+    assert health.alive and health.ready and "accepting frames" in health.reason
+    assert module.pipeline is not None and not module.pipeline.health().ready  # no source yet
+    module.stop()
+    thread.join(30)
+    assert not module.health().ready

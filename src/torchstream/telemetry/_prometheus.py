@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -14,7 +14,7 @@ import torch
 
 from torchstream._errors import MissingDependencyError
 from torchstream.pipeline import Pipeline
-from torchstream.pipeline._statistics import BATCH_SECONDS_BUCKETS
+from torchstream.pipeline._statistics import BATCH_SECONDS_BUCKETS, PipelineHealth
 
 try:
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -231,12 +231,15 @@ def serve_metrics(
     port: int,
     address: str = "127.0.0.1",
     per_source_labels: bool = True,
+    health: Callable[[], PipelineHealth] | None = None,
 ) -> MetricsServer:
     """Serve metrics, health and status of ``pipeline`` at ``http://address:port/`` (see
     :class:`MetricsServer`). Binds to 127.0.0.1 unless told otherwise (``0.0.0.0`` for a
     remote Prometheus or orchestrator); ``port=0`` picks a free port (``MetricsServer.port``).
-    Raises OSError when the port is taken.
+    Raises OSError when the port is taken. ``health``: what /healthz and /readyz report
+    (default ``pipeline.health``; a module reports its own, ready once its socket is bound).
     """
+    check_health = health or pipeline.health
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PipelineCollector(pipeline, per_source_labels=per_source_labels))
 
@@ -246,9 +249,9 @@ def serve_metrics(
             if path == "/metrics":
                 self._reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
             elif path in ("/healthz", "/readyz"):
-                health = pipeline.health()
-                ok = health.alive if path == "/healthz" else health.ready
-                body = json.dumps({"ok": ok, "reason": health.reason}).encode()
+                state = check_health()
+                ok = state.alive if path == "/healthz" else state.ready
+                body = json.dumps({"ok": ok, "reason": state.reason}).encode()
                 self._reply(200 if ok else 503, body, "application/json")
             elif path == "/status":
                 self._reply(200, json.dumps(_status(pipeline)).encode(), "application/json")

@@ -19,7 +19,7 @@ from torchstream._types import Sink, Stage
 from torchstream.frame import Frame
 from torchstream.pipeline import Pipeline
 from torchstream.pipeline._session import Session
-from torchstream.pipeline._statistics import PipelineStatistics
+from torchstream.pipeline._statistics import PipelineHealth, PipelineStatistics
 from torchstream.pipeline._tracing import FrameTracer
 from torchstream.sinks._images import encode_picture
 from torchstream.sources._pushed import PushedSource
@@ -266,6 +266,20 @@ class Module:
                 "giving up on them", self._drain_timeout, self._publish.endpoint,
             )
             self._publish.abandon()
+
+    def health(self) -> PipelineHealth:
+        """Alive while the pipeline runs; ready once frames are accepted (models set up,
+        inbound socket bound) and until a stop begins. A module needs no source to be ready:
+        sources come to it."""
+        pipeline = self._pipeline
+        if pipeline is None:
+            return PipelineHealth(False, False, "the module is not running")
+        state = pipeline.health()
+        if not state.alive:
+            return state
+        if self._stop.is_set():
+            return PipelineHealth(True, False, "stopping: draining what was received")
+        return PipelineHealth(True, True, f"accepting frames on {self.inbound}")
 
     def statistics(self) -> ModuleStatistics:
         pipeline = self._pipeline
