@@ -12,7 +12,7 @@ PUBLIC = {
     "ImagePayload", "Limits", "Message", "PacketPayload", "Payload", "ProtocolError",
     "RawPayload", "Receiver", "ReceiverStatistics", "RejectReason", "Rejects", "ResultMessage",
     "Sender", "SenderStatistics", "Shutdown", "SocketOptions", "SocketType", "decode", "encode",
-    "topic_of", "Content", "Module", "ModuleStatistics", "PublishSink",
+    "topic_of", "Content", "Module", "ModuleStatistics", "PublishSink", "ResultAck",
 }
 
 

@@ -4,6 +4,7 @@ that restart, idle eviction, shutdown, and a module that survives garbage."""
 from __future__ import annotations
 
 import io
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -86,6 +87,24 @@ def running(module: Module) -> Iterator[Module]:
         module.stop()
         thread.join(30)
         assert not thread.is_alive()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def rebind(endpoint: str) -> Receiver:
+    """Bind again where a closed socket was (the port is freed asynchronously)."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return Receiver(endpoint)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def endpoints(tmp_path: Path) -> tuple[str, str]:
@@ -320,3 +339,87 @@ def test_health_is_ready_without_sources_and_not_while_stopping(tmp_path: Path) 
     module.stop()
     thread.join(30)
     assert not module.health().ready
+
+
+def test_results_survive_a_killed_sink_on_acknowledged_links(tmp_path: Path) -> None:
+    """Module --out dealer+connect, sink router+bind: a sink killed with results received but
+    not handled gets them again when it restarts; nothing is lost."""
+    from torchstream.transport import ResultAck
+
+    # tcp: a closed ipc listener unlinks its path asynchronously, which can remove the path
+    # a restarted listener just bound (a ZeroMQ race, not ours).
+    inbound, results_url = f"router+bind:ipc://{tmp_path}/in", f"tcp://127.0.0.1:{free_port()}"
+    frames = 60
+    raw = np.zeros((8, 8, 3), dtype=np.uint8)
+    first = Receiver(f"router+bind:{results_url}")
+    module = Module([], inbound=inbound, outbound=f"dealer+connect:{results_url}")
+    assert module._publish is not None
+    module._publish._window = 8  # a small window: the module must wait for acks
+    module._publish._resend_after = 0.3
+    handled: set[int] = set()
+    with running(module), Sender(f"dealer+connect:ipc://{tmp_path}/in") as sender:
+        feeder = threading.Thread(target=lambda: [
+            sender.send(FrameMessage(source_id="cam", seq=seq,
+                                     payload=RawPayload(width=8, height=8, format="rgb24")), raw)
+            for seq in range(frames)
+        ])
+        feeder.start()
+        for _ in range(20):  # the first sink handles 20 results, acknowledging each ...
+            message, _ = first.recv(10)
+            assert isinstance(message, ResultMessage)
+            handled.add(message.seq)
+            first.reply(ResultAck(source_id="cam", seq=message.seq))
+        for _ in range(3):  # ... then takes 3 more and dies before handling them
+            first.recv(10)
+        first.close()
+        feeder.join(30)
+        sender.send_eos("cam", last_seq=frames - 1)
+        second = rebind(f"router+bind:{results_url}")  # restarted on the same address
+        try:
+            while True:
+                message, _ = second.recv(10)
+                if isinstance(message, ResultMessage):
+                    handled.add(message.seq)
+                    second.reply(ResultAck(source_id="cam", seq=message.seq))
+                elif isinstance(message, EndOfStream):
+                    assert len(handled) == frames  # the end comes after every result
+                    break
+        finally:
+            module.stop()
+        stats = module.statistics()
+    second.close()
+    assert handled == set(range(frames))
+    assert module._publish.resent >= 3 and module._publish.unacknowledged == 0
+    assert stats.pipeline.sinks[0].errors_total == 0
+
+
+def test_the_sink_adapter_acknowledges_and_drops_resent_copies(tmp_path: Path) -> None:
+    from torchstream.transport._adapters import ResultWriter, receive_results
+
+    class Collect(ResultWriter):
+        def __init__(self) -> None:
+            self.seqs: list[int] = []
+
+        def write(self, result: ResultMessage, content: memoryview | None) -> None:
+            self.seqs.append(result.seq)
+
+    results_url = f"ipc://{tmp_path}/results"
+    module = Module([], inbound=f"router+bind:ipc://{tmp_path}/in",
+                    outbound=f"dealer+connect:{results_url}")
+    writer = Collect()
+    assert module._publish is not None
+    module._publish._resend_after = 0.0  # every write sends again what is unacknowledged
+    receiving = threading.Thread(target=receive_results, args=(
+        f"router+bind:{results_url}", [writer]), kwargs={"exit_after_sources": 1})
+    receiving.start()
+    raw = np.zeros((8, 8, 3), dtype=np.uint8)
+    with running(module), Sender(f"dealer+connect:ipc://{tmp_path}/in") as sender:
+        for seq in range(30):
+            sender.send(FrameMessage(source_id="cam", seq=seq,
+                                     payload=RawPayload(width=8, height=8, format="rgb24")), raw)
+        sender.send_eos("cam", last_seq=29)
+        receiving.join(30)
+    # The module stopped after its sink saw every ack; the copies it sent were written once.
+    assert module._publish.unacknowledged == 0
+    assert module._publish.resent > 0
+    assert writer.seqs == list(range(30))

@@ -24,6 +24,7 @@ from torchstream.transport import (
     ProtocolError,
     RawPayload,
     Rejects,
+    ResultAck,
     ResultMessage,
     Shutdown,
     decode,
@@ -109,7 +110,7 @@ def frames_for(draw: st.DrawFn, source_id: str, seq: int) -> Frame:
 
 @st.composite
 def messages(draw: st.DrawFn) -> tuple[Message, bytes | None]:
-    kind = draw(st.sampled_from(["frame", "result", "eos", "eos_ack", "shutdown"]))
+    kind = draw(st.sampled_from(["frame", "result", "eos", "eos_ack", "result_ack", "shutdown"]))
     source_id, seq = draw(source_ids), draw(seqs)
     if kind in ("frame", "result"):
         drawn = draw(payloads())
@@ -142,6 +143,8 @@ def messages(draw: st.DrawFn) -> tuple[Message, bytes | None]:
         ), None
     if kind == "eos_ack":
         return EndOfStreamAck(source_id=source_id, last_seq=draw(st.none() | seqs)), None
+    if kind == "result_ack":
+        return ResultAck(source_id=source_id, seq=seq), None
     return Shutdown(secret=draw(st.text(min_size=1, max_size=20)), reason=draw(st.text())), None
 
 

@@ -3,6 +3,7 @@ folders and send them (demuxed, not decoded); sink adapters receive results and 
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from torchstream._errors import BrokenResourceError, SourceError
+from torchstream._errors import BrokenResourceError, OverloadedError, SourceError
 from torchstream.codecs._encode import VideoEncoder
 from torchstream.codecs._pyav import decode_image, demux_packets
 from torchstream.sinks._jsonl import JsonLinesSink
@@ -23,6 +24,7 @@ from torchstream.transport._protocol import (
     FrameMessage,
     ImagePayload,
     PacketPayload,
+    ResultAck,
     ResultMessage,
 )
 
@@ -38,6 +40,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+_DEDUPE_MEMORY = 65536
+"""Results remembered by (source id, seq) to drop re-sent copies."""
 
 _IMAGE_FORMATS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png"}
 
@@ -258,12 +263,18 @@ def receive_results(
     """Receive results on ``endpoint`` (sub or pull) and hand them to ``writers`` until
     ``stop``, until ``exit_after_sources`` sources have ended, or until nothing came for
     ``idle_timeout_seconds``. ``source_ids``: prefixes to subscribe to (sub only). A writer
-    that fails on one result is logged and counted; the others go on."""
+    that fails on one result is logged and counted; the others go on.
+
+    On a router endpoint (the module's ``--out dealer+connect:…``) every result is
+    acknowledged once the writers had it, so a module re-sends only what a killed receiver
+    never handled; a result seen again (re-sent) is acknowledged and not written twice."""
     stop = stop or threading.Event()
     results = ended = errors = 0
     subscribe = list(source_ids) if source_ids else None
     last = time.monotonic()
+    seen: collections.OrderedDict[tuple[str, int], None] = collections.OrderedDict()
     with Receiver(endpoint, subscribe=subscribe) as inbox:
+        acknowledging = inbox.endpoint.socket_type == "router"
         try:
             while not stop.is_set():
                 if exit_after_sources is not None and ended >= exit_after_sources:
@@ -277,6 +288,14 @@ def receive_results(
                         break
                     continue
                 last = time.monotonic()
+                if isinstance(message, ResultMessage) and acknowledging:
+                    key = (message.source_id, message.seq)
+                    if key in seen:  # re-sent: already written
+                        _acknowledge(inbox, message)
+                        continue
+                    seen[key] = None
+                    if len(seen) > _DEDUPE_MEMORY:
+                        seen.popitem(last=False)
                 for writer in writers:
                     try:
                         if isinstance(message, ResultMessage):
@@ -288,6 +307,8 @@ def receive_results(
                         log.warning("sink adapter: %r failed on %r: %s", writer, message, exc)
                 if isinstance(message, ResultMessage):
                     results += 1
+                    if acknowledging:
+                        _acknowledge(inbox, message)
                 elif isinstance(message, EndOfStream):
                     ended += 1
         finally:
@@ -299,3 +320,11 @@ def receive_results(
                     log.warning("sink adapter: %r failed to close: %s", writer, exc)
     return ReceiveReport(results, ended, errors)
 
+
+
+def _acknowledge(inbox: Receiver, result: ResultMessage) -> None:
+    try:
+        inbox.reply(ResultAck(source_id=result.source_id, seq=result.seq))
+    except (BrokenResourceError, OverloadedError) as exc:  # the module went away or is full
+        log.warning("sink adapter: cannot acknowledge %s #%d: %s", result.source_id,
+                    result.seq, exc)

@@ -15,6 +15,7 @@ from torchstream.transport._protocol import (
     EndOfStreamAck,
     Limits,
     Message,
+    ResultAck,
     Shutdown,
     decode,
     encode,
@@ -91,7 +92,7 @@ class Inbox:
             return None
         self.received += 1
         ack: list[bytes | memoryview] | None = None
-        if not isinstance(message, (Shutdown, EndOfStreamAck)):
+        if not isinstance(message, (Shutdown, EndOfStreamAck, ResultAck)):
             self._remember(message.source_id, peer)
         if isinstance(message, EndOfStream) and self._ack_eos and peer is not None:
             reply = EndOfStreamAck(source_id=message.source_id, last_seq=message.last_seq)
@@ -99,8 +100,10 @@ class Inbox:
         return Delivery(message, payload, peer, ack)
 
     def _admit(self, message: Message) -> None:
-        if isinstance(message, EndOfStreamAck) and not self._acks_wanted:
-            raise ProtocolError("unexpected_kind", "an eos_ack is for senders, not receivers")
+        if isinstance(message, (EndOfStreamAck, ResultAck)) and not self._acks_wanted:
+            raise ProtocolError(
+                "unexpected_kind", "acknowledgements are for senders, not receivers"
+            )
         if isinstance(message, Shutdown):
             if self._secret is None:
                 raise ProtocolError("shutdown_refused", "this end has no shutdown secret")

@@ -3,6 +3,7 @@ inbound endpoint, results leave on an outbound endpoint."""
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -29,11 +30,13 @@ from torchstream.transport._channel import Receiver, ReceiverStatistics, Sender,
 from torchstream.transport._endpoint import Endpoint
 from torchstream.transport._protocol import (
     EndOfStream,
+    EndOfStreamAck,
     FrameMessage,
     ImagePayload,
     Message,
     PacketPayload,
     RawPayload,
+    ResultAck,
     ResultMessage,
     Shutdown,
 )
@@ -59,6 +62,16 @@ class PublishSink:
     Each result carries the traceparent its frame came with, so a client matches it to its
     request. ``content``: see :data:`Content`; ``image`` draws the frame's objects with
     ``style`` and encodes JPEG on the CPU.
+
+    On a dealer endpoint results are acknowledged: the receiver (a router, e.g. ``torchstream
+    sink … --in router+bind:…``) answers each with a :class:`ResultAck` (and each end of
+    stream with an :class:`EndOfStreamAck`). Up to ``ack_window`` results wait for their ack
+    (a full window blocks, as backpressure); results unacknowledged for
+    ``resend_after_seconds`` are sent again with the next result, while waiting on a full
+    window, and at the end of their stream: its end of stream goes out once every result
+    before it is acknowledged. So a receiver that was killed and restarted gets what it had
+    not handled (at least once: it may see a result twice and can drop it by source id and
+    seq).
     """
 
     def __init__(
@@ -68,6 +81,8 @@ class PublishSink:
         content: Content = "none",
         style: AnnotationStyle | None = None,
         name: str = "publish",
+        ack_window: int = 256,
+        resend_after_seconds: float = 2.0,
     ) -> None:
         if content not in ("none", "original", "image"):
             raise ValueError(f"content must be 'none', 'original' or 'image', got {content!r}")
@@ -79,6 +94,15 @@ class PublishSink:
         self._sender = Sender(endpoint, send_timeout_seconds=_SEND_TICK_SECONDS)
         self._abandoned = threading.Event()
         self._last_seq: dict[str, int] = {}
+        self._acked = self._sender.endpoint.socket_type == "dealer"
+        self._window = ack_window
+        self._resend_after = resend_after_seconds
+        # (kind, source id, seq) -> (message, payload, when last sent), oldest first
+        self._unacked: collections.OrderedDict[
+            tuple[str, str, int | None], tuple[Message, Any, float]
+        ] = collections.OrderedDict()
+        self.resent = 0
+        """Results and ends of stream sent again because no ack came (dealer endpoints)."""
 
     @property
     def endpoint(self) -> Endpoint:
@@ -110,7 +134,22 @@ class PublishSink:
 
     def end_session(self, session: Session) -> None:
         last = self._last_seq.pop(session.source_id, None)
+        if self._acked:  # every result acknowledged (re-sent if need be) before the end
+            self._flush()
         self._send(EndOfStream(source_id=session.source_id, last_seq=last), None)
+        if self._acked:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Until everything sent is acknowledged (re-sending what is overdue); raises
+        OverloadedError once abandoned."""
+        while self._unacked:
+            if not self._collect_acks(wait=True):
+                self._resend_overdue()
+
+    @property
+    def unacknowledged(self) -> int:
+        return len(self._unacked)
 
     def abandon(self) -> None:
         """Stop waiting for an absent consumer: what cannot be sent now fails (counted as
@@ -118,6 +157,24 @@ class PublishSink:
         self._abandoned.set()
 
     def _send(self, message: Message, payload: Any) -> None:
+        self._send_once(message, payload)
+        if not self._acked:
+            return
+        if isinstance(message, ResultMessage):
+            key: tuple[str, str, int | None] = ("result", message.source_id, message.seq)
+        else:
+            assert isinstance(message, EndOfStream)
+            key = ("eos", message.source_id, message.last_seq)
+        self._unacked[key] = (message, payload, time.monotonic())
+        self._collect_acks(wait=False)
+        oldest = next(iter(self._unacked.values()), None)
+        if oldest is not None and time.monotonic() - oldest[2] >= self._resend_after:
+            self._resend_overdue()  # the receiver may have restarted: catch it up
+        while len(self._unacked) >= self._window:  # backpressure: wait for the receiver
+            if not self._collect_acks(wait=True):
+                self._resend_overdue()
+
+    def _send_once(self, message: Message, payload: Any) -> None:
         while True:
             try:
                 self._sender.send(message, payload)
@@ -126,8 +183,51 @@ class PublishSink:
                 if self._abandoned.is_set():
                     raise
 
+    def _collect_acks(self, *, wait: bool) -> bool:
+        """Forget what the receiver acknowledged; True if an ack came. ``wait``: wait one
+        tick for the first one (raises OverloadedError once abandoned)."""
+        got = False
+        timeout = _SEND_TICK_SECONDS if wait else 0.0
+        while True:
+            try:
+                message, _ = self._sender.recv(timeout)
+            except TimeoutError:
+                if wait and not got and self._abandoned.is_set():
+                    raise OverloadedError(
+                        f"sink {self.name!r}: {len(self._unacked)} results never acknowledged "
+                        f"on {self.endpoint}"
+                    ) from None
+                return got
+            key: tuple[str, str, int | None] | None = None
+            if isinstance(message, ResultAck):
+                key = ("result", message.source_id, message.seq)
+            elif isinstance(message, EndOfStreamAck):
+                key = ("eos", message.source_id, message.last_seq)
+            if key is not None and self._unacked.pop(key, None) is not None:
+                got = True
+            timeout = 0.0
+
+    def _resend_overdue(self) -> None:
+        now = time.monotonic()
+        for key, (message, payload, sent) in list(self._unacked.items()):
+            if now - sent >= self._resend_after:
+                self._send_once(message, payload)
+                self._unacked[key] = (message, payload, time.monotonic())
+                self._unacked.move_to_end(key)
+                self.resent += 1
+
     def close(self) -> None:
-        self._sender.close()
+        try:
+            if self._acked:
+                try:
+                    self._flush()
+                except OverloadedError:
+                    log.warning(
+                        "sink %r: closing with %d results unacknowledged on %s",
+                        self.name, len(self._unacked), self.endpoint,
+                    )
+        finally:
+            self._sender.close()
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ __all__ = [
     "Payload",
     "RawPayload",
     "RejectReason",
+    "ResultAck",
     "ResultMessage",
     "Shutdown",
     "decode",
@@ -259,6 +260,15 @@ class EndOfStreamAck(_Message, tag="eos_ack", frozen=True):
     last_seq: _Seq | None = None
 
 
+class ResultAck(_Message, tag="result_ack", frozen=True):
+    """The receiver of results has handled the :class:`ResultMessage` of ``source_id`` with
+    ``seq``: its sender may forget it. Sent back on dealer/router result links, where the
+    sender keeps unacknowledged results and sends them again to a receiver that restarted."""
+
+    source_id: _SourceId
+    seq: _Seq
+
+
 class Shutdown(_Message, tag="shutdown", frozen=True):
     """Asks the receiving process to stop. Honoured only where a secret is configured and
     ``secret`` matches it (:meth:`matches`, constant time); its topic is empty."""
@@ -274,10 +284,10 @@ class Shutdown(_Message, tag="shutdown", frozen=True):
         return f"Shutdown(version={self.version}, secret='***', reason={self.reason!r})"
 
 
-Message = FrameMessage | ResultMessage | EndOfStream | EndOfStreamAck | Shutdown
+Message = FrameMessage | ResultMessage | EndOfStream | EndOfStreamAck | ResultAck | Shutdown
 """Every message of the protocol; decode with ``match`` on the type."""
 
-_KINDS = frozenset({"frame", "result", "eos", "eos_ack", "shutdown"})
+_KINDS = frozenset({"frame", "result", "eos", "eos_ack", "result_ack", "shutdown"})
 
 
 class _Envelope(msgspec.Struct):
