@@ -166,11 +166,12 @@ def module(
     metrics: list[Any] = []
 
     def serve_metrics() -> None:
+        from torchstream.telemetry import ModuleCollector
         from torchstream.telemetry import serve_metrics as serve
 
         if server.ready.wait() and server.pipeline is not None and metrics_port is not None:
             metrics.append(serve(server.pipeline, port=metrics_port, address=metrics_address,
-                                 health=server.health))
+                                 health=server.health, collectors=[ModuleCollector(server)]))
             _console.print(f"metrics: http://{metrics_address}:{metrics[0].port}/metrics")
 
     if metrics_port is not None:

@@ -423,3 +423,35 @@ def test_the_sink_adapter_acknowledges_and_drops_resent_copies(tmp_path: Path) -
     assert module._publish.unacknowledged == 0
     assert module._publish.resent > 0
     assert writer.seqs == list(range(30))
+
+
+def test_module_metrics_count_rejects_refusals_and_results(tmp_path: Path) -> None:
+    pytest.importorskip("prometheus_client", reason="pip install 'torchstream[telemetry]'")
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from torchstream.telemetry import ModuleCollector
+
+    inbound, outbound = endpoints(tmp_path)
+    module = Module([], inbound=inbound, outbound=outbound)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ModuleCollector(module))
+    assert generate_latest(registry) == b""  # not running yet: nothing to report
+    with running(module), Receiver(f"pull+connect:{outbound.split(':', 1)[1]}") as results, \
+            Sender(f"dealer+connect:{inbound.split(':', 1)[1]}") as sender:
+        context = zmq.Context.instance()
+        raw = context.socket(zmq.DEALER)
+        raw.connect(inbound.split(":", 1)[1])
+        raw.send_multipart([b"cam", b"not msgpack"])
+        raw.close(linger=1000)
+        sender.send(FrameMessage(source_id="cam", seq=0))  # valid, but no pixels
+        sender.send(FrameMessage(source_id="cam", seq=1,
+                                 payload=RawPayload(width=2, height=2, format="rgb24")),
+                    bytes(12))
+        assert isinstance(results.recv(10)[0], ResultMessage)
+        assert "torchstream_module_sources_open 1.0" in generate_latest(registry).decode()
+        module.stop()  # while results are still read: the end of stream goes out
+        assert isinstance(results.recv(10)[0], EndOfStream)
+    text = generate_latest(registry).decode()  # the final counts
+    assert 'torchstream_transport_messages_rejected_total{reason="bad_header"} 1.0' in text
+    assert 'torchstream_module_messages_refused_total{reason="no_payload"} 1.0' in text
+    assert "torchstream_transport_results_sent_total 2.0" in text  # the result and the end

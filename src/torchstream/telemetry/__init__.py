@@ -2,10 +2,16 @@
 and OpenTelemetry tracing. The core never imports this package: it exposes ``statistics()``,
 ``health()`` and the :class:`~torchstream.pipeline.FrameTracer` hooks for it."""
 
-from torchstream.telemetry._prometheus import MetricsServer, PipelineCollector, serve_metrics
+from torchstream.telemetry._prometheus import (
+    MetricsServer,
+    ModuleCollector,
+    PipelineCollector,
+    serve_metrics,
+)
 
 __all__ = [
     "MetricsServer",
+    "ModuleCollector",
     "OtelFrameTracer",
     "PipelineCollector",
     "TraceLogFilter",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -27,7 +27,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("prometheus-client", "telemetry") from exc
 
-__all__ = ["MetricsServer", "PipelineCollector", "serve_metrics"]
+__all__ = ["MetricsServer", "ModuleCollector", "PipelineCollector", "serve_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +225,74 @@ def _status(pipeline: Pipeline) -> dict[str, Any]:
     }
 
 
+class ModuleCollector:
+    """What a :class:`~torchstream.transport.Module` adds to its pipeline's metrics: messages
+    received, rejected (malformed, wrong version, unauthorised, by reason) and refused (valid
+    but unusable, by reason) on its input; results sent, dropped (pub) and re-sent or still
+    unacknowledged (acknowledged links) on its output; sources open."""
+
+    def __init__(self, module: Any) -> None:
+        self._module = module
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            stats = self._module.statistics()
+        except RuntimeError:  # not running (yet, or any more)
+            return
+        received = CounterMetricFamily(
+            "torchstream_transport_messages_received_total",
+            "Valid messages received on the module's input.",
+        )
+        received.add_metric([], stats.inbound.received)
+        yield received
+        rejected = CounterMetricFamily(
+            "torchstream_transport_messages_rejected_total",
+            "Messages rejected at the module's input, by reason.", labels=["reason"],
+        )
+        for reason, count in sorted(stats.inbound.rejected.items()):
+            rejected.add_metric([reason], count)
+        yield rejected
+        refused = CounterMetricFamily(
+            "torchstream_module_messages_refused_total",
+            "Valid frame messages the module could not use, by reason.", labels=["reason"],
+        )
+        for reason, count in sorted(stats.messages_refused.items()):
+            refused.add_metric([reason], count)
+        yield refused
+        if stats.outbound is not None:
+            sent = CounterMetricFamily(
+                "torchstream_transport_results_sent_total", "Result messages sent."
+            )
+            sent.add_metric([], stats.outbound.sent)
+            yield sent
+            dropped = CounterMetricFamily(
+                "torchstream_transport_results_dropped_total",
+                "Results a pub output dropped for subscribers at their high-water mark.",
+            )
+            dropped.add_metric([], stats.outbound.dropped)
+            yield dropped
+        resent = CounterMetricFamily(
+            "torchstream_transport_results_resent_total",
+            "Results sent again for want of an acknowledgement.",
+        )
+        resent.add_metric([], stats.results_resent)
+        yield resent
+        unacknowledged = GaugeMetricFamily(
+            "torchstream_transport_results_unacknowledged",
+            "Results sent and not yet acknowledged.",
+        )
+        unacknowledged.add_metric([], stats.results_unacknowledged)
+        yield unacknowledged
+        sources = GaugeMetricFamily(
+            "torchstream_module_sources_open", "Sources the module is receiving."
+        )
+        sources.add_metric([], stats.sources_open)
+        yield sources
+
+
 def serve_metrics(
     pipeline: Pipeline,
     *,
@@ -232,16 +300,20 @@ def serve_metrics(
     address: str = "127.0.0.1",
     per_source_labels: bool = True,
     health: Callable[[], PipelineHealth] | None = None,
+    collectors: Sequence[Any] = (),
 ) -> MetricsServer:
     """Serve metrics, health and status of ``pipeline`` at ``http://address:port/`` (see
     :class:`MetricsServer`). Binds to 127.0.0.1 unless told otherwise (``0.0.0.0`` for a
     remote Prometheus or orchestrator); ``port=0`` picks a free port (``MetricsServer.port``).
     Raises OSError when the port is taken. ``health``: what /healthz and /readyz report
     (default ``pipeline.health``; a module reports its own, ready once its socket is bound).
+    ``collectors``: more Prometheus collectors on the same endpoint (a :class:`ModuleCollector`).
     """
     check_health = health or pipeline.health
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PipelineCollector(pipeline, per_source_labels=per_source_labels))
+    for collector in collectors:
+        registry.register(collector)
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:

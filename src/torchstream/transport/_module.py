@@ -247,6 +247,9 @@ class ModuleStatistics:
     messages_refused: dict[str, int]
     """Valid messages the module could not use, by reason (``no_payload``, ``overloaded``,
     ``bad_raw``); malformed ones are in ``inbound.rejected``."""
+    results_resent: int = 0
+    """Results sent again for want of an acknowledgement (dealer outbound)."""
+    results_unacknowledged: int = 0
 
 
 class Module:
@@ -391,6 +394,10 @@ class Module:
             outbound=self._publish.statistics() if self._publish is not None else None,
             sources_open=sum(1 for s in self._sources.values() if not s.ended),
             messages_refused=dict(self._refused),
+            results_resent=self._publish.resent if self._publish is not None else 0,
+            results_unacknowledged=(
+                self._publish.unacknowledged if self._publish is not None else 0
+            ),
         )
 
     # -- the receive loop -------------------------------------------------------------
