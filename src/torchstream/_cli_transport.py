@@ -367,6 +367,9 @@ def sink_video(pattern: str, inbound: str, source_ids: tuple[str, ...],
     _receive(inbound, [writer], source_ids, exit_after, idle_timeout)
 
 
+source.add_command(source_video, name="url")  # `source url rtsp://…`: the same adapter
+
+
 def register(group: click.Group) -> None:
     """Add ``module``, ``source`` and ``sink`` to the ``torchstream`` command."""
     group.add_command(module)

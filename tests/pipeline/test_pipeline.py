@@ -237,7 +237,9 @@ def test_threads_are_named_and_joined() -> None:
             names.update(t.name for t in threading.enumerate())
 
     before = threading.active_count()
-    run([Spy()], [SyntheticSource("cam-3", frames=3)])
+    # Paced, so the source thread is still alive (waiting for its next frame) when the stage
+    # sees the first one, however loaded the machine.
+    run([Spy()], [SyntheticSource("cam-3", frames=3, interval_seconds=0.2)])
     assert {"ts/stage/spy", "ts/source/cam-3", "ts/sink/callback"} <= names
     assert threading.active_count() == before
 

@@ -115,3 +115,17 @@ def test_image_and_video_result_writers(tmp_path: Path) -> None:
 
     with av.open(str(video.paths[0])) as container:
         assert sum(1 for _ in container.decode(video=0)) == 5
+
+
+def test_commands_are_listed_with_their_options() -> None:
+    from click.testing import CliRunner
+
+    from torchstream.cli import main
+
+    runner = CliRunner()
+    for command in (["module", "--help"], ["source", "url", "--help"],
+                    ["source", "images", "--help"], ["sink", "video", "--help"]):
+        result = runner.invoke(main, command)
+        assert result.exit_code == 0, (command, result.output)
+    assert "--sync" in runner.invoke(main, ["source", "url", "--help"]).output
+    assert "--shutdown-secret-file" in runner.invoke(main, ["module", "--help"]).output
