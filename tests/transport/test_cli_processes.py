@@ -123,9 +123,9 @@ def test_commands_are_listed_with_their_options() -> None:
     from torchstream.cli import main
 
     runner = CliRunner()
-    for command in (["module", "--help"], ["source", "url", "--help"],
+    for command in (["module", "faces", "--help"], ["source", "url", "--help"],
                     ["source", "images", "--help"], ["sink", "video", "--help"]):
         result = runner.invoke(main, command)
         assert result.exit_code == 0, (command, result.output)
     assert "--sync" in runner.invoke(main, ["source", "url", "--help"]).output
-    assert "--shutdown-secret-file" in runner.invoke(main, ["module", "--help"]).output
+    assert "--shutdown-secret-file" in runner.invoke(main, ["module", "faces", "--help"]).output
