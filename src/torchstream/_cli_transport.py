@@ -58,8 +58,9 @@ def _stop_on_signals(stop: Any) -> None:
     add_help_option=False,
 )
 @click.argument("pipeline_name", metavar="PIPELINE")
-@click.option("--in", "inbound", required=True, metavar="ENDPOINT",
-              help=f"Where frames arrive: {_ENDPOINT_HELP} (router+bind, pull+bind, sub+connect).")
+@click.option("--in", "inbound", default=None, metavar="ENDPOINT",
+              help=f"Where frames arrive (required): {_ENDPOINT_HELP} (router+bind, "
+                   "pull+bind, sub+connect).")
 @click.option("--out", "outbound", default=None, metavar="ENDPOINT",
               help="Where results go (pub+bind, push+bind, dealer+connect).")
 @click.option("--content", type=click.Choice(["none", "original", "image"]), default="none",
@@ -96,7 +97,7 @@ def _stop_on_signals(stop: Any) -> None:
 def module(
     ctx: click.Context,
     pipeline_name: str,
-    inbound: str,
+    inbound: str | None,
     outbound: str | None,
     content: str,
     meta: str | None,
@@ -126,6 +127,8 @@ def module(
         click.echo(ctx.get_help())
         click.echo(f"\nOptions of pipeline {pipeline_name!r}:\n{_options_help(pipeline_module)}")
         return
+    if not inbound:
+        raise click.UsageError("give --in ENDPOINT: where the module receives frames")
     transport = _transport()
     options = parse_options(pipeline_module, ctx.args)
     inbound_endpoint = _endpoint(transport, inbound, "--in")
