@@ -455,3 +455,33 @@ def test_module_metrics_count_rejects_refusals_and_results(tmp_path: Path) -> No
     assert 'torchstream_transport_messages_rejected_total{reason="bad_header"} 1.0' in text
     assert 'torchstream_module_messages_refused_total{reason="no_payload"} 1.0' in text
     assert "torchstream_transport_results_sent_total 2.0" in text  # the result and the end
+
+
+@pytest.mark.gpu
+def test_a_module_on_cuda_decodes_received_packets_with_nvdec(
+    tmp_path: Path, clips: list[list[EncodedPacket]]
+) -> None:
+    inbound, outbound = endpoints(tmp_path)
+    module = Module([RectangleDetector()], inbound=inbound, outbound=outbound, device="cuda")
+    decoders: list[str | None] = []
+    with running(module):
+        results: list[ResultMessage] = []
+        out = threading.Thread(
+            target=lambda: results.extend(collect(outbound.split(":", 1)[1], {"cam"}))
+        )
+        out.start()
+        with Sender(f"dealer+connect:{inbound.split(':', 1)[1]}") as sender:
+            for seq, packet in enumerate(clips[1]):
+                sender.send(packet_message("cam", seq, packet), packet.data)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # the decoder starts with the first packet
+                source = module.statistics().pipeline.sources.get("cam")
+                if source is not None and source.decoder is not None:
+                    decoders.append(source.decoder)
+                    break
+                time.sleep(0.01)
+            assert sender.send_eos("cam", last_seq=len(clips[1]) - 1)
+        out.join(30)
+    assert decoders == ["nvdec"]
+    assert len(results) == len(clips[1])
+    assert all(r.frame.objects for r in results)  # the detector ran on the GPU surfaces

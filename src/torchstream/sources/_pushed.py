@@ -192,6 +192,13 @@ class PushedSource:
         return len(self._queue)
 
     @property
+    def decoder_used(self) -> str | None:
+        """``nvdec`` or ``pyav`` once video packets are being decoded (None before)."""
+        if self._video is None:
+            return None
+        return "nvdec" if isinstance(self._video, NvdecDecoder) else "pyav"
+
+    @property
     def ended(self) -> bool:
         """Whether :meth:`end` or ``close`` was called: no push is accepted any more."""
         return self._ended or self._closed
