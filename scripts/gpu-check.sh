@@ -4,7 +4,7 @@
 #
 # Here (once per change of dependencies):
 #   echo /.gpu-pack/ >> .git/info/exclude
-#   ../shared/gpu/pack-wheels.sh .gpu-pack pynvvideocodec av msgspec facenet-pytorch==2.6.0 scikit-video==1.1.11
+#   ../shared/gpu/pack-wheels.sh .gpu-pack pynvvideocodec av msgspec facenet-pytorch==2.6.0 scikit-video==1.1.11 pyzmq
 #   cp ../shared/assets/driving/solidWhiteRight.mp4 .gpu-pack/   # real content for benchmarks
 # Then with the device tool: run `bash scripts/gpu-check.sh` with carry [".gpu-pack"].
 set -uo pipefail
