@@ -99,6 +99,6 @@ def test_matching_by_hand(echo, jpeg: bytes) -> None:
     asyncio.run(main())
 
 
-def test_an_async_sink_receives_on_sub_or_pull_only() -> None:
-    with pytest.raises(ValueError, match="AsyncSink needs a sub or pull endpoint"):
+def test_an_async_sink_receives_on_sub_pull_or_router_only() -> None:
+    with pytest.raises(ValueError, match="AsyncSink needs a sub or pull or router endpoint"):
         AsyncSink("dealer+connect:tcp://127.0.0.1:5")

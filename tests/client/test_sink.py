@@ -108,9 +108,9 @@ def test_malformed_and_unexpected_messages_are_counted_and_skipped(urls, jpeg: b
 
 
 @pytest.mark.parametrize("endpoint", ["push+bind:tcp://127.0.0.1:*",
-                                      "router+bind:tcp://127.0.0.1:*"])
-def test_a_sink_receives_on_sub_or_pull_only(endpoint: str) -> None:
-    with pytest.raises(ValueError, match="needs a sub or pull endpoint"):
+                                      "dealer+connect:tcp://127.0.0.1:5"])
+def test_a_sink_receives_on_sub_pull_or_router_only(endpoint: str) -> None:
+    with pytest.raises(ValueError, match="needs a sub or pull or router endpoint"):
         Sink(endpoint)
 
 

@@ -4,6 +4,7 @@ async iterator on a ``zmq.asyncio`` socket, over the same sans-IO core."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Collection
 from dataclasses import replace
 from types import TracebackType
@@ -13,6 +14,7 @@ from torchstream._errors import ClosedResourceError, MissingDependencyError
 from torchstream.client._results import Result, Results
 from torchstream.client._sockets import (
     SINK_TYPES,
+    Acknowledgements,
     SinkStatistics,
     cancelled_by_close,
     check_endpoint,
@@ -20,7 +22,7 @@ from torchstream.client._sockets import (
 )
 from torchstream.transport._endpoint import Endpoint, SocketOptions
 from torchstream.transport._inbox import Inbox
-from torchstream.transport._protocol import Limits
+from torchstream.transport._protocol import Limits, ResultAck, ResultMessage, encode
 
 try:
     import zmq
@@ -67,7 +69,9 @@ class AsyncSink:
         if parsed.socket_type == "sub":
             for prefix_ in self._results.subscriptions:
                 self._socket.setsockopt(zmq.SUBSCRIBE, prefix_.encode())
-        self._inbox = Inbox(str(self.endpoint), limits=limits, routed=False)
+        routed = parsed.socket_type == "router"
+        self._inbox = Inbox(str(self.endpoint), limits=limits, routed=routed, ack_eos=routed)
+        self._acks = Acknowledgements() if routed else None
         self.idle_timeout_seconds = idle_timeout_seconds
         self._closed = False
 
@@ -93,9 +97,23 @@ class AsyncSink:
             delivery = self._inbox.accept([frame.buffer for frame in frames])
             if delivery is None:  # malformed: counted and logged by the inbox
                 continue
+            message = delivery.message
+            if delivery.ack is not None:  # an end of stream on an acknowledged link
+                await self._reply(delivery.ack)
+            if self._acks is not None and isinstance(message, ResultMessage):
+                assert delivery.peer is not None
+                ack = ResultAck(source_id=message.source_id, seq=message.seq)
+                await self._reply([delivery.peer, *encode(ack)])
+                if not self._acks.first_time(message.source_id, message.seq):
+                    continue  # sent again by the module: already returned
             result = self._results.accept(delivery.message, delivery.payload)
             if result is not None:
                 return result
+
+    async def _reply(self, parts: list[bytes | memoryview]) -> None:
+        # The module went away or is full: it sends unacknowledged results again.
+        with contextlib.suppress(zmq.ZMQError):
+            await self._socket.send_multipart(parts, flags=zmq.NOBLOCK)
 
     def __aiter__(self) -> AsyncSink:
         return self

@@ -3,17 +3,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Collection, Iterator
 from types import TracebackType
 from typing import Any
 
-from torchstream._errors import MissingDependencyError
+from torchstream._errors import BrokenResourceError, MissingDependencyError, OverloadedError
 from torchstream.client._results import Result, Results
-from torchstream.client._sockets import SINK_TYPES, SinkStatistics, check_endpoint, check_timeout
+from torchstream.client._sockets import (
+    SINK_TYPES,
+    Acknowledgements,
+    SinkStatistics,
+    check_endpoint,
+    check_timeout,
+)
 from torchstream.transport._channel import Receiver
 from torchstream.transport._endpoint import Endpoint, SocketOptions
-from torchstream.transport._protocol import Limits
+from torchstream.transport._protocol import Limits, ResultAck, ResultMessage
 
 try:
     import zmq
@@ -32,7 +39,10 @@ class Sink:
     ``endpoint`` is a ``sub`` endpoint for a module publishing on pub (every sink gets every
     result it subscribes to; a slow sink loses results, which the module counts) or a
     ``pull`` endpoint for a module pushing (each result goes to one sink; a slow sink slows
-    the module down). ``source_ids`` keeps exactly those sources, ``prefix`` the sources
+    the module down), or a ``router+bind`` endpoint for a module that connects to it with
+    ``--out dealer+connect:…`` (an acknowledged link: each result is acknowledged when this
+    sink returns it, the module re-sends what a killed sink never returned, and copies are
+    dropped here). ``source_ids`` keeps exactly those sources, ``prefix`` the sources
     whose id starts with it (on sub the module filters before sending).
 
     Iterate it (``for result in sink``) for each :class:`Result` in order of arrival,
@@ -63,6 +73,7 @@ class Sink:
         self.endpoint = self._receiver.endpoint
         self.idle_timeout_seconds = idle_timeout_seconds
         self._closed = False
+        self._acks = Acknowledgements() if parsed.socket_type == "router" else None
 
     def recv(self, timeout_seconds: float | None = None) -> Result:
         """The next result of a wanted source. Raises ``TimeoutError`` when none came within
@@ -77,6 +88,12 @@ class Sink:
                 raise TimeoutError(
                     f"{self.endpoint}: no result within {timeout_seconds} s"
                 ) from None
+            if self._acks is not None and isinstance(message, ResultMessage):
+                # A lost acknowledgement only means the module sends the result again.
+                with contextlib.suppress(BrokenResourceError, OverloadedError):
+                    self._receiver.reply(ResultAck(source_id=message.source_id, seq=message.seq))
+                if not self._acks.first_time(message.source_id, message.seq):
+                    continue  # sent again by the module: already returned
             result = self._results.accept(message, payload)
             if result is not None:
                 return result

@@ -4,6 +4,7 @@ takes, argument checks, statistics, and telling a close from a cancellation."""
 from __future__ import annotations
 
 import asyncio
+import collections
 from dataclasses import dataclass
 
 from torchstream.transport._endpoint import Endpoint
@@ -11,6 +12,7 @@ from torchstream.transport._endpoint import Endpoint
 __all__ = [
     "SINK_TYPES",
     "SOURCE_TYPES",
+    "Acknowledgements",
     "SinkStatistics",
     "SourceStatistics",
     "cancelled_by_close",
@@ -44,8 +46,28 @@ class SinkStatistics:
 
 SOURCE_TYPES = ("dealer", "push")
 """Socket types a source sends on: to a module's router (acknowledged end-of-stream) or pull."""
-SINK_TYPES = ("sub", "pull")
-"""Socket types a sink receives on: from a module's pub or push."""
+SINK_TYPES = ("sub", "pull", "router")
+"""Socket types a sink receives on: from a module's pub or push, or (router, bound) from a
+module connected with dealer, on an acknowledged link."""
+
+_SEEN_MEMORY = 65536
+
+
+class Acknowledgements:
+    """The receiving half of an acknowledged result link (router sinks): which results were
+    already delivered, so that a copy the module sends again is acknowledged, not repeated."""
+
+    def __init__(self) -> None:
+        self._seen: collections.OrderedDict[tuple[str, int], None] = collections.OrderedDict()
+
+    def first_time(self, source_id: str, seq: int) -> bool:
+        key = (source_id, seq)
+        if key in self._seen:
+            return False
+        self._seen[key] = None
+        if len(self._seen) > _SEEN_MEMORY:
+            self._seen.popitem(last=False)
+        return True
 
 
 def check_timeout(name: str, seconds: float | None) -> None:
