@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from torchstream._errors import MissingDependencyError, SourceError
+from torchstream.codecs._pyav import annexb_filter
 
 __all__ = ["NVDEC_CODECS", "NvdecDecoder", "nvdec_available"]
 
@@ -33,9 +34,6 @@ NVDEC_CODECS = {
 _Decoded = tuple[torch.Tensor, torch.cuda.Event, float | None, bool]
 """One decoded picture: RGB surface, its ready event, pts in seconds, keyframe flag."""
 
-# H.264/HEVC in MP4/MKV carry length-prefixed NAL units; NVDEC's parser wants Annex B start
-# codes. The filters pass Annex B input (MPEG-TS, RTSP, raw .h264) through unchanged.
-_ANNEXB_FILTERS = {"h264": "h264_mp4toannexb", "hevc": "hevc_mp4toannexb"}
 
 
 @functools.cache
@@ -126,11 +124,7 @@ class NvdecDecoder:
         if codec not in NVDEC_CODECS:
             raise SourceError(source_id, f"NVDEC cannot decode {codec!r} ({uri})")
         self._time_base = time_base
-        self._filter: Any = None
-        if stream is not None and codec in _ANNEXB_FILTERS:
-            from av.bitstream import BitStreamFilterContext
-
-            self._filter = BitStreamFilterContext(_ANNEXB_FILTERS[codec], stream)
+        self._filter: Any = annexb_filter(stream) if stream is not None else None
         self.cuda_stream = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
         try:
             self._decoder = nvc.CreateDecoder(
@@ -244,29 +238,29 @@ class NvdecDecoder:
                 return []
             self._seen_keyframe = True
         view = np.frombuffer(data, dtype=np.uint8)  # zero-copy, alive during Decode
-        packet = self._packet_type()
-        packet.bsl_data = view.ctypes.data
-        packet.bsl = view.size
-        if pts is not None:
-            packet.pts = pts
-            if keyframe:
-                self._keyframe_pts.add(pts)
-        return self._feed(packet)
+        return self._feed(self._packet(view.ctypes.data, view.size, pts, keyframe))
 
     def flush(self) -> list[_Decoded]:
         """The pictures still inside the decoder, at the end of a stream."""
         return self._flush()
 
     def _feed_pyav(self, packet: Any) -> list[_Decoded]:
+        # The PyAV packet stays referenced during Decode.
+        return self._feed(
+            self._packet(packet.buffer_ptr, packet.buffer_size, packet.pts, packet.is_keyframe)
+        )
+
+    def _packet(self, address: int, size: int, pts: int | None, keyframe: bool) -> Any:
+        """A ``PacketData`` for the ``size`` bytes at ``address``; a keyframe's pts is
+        remembered so that its picture is flagged as one."""
         data = self._packet_type()
-        data.bsl_data = packet.buffer_ptr  # the packet stays referenced during Decode
-        data.bsl = packet.buffer_size
-        pts = packet.pts
+        data.bsl_data = address
+        data.bsl = size
         if pts is not None:
             data.pts = pts
-            if packet.is_keyframe:
+            if keyframe:
                 self._keyframe_pts.add(pts)
-        return self._feed(data)
+        return data
 
     def _flush(self) -> list[_Decoded]:
         data = self._packet_type()

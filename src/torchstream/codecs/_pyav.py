@@ -19,6 +19,7 @@ __all__ = [
     "ImageDecoder",
     "PyAVDecoder",
     "PyAVPacketDecoder",
+    "annexb_filter",
     "decode_image",
     "demux_packets",
     "open_container",
@@ -252,7 +253,20 @@ class EncodedPacket:
     height: int
 
 
-_ANNEXB = {"h264": "h264_mp4toannexb", "hevc": "hevc_mp4toannexb"}
+# H.264/HEVC in MP4/MKV carry length-prefixed NAL units; NVDEC's parser and our wire want
+# Annex B start codes. The filters pass Annex B input (MPEG-TS, RTSP, raw .h264) through.
+_ANNEXB_FILTERS = {"h264": "h264_mp4toannexb", "hevc": "hevc_mp4toannexb"}
+
+
+def annexb_filter(stream: Any) -> Any:
+    """A bitstream filter turning ``stream``'s packets into Annex B, or None when its codec
+    needs none."""
+    name = _ANNEXB_FILTERS.get(stream.codec_context.name or "")
+    if name is None:
+        return None
+    from av.bitstream import BitStreamFilterContext
+
+    return BitStreamFilterContext(name, stream)
 
 
 def demux_packets(
@@ -263,8 +277,6 @@ def demux_packets(
     MP4/MKV H.264 and HEVC are converted to Annex B (the filter passes Annex B input such as
     MPEG-TS or RTSP through). Errors raise :class:`SourceError` naming the input.
     """
-    from av.bitstream import BitStreamFilterContext
-
     container = open_container(uri, source_id=source_id, options=options)
     try:
         if not container.streams.video:
@@ -273,7 +285,7 @@ def demux_packets(
         codec = stream.codec_context.name or ""
         time_base = Fraction(stream.time_base) if stream.time_base else None
         width, height = stream.codec_context.width, stream.codec_context.height
-        bsf = BitStreamFilterContext(_ANNEXB[codec], stream) if codec in _ANNEXB else None
+        bsf = annexb_filter(stream)
 
         def packets(packet: Any) -> Iterator[EncodedPacket]:
             for item in bsf.filter(packet) if bsf is not None else [packet]:
