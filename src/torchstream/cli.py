@@ -227,10 +227,12 @@ def run(
         sys.exit(1)
 
 
-# The multi-process commands: module, source and sink.
+# The multi-process commands (module, source and sink) and the HTTP front end (serve).
+from torchstream._cli_serve import register as register_serve  # noqa: E402
 from torchstream._cli_transport import register  # noqa: E402
 
 register(main)
+register_serve(main)
 
 if __name__ == "__main__":
     main()

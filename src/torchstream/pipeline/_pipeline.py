@@ -67,6 +67,12 @@ class Pipeline(_Sourcing, _Workers):
     ``tracer`` (see :class:`~torchstream.pipeline.FrameTracer`; OpenTelemetry's is
     ``torchstream.telemetry.OtelFrameTracer``) follows sampled frames through the stages.
 
+    ``on_drop(frame, reason)`` is called on the dropping thread for every frame that does not
+    reach the sinks (``queue_full``, ``stage_error``, ``deadline``, ...): a request-serving
+    front end answers the frame's request from it. Keep it cheap; what it raises is logged.
+    A frame whose ``frame.__dict__["_deadline"]`` (a ``time.monotonic()`` value) has passed
+    when its next stage would run is dropped as ``deadline`` instead of computed.
+
     ``debug_surfaces=True`` checks, around every stage, that no frame's surface was modified
     in place (pointer, shape, strides and checksums; it costs a pass over each frame): such a
     frame fails with an error naming the stage.
@@ -83,6 +89,7 @@ class Pipeline(_Sourcing, _Workers):
         session_idle_timeout_seconds: float | None = None,
         debug_surfaces: bool = False,
         tracer: FrameTracer | None = None,
+        on_drop: Callable[[Frame, str], None] | None = None,
     ) -> None:
         names = [s.name for s in stages]
         if len(set(names)) != len(names):
@@ -98,6 +105,7 @@ class Pipeline(_Sourcing, _Workers):
         self.device = torch.device(device)
         self._debug_surfaces = debug_surfaces
         self._tracer = tracer
+        self._on_drop = on_drop
         self._stages = list(stages)
         self._sinks = list(sinks)
         self._idle_timeout = session_idle_timeout_seconds
@@ -290,6 +298,11 @@ class Pipeline(_Sourcing, _Workers):
     def _count_drop(self, frame: Frame, reason: str) -> None:
         if self._tracer is not None:
             self._tracer.end_frame(frame, reason)
+        if self._on_drop is not None:
+            try:
+                self._on_drop(frame, reason)
+            except Exception:  # the owner's callback must not break the runtime's threads
+                log.exception("on_drop callback failed for %r", frame)
         with self._lock:
             self._dropped[reason] += 1
             session = frame.session

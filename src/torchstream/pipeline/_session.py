@@ -41,8 +41,11 @@ class Session:
         return self.end_reason is not None
 
     def record_error(self, message: str) -> None:
+        """Keep ``message`` (the newest 256 are kept: a session may last for weeks)."""
         with self._lock:
             self.errors.append(message)
+            if len(self.errors) > 256:
+                del self.errors[0]
 
     def __hash__(self) -> int:
         return self.uid

@@ -75,6 +75,18 @@ class _Sourcing:
         for sid in finished[: max(0, len(finished) - _KEEP_FINISHED)]:
             del self._sources[sid]
 
+    def wait_source(self, source_id: str, timeout_seconds: float | None = None) -> bool:
+        """Block until ``source_id`` is not running (its thread is done, so the id can be
+        added again); False if ``timeout_seconds`` ran out first."""
+        deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
+        with self._changed:
+            while (state := self._sources.get(source_id)) is not None and state.running:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+        return True
+
     def sources(self) -> list[str]:
         with self._lock:
             return [sid for sid, s in self._sources.items() if s.running]

@@ -27,7 +27,7 @@ class SourceStatistics:
     frames_in: int
     frames_out: int
     dropped: dict[str, int]
-    """Frames dropped, by reason (``queue_full``, ``stage_error``)."""
+    """Frames dropped, by reason (``queue_full``, ``stage_error``, ``deadline``)."""
     sessions: int
     errors: tuple[str, ...]
     running: bool

@@ -165,6 +165,9 @@ class _Workers:
     ) -> None:
         stage = self._stages[index]
         counters = self._stage_counters[index]
+        frames = self._drop_expired(frames)
+        if not frames:
+            return
         started = time.perf_counter()
         if stream is not None:
             _wait_ready(frames, stream)
@@ -190,6 +193,21 @@ class _Workers:
         counters.frames += len(frames)
         if passed:
             output(list(passed))
+
+    def _drop_expired(self, frames: list[Frame]) -> list[Frame]:
+        """Frames whose deadline (``frame.__dict__["_deadline"]``, a ``time.monotonic()``
+        value set by whoever waits for the result, e.g. an HTTP request) has passed are not
+        worth computing: they are dropped as ``deadline`` before the stage runs."""
+        now = time.monotonic()
+        if all(frame.__dict__.get("_deadline", now + 1.0) > now for frame in frames):
+            return frames
+        kept = []
+        for frame in frames:
+            if frame.__dict__.get("_deadline", now + 1.0) > now:
+                kept.append(frame)
+            else:
+                self._count_drop(frame, "deadline")
+        return kept
 
     def _fail_frame(self, index: int, frame: Frame, exc: Exception) -> None:
         stage = self._stages[index]

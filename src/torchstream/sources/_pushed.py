@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 _IMAGE_BATCH = 16
 """Queued JPEGs decoded together on the GPU."""
+_KEEP_ERRORS = 100
+"""Errors of skipped images a source keeps (the newest)."""
 
 
 @dataclass
@@ -44,6 +46,7 @@ class _Pushed:
     traceparent: str | None = None
     seq: int | None = None
     original: Any = None
+    deadline: float | None = None
 
 
 class PushedSource:
@@ -61,12 +64,15 @@ class PushedSource:
     Every push may carry ``attributes`` (copied onto the frames it produces), a W3C
     ``traceparent`` (the frame's trace continues it) and the sender's ``seq`` (the frame's
     ``seq``; otherwise frames are numbered here), and ``original``: any object the frame
-    keeps as ``frame.__dict__["_original"]`` (what it came as, for a sink to pass on).
+    keeps as ``frame.__dict__["_original"]`` (what it came as, for a sink to pass on), and
+    ``deadline_monotonic``: a ``time.monotonic()`` value after which nobody waits for the
+    frame's result, so the pipeline drops it (as ``deadline``) instead of computing it.
     Pushes block while ``max_queued`` items wait (backpressure to the sender; nothing is
     dropped here), up to ``timeout`` seconds, then raise
     :class:`~torchstream.OverloadedError`. :meth:`end` finishes the stream after what is
     queued. A corrupt packet fails this source only; a bad image is skipped and recorded in
-    ``errors``, as in :class:`ImageSource`.
+    ``errors``, as in :class:`ImageSource`, and reported to ``on_error(seq, message)`` (on
+    the source's thread; ``seq`` is the pushed one, or the place the image would have had).
     """
 
     def __init__(
@@ -77,6 +83,7 @@ class PushedSource:
         max_queued: int = 64,
         decoder: DecoderChoice = "auto",
         max_pixels: int = 8192 * 8192,
+        on_error: Callable[[int, str], None] | None = None,
     ) -> None:
         if policy not in ("block", "latest"):
             raise ValueError(f"policy must be 'block' or 'latest', got {policy!r}")
@@ -91,6 +98,7 @@ class PushedSource:
         self.errors: list[str] = []
         self._max_queued = max_queued
         self._max_pixels = max_pixels
+        self._on_error = on_error
         self._queue: collections.deque[_Pushed] = collections.deque()
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -119,6 +127,7 @@ class PushedSource:
         traceparent: str | None = None,
         seq: int | None = None,
         original: Any = None,
+        deadline_monotonic: float | None = None,
         timeout: float | None = None,
     ) -> None:
         """Queue one encoded video packet (``pts`` in ``time_base`` seconds per unit)."""
@@ -126,7 +135,7 @@ class PushedSource:
             _Pushed(
                 "packet", data, pts, keyframe, codec,
                 None if time_base is None else float(time_base), extradata,
-                dict(attributes or {}), traceparent, seq, original,
+                dict(attributes or {}), traceparent, seq, original, deadline_monotonic,
             ),
             timeout,
         )
@@ -140,6 +149,7 @@ class PushedSource:
         traceparent: str | None = None,
         seq: int | None = None,
         original: Any = None,
+        deadline_monotonic: float | None = None,
         timeout: float | None = None,
     ) -> None:
         """Queue one encoded still image: one frame."""
@@ -147,6 +157,7 @@ class PushedSource:
             _Pushed(
                 "image", data, pts_seconds, True, attributes=dict(attributes or {}),
                 traceparent=traceparent, seq=seq, original=original,
+                deadline=deadline_monotonic,
             ),
             timeout,
         )
@@ -160,6 +171,7 @@ class PushedSource:
         traceparent: str | None = None,
         seq: int | None = None,
         original: Any = None,
+        deadline_monotonic: float | None = None,
         timeout: float | None = None,
     ) -> None:
         """Queue one ``uint8 (H, W, 3)`` RGB picture: one frame."""
@@ -177,6 +189,7 @@ class PushedSource:
             _Pushed(
                 "raw", pixels, pts_seconds, True, attributes=dict(attributes or {}),
                 traceparent=traceparent, seq=seq, original=original,
+                deadline=deadline_monotonic,
             ),
             timeout,
         )
@@ -305,6 +318,8 @@ class PushedSource:
                 frame.__dict__["_traceparent"] = item.traceparent
             if item.original is not None:
                 frame.__dict__["_original"] = item.original
+            if item.deadline is not None:
+                frame.__dict__["_deadline"] = item.deadline
         return frame
 
     def _video_decoder(self, item: _Pushed) -> NvdecDecoder | PyAVPacketDecoder:
@@ -422,7 +437,12 @@ class PushedSource:
                 message = f"image {self._seq_hint(item)} of {self.source_id}: {result}"
                 log.warning("%s", message)
                 self.errors.append(message)
-                self._seq = (item.seq if item.seq is not None else self._seq) + 1  # its place
+                if len(self.errors) > _KEEP_ERRORS:  # a long-lived source: the newest only
+                    del self.errors[0]
+                place = item.seq if item.seq is not None else self._seq
+                self._seq = place + 1  # the skipped image keeps its place
+                if self._on_error is not None:
+                    self._on_error(place, message)
                 continue
             rgb, codec = result
             yield self._frame(
