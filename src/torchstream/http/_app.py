@@ -126,7 +126,7 @@ class _Server:
             ttl_seconds=config.job_ttl_seconds, clock=clock,
         )
         self.counters = HttpCounters()
-        self.streams: set[str] = set()
+        self.streams: dict[str, _Stream] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.start_error: BaseException | None = None
         self._keys = [key.encode() for key in config.api_keys]
@@ -449,11 +449,11 @@ def create_app(
         }
 
     if metrics:
-        _add_metrics(app, server)
+        _add_metrics(app, server, secured)
     return app
 
 
-def _add_metrics(app: FastAPI, server: _Server) -> None:
+def _add_metrics(app: FastAPI, server: _Server, secured: list[Any]) -> None:
     try:
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
     except ImportError:
@@ -464,10 +464,11 @@ def _add_metrics(app: FastAPI, server: _Server) -> None:
     registry.register(HttpCollector(server.counters, server.admission, server.jobs))
     registry.register(_PipelineMetrics(server.backend))
 
-    @app.get("/metrics", include_in_schema=True, tags=["health"])
+    @app.get("/metrics", dependencies=secured, tags=["health"])
     async def prometheus() -> Response:
         """Prometheus exposition: HTTP requests, latency, admission, jobs, and the
-        pipeline's own metrics when it runs in this process."""
+        pipeline's own metrics when it runs in this process. Needs the API key when the
+        server has keys (Prometheus: `authorization: {credentials_file: ...}`)."""
         body = await asyncio.to_thread(generate_latest, registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
@@ -497,25 +498,41 @@ async def _stream(server: _Server, websocket: WebSocket) -> None:
     if not server.key_ok(_bearer(websocket.headers.get("authorization"))):
         await websocket.close(code=1008, reason="missing or wrong API key")
         return
-    if not _SOURCE_ID.match(source_id):
-        await websocket.close(
-            code=1008, reason="source_id query parameter: 1-128 of A-Z a-z 0-9 . _ : @ / -"
-        )
-        return
+    # Refusals after the handshake, so that the client gets the close code and reason.
+    refusal: tuple[int, str] | None = None
     health = server.backend.health()
-    if not health.ready:
-        await websocket.close(code=1013, reason=f"not ready: {health.reason}"[:120])
+    if not _SOURCE_ID.match(source_id):
+        refusal = 1008, "source_id query parameter: 1-128 of A-Z a-z 0-9 . _ : @ / -"
+    elif not health.ready:
+        refusal = 1013, f"not ready: {health.reason}"[:120]
+    elif (previous := server.streams.get(source_id)) is not None and previous.connected:
+        refusal = 1008, f"source {source_id!r} is already streaming"[:120]
+    await websocket.accept()
+    if refusal is None and previous is not None:
+        # Its previous connection is gone and its last frames are finishing: wait for them,
+        # so that the new session starts after the old one ended.
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(previous.finished.wait(), server.config.deadline_seconds)
+        if source_id in server.streams:
+            refusal = 1013, f"source {source_id!r} is still finishing its previous session"
+    if refusal is not None:
+        await websocket.close(code=refusal[0], reason=refusal[1])
         return
-    if source_id in server.streams:
-        await websocket.close(code=1008, reason=f"source {source_id!r} is already streaming")
-        return
-    server.streams.add(source_id)
+    state = server.streams[source_id] = _Stream()
     try:
-        await websocket.accept()
-        await _session(server, websocket, source_id)
+        await _session(server, websocket, source_id, state)
     finally:
-        server.streams.discard(source_id)
         await server.backend.end_source(source_id)
+        del server.streams[source_id]
+        state.finished.set()
+
+
+class _Stream:
+    """A websocket session: ``connected`` until its client left or ended it."""
+
+    def __init__(self) -> None:
+        self.connected = True
+        self.finished = asyncio.Event()
 
 
 def _bearer(header: str | None) -> str | None:
@@ -528,7 +545,9 @@ def _bearer(header: str | None) -> str | None:
 _Pending = tuple[int, "asyncio.Future[Outcome] | Problem", float, float, str]
 
 
-async def _session(server: _Server, websocket: WebSocket, source_id: str) -> None:
+async def _session(
+    server: _Server, websocket: WebSocket, source_id: str, state: _Stream
+) -> None:
     cfg = server.config
     pending: asyncio.Queue[_Pending | None] = asyncio.Queue(cfg.max_stream_in_flight)
     writer = asyncio.create_task(_send_results(server, websocket, pending))
@@ -553,6 +572,7 @@ async def _session(server: _Server, websocket: WebSocket, source_id: str) -> Non
             await pending.put(_submit(server, source_id, index, data, started))
             index += 1
     finally:
+        state.connected = False
         await pending.put(None)
         await asyncio.wait({writer})
     if ended and websocket.application_state == WebSocketState.CONNECTED:

@@ -43,6 +43,7 @@ class ModuleBackend:
         self._ready = False
         self._closing = False
         self._failure: str | None = None
+        self._open: set[str] = set()
 
     async def start(self) -> None:
         await self._client.__aenter__()
@@ -67,9 +68,14 @@ class ModuleBackend:
         self._ready = True
 
     async def aclose(self) -> None:
+        """End the sources this front end opened on the module (best effort), close the
+        sockets."""
         self._closing = True
         self._ready = False
         if self._entered:
+            for source_id in list(self._open):
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.end_source(source_id), 2.0)
             await self._client.aclose()
 
     def health(self) -> PipelineHealth:
@@ -89,6 +95,7 @@ class ModuleBackend:
         deadline_monotonic: float,
         traceparent: str,
     ) -> asyncio.Future[Outcome]:
+        self._open.add(source_id)
         return asyncio.ensure_future(self._request(source_id, image, traceparent))
 
     async def _request(self, source_id: str, image: CheckedImage, traceparent: str) -> Outcome:
@@ -107,6 +114,7 @@ class ModuleBackend:
         return Outcome(result.frame, None)
 
     async def end_source(self, source_id: str) -> None:
+        self._open.discard(source_id)
         # On failure the module ends the idle source by itself.
         with contextlib.suppress(
             TimeoutError, OverloadedError, ClosedResourceError, BrokenResourceError
