@@ -19,7 +19,7 @@ from torchstream.client._requests import (
     SendResult,
 )
 from torchstream.client._sockets import (
-    SOURCE_TYPES,
+    ASYNC_SOURCE_TYPES,
     SourceStatistics,
     cancelled_by_close,
     check_endpoint,
@@ -63,7 +63,7 @@ class AsyncSource:
         context: zmq.asyncio.Context | None = None,
     ) -> None:
         check_timeout("send_timeout_seconds", send_timeout_seconds)
-        parsed = check_endpoint(endpoint, SOURCE_TYPES, "AsyncSource")
+        parsed = check_endpoint(endpoint, ASYNC_SOURCE_TYPES, "AsyncSource")
         limits = Limits()  # what comes back is acknowledgements only
         if options.max_part_bytes is None:
             options = replace(options, max_part_bytes=limits.part_cap_bytes)

@@ -40,6 +40,7 @@ __all__ = [
     "PacketPayload",
     "Payload",
     "RawPayload",
+    "Receipt",
     "RejectReason",
     "ResultAck",
     "ResultMessage",
@@ -49,10 +50,10 @@ __all__ = [
     "topic_of",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 """Version of the wire protocol, in every header. Receivers reject any other version: bump it
 on any change an older receiver would misread (a new field included: headers forbid unknown
-fields)."""
+fields). 2 added :class:`Receipt` (req/rep answers)."""
 
 RejectReason = Literal[
     "parts",
@@ -269,6 +270,18 @@ class ResultAck(_Message, tag="result_ack", frozen=True):
     seq: _Seq
 
 
+class Receipt(_Message, tag="receipt", frozen=True):
+    """A rep endpoint's answer to a request that is not an end of stream (that one gets an
+    :class:`EndOfStreamAck`): ``rejected`` is None when the message was accepted, else the
+    reason it was not. Every request gets one, malformed ones included, so that the req side
+    is never left waiting. ``source_id`` and ``seq`` name the message answered when it could
+    be read (None for a shutdown or an unreadable message; the topic is then empty)."""
+
+    source_id: _SourceId | None = None
+    seq: _Seq | None = None
+    rejected: RejectReason | None = None
+
+
 class Shutdown(_Message, tag="shutdown", frozen=True):
     """Asks the receiving process to stop. Honoured only where a secret is configured and
     ``secret`` matches it (:meth:`matches`, constant time); its topic is empty."""
@@ -284,10 +297,12 @@ class Shutdown(_Message, tag="shutdown", frozen=True):
         return f"Shutdown(version={self.version}, secret='***', reason={self.reason!r})"
 
 
-Message = FrameMessage | ResultMessage | EndOfStream | EndOfStreamAck | ResultAck | Shutdown
+Message = (
+    FrameMessage | ResultMessage | EndOfStream | EndOfStreamAck | ResultAck | Receipt | Shutdown
+)
 """Every message of the protocol; decode with ``match`` on the type."""
 
-_KINDS = frozenset({"frame", "result", "eos", "eos_ack", "result_ack", "shutdown"})
+_KINDS = frozenset({"frame", "result", "eos", "eos_ack", "result_ack", "receipt", "shutdown"})
 
 
 class _Envelope(msgspec.Struct):
@@ -340,8 +355,9 @@ class Limits:
 
 
 def topic_of(message: Message) -> bytes:
-    """The topic part of ``message``: its source id in UTF-8, empty for a shutdown."""
-    if isinstance(message, Shutdown):
+    """The topic part of ``message``: its source id in UTF-8, empty for a shutdown (and a
+    :class:`Receipt` without source id)."""
+    if isinstance(message, Shutdown) or message.source_id is None:
         return b""
     return message.source_id.encode()
 
