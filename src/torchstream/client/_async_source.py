@@ -136,6 +136,7 @@ class AsyncSource:
         time_base: tuple[int, int],
         pts: int | None = None,
         dts: int | None = None,
+        duration: int | None = None,
         keyframe: bool = False,
         extradata: bytes | None = None,
         pts_seconds: float | None = None,
@@ -147,7 +148,7 @@ class AsyncSource:
         return await self._send(
             self._requests.packet(
                 source_id, data, codec=codec, width=width, height=height, time_base=time_base,
-                pts=pts, dts=dts, keyframe=keyframe, extradata=extradata,
+                pts=pts, dts=dts, duration=duration, keyframe=keyframe, extradata=extradata,
                 pts_seconds=pts_seconds, attributes=attributes, traceparent=traceparent,
             )
         )

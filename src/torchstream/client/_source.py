@@ -134,6 +134,7 @@ class Source:
         time_base: tuple[int, int],
         pts: int | None = None,
         dts: int | None = None,
+        duration: int | None = None,
         keyframe: bool = False,
         extradata: bytes | None = None,
         pts_seconds: float | None = None,
@@ -141,13 +142,14 @@ class Source:
         traceparent: str | None = None,
     ) -> SendResult:
         """Send one encoded video packet (``codec`` is FFmpeg's name; H.264/HEVC in Annex B).
-        ``pts`` / ``dts`` are in ``time_base`` units; ``pts_seconds`` defaults to ``pts``
+        ``pts`` / ``dts`` / ``duration`` are in ``time_base`` units (``dts`` and ``duration``
+        let a sink re-mux the packets); ``pts_seconds`` defaults to ``pts``
         in seconds. Send ``extradata`` with the first packet and keyframes."""
         self._check_open()
         return self._send(
             self._requests.packet(
                 source_id, data, codec=codec, width=width, height=height, time_base=time_base,
-                pts=pts, dts=dts, keyframe=keyframe, extradata=extradata,
+                pts=pts, dts=dts, duration=duration, keyframe=keyframe, extradata=extradata,
                 pts_seconds=pts_seconds, attributes=attributes, traceparent=traceparent,
             )
         )

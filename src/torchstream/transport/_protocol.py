@@ -53,7 +53,7 @@ __all__ = [
 PROTOCOL_VERSION = 2
 """Version of the wire protocol, in every header. Receivers reject any other version: bump it
 on any change an older receiver would misread (a new field included: headers forbid unknown
-fields). 2 added :class:`Receipt` (req/rep answers)."""
+fields). 2 added :class:`Receipt` (req/rep answers) and ``PacketPayload.duration``."""
 
 RejectReason = Literal[
     "parts",
@@ -98,9 +98,12 @@ class PacketPayload(
     """The payload is one encoded video packet (an access unit), as a demuxer gave it.
 
     ``codec`` is the FFmpeg codec name (``h264``, ``hevc``, ``av1``, ...); ``time_base`` the
-    stream's ``(numerator, denominator)``; ``pts`` / ``dts`` the packet's timestamps in that
-    time base when known. ``extradata`` (SPS/PPS and the like) rides on the first packet and
-    on keyframes so that a decoder can start there.
+    stream's ``(numerator, denominator)``; ``pts`` / ``dts`` the packet's timestamps and
+    ``duration`` how long its picture shows, in that time base, when known (``dts`` and
+    ``duration`` matter to a sink that writes the packets into a file again: with B-frames
+    the decode order differs from the display order results come in). ``extradata``
+    (SPS/PPS and the like) rides on the first packet and on keyframes so that a decoder can
+    start there.
     """
 
     codec: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_]{1,32}$")]
@@ -109,6 +112,7 @@ class PacketPayload(
     time_base: tuple[_Positive, _Positive]
     pts: int | None = None
     dts: int | None = None
+    duration: Annotated[int, msgspec.Meta(ge=0)] | None = None
     extradata: Annotated[bytes, msgspec.Meta(max_length=1 << 20)] | None = None
 
 
