@@ -360,8 +360,9 @@ def sink_images(directory: str, inbound: str, source_ids: tuple[str, ...],
 @_sink_options
 def sink_video(pattern: str, inbound: str, source_ids: tuple[str, ...],
                exit_after: int | None, idle_timeout: float | None) -> None:
-    """Encode each source's annotated results (module --content image) as H.264 into PATTERN,
-    e.g. 'out/{source_id}.mp4'."""
+    """Write each source's results as a video into PATTERN, e.g. 'out/{source_id}.mp4':
+    original packets (module --content original) re-muxed as they are, annotated pictures
+    (--content image) encoded as H.264."""
     from torchstream.transport._adapters import VideoResultWriter
 
     try:
