@@ -60,7 +60,7 @@ def _stop_on_signals(stop: Any) -> None:
 @click.argument("pipeline_name", metavar="PIPELINE")
 @click.option("--in", "inbound", default=None, metavar="ENDPOINT",
               help=f"Where frames arrive (required): {_ENDPOINT_HELP} (router+bind, "
-                   "pull+bind, sub+connect).")
+                   "rep+bind, pull+bind, sub+connect).")
 @click.option("--out", "outbound", default=None, metavar="ENDPOINT",
               help="Where results go (pub+bind, push+bind, dealer+connect).")
 @click.option("--content", type=click.Choice(["none", "original", "image"]), default="none",
@@ -203,7 +203,8 @@ def source() -> None:
 @source.command("video")
 @click.argument("inputs", nargs=-1, required=True, metavar="URI...")
 @click.option("--out", "outbound", required=True, metavar="ENDPOINT",
-              help=f"The module's input: {_ENDPOINT_HELP} (dealer+connect, push+connect).")
+              help=f"The module's input: {_ENDPOINT_HELP} (dealer+connect, req+connect, "
+                   "push+connect).")
 @click.option("--source-id", default=None, help="Source id (one input only; default: its name).")
 @click.option("--sync", is_flag=True, help="Send at the stream's own frame rate, like a camera.")
 @click.option("--loop", is_flag=True, help="Start over at the end, until interrupted.")
@@ -359,8 +360,9 @@ def sink_images(directory: str, inbound: str, source_ids: tuple[str, ...],
 @_sink_options
 def sink_video(pattern: str, inbound: str, source_ids: tuple[str, ...],
                exit_after: int | None, idle_timeout: float | None) -> None:
-    """Encode each source's annotated results (module --content image) as H.264 into PATTERN,
-    e.g. 'out/{source_id}.mp4'."""
+    """Write each source's results as a video into PATTERN, e.g. 'out/{source_id}.mp4':
+    original packets (module --content original) re-muxed as they are, annotated pictures
+    (--content image) encoded as H.264."""
     from torchstream.transport._adapters import VideoResultWriter
 
     try:

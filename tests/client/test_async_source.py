@@ -126,5 +126,7 @@ def test_the_active_span_is_the_trace_of_the_request(echo, png: bytes) -> None:
 def test_an_async_source_sends_on_dealer_or_push_only() -> None:
     with pytest.raises(ValueError, match="AsyncSource needs a dealer or push endpoint"):
         AsyncSource("sub+connect:tcp://127.0.0.1:5")
+    with pytest.raises(ValueError, match="AsyncSource needs a dealer or push endpoint"):
+        AsyncSource("req+connect:tcp://127.0.0.1:5")  # one message at a time: Source only
     with pytest.raises(ValueError, match="send_timeout_seconds"):
         AsyncSource("push+bind:tcp://127.0.0.1:*", send_timeout_seconds=-1)

@@ -134,9 +134,9 @@ def test_the_active_span_is_the_trace_of_the_request(echo, jpeg: bytes) -> None:
 
 
 @pytest.mark.parametrize("endpoint", ["pull+bind:tcp://127.0.0.1:*", "pub+bind:tcp://127.0.0.1:*",
-                                      "router+bind:tcp://127.0.0.1:*", "req+connect:tcp://a:1"])
-def test_a_source_sends_on_dealer_or_push_only(endpoint: str) -> None:
-    with pytest.raises(ValueError, match="needs a dealer or push endpoint"):
+                                      "router+bind:tcp://127.0.0.1:*", "rep+bind:tcp://a:1"])
+def test_a_source_sends_on_dealer_req_or_push_only(endpoint: str) -> None:
+    with pytest.raises(ValueError, match="needs a dealer or req or push endpoint"):
         Source(endpoint)
 
 

@@ -13,6 +13,7 @@ PUBLIC = {
     "RawPayload", "Receiver", "ReceiverStatistics", "RejectReason", "Rejects", "ResultMessage",
     "Sender", "SenderStatistics", "Shutdown", "SocketOptions", "SocketType", "decode", "encode",
     "topic_of", "Content", "Module", "ModuleStatistics", "PublishSink", "ResultAck",
+    "Receipt",
 }
 
 

@@ -23,6 +23,7 @@ from torchstream.transport import (
     PacketPayload,
     ProtocolError,
     RawPayload,
+    Receipt,
     Rejects,
     ResultAck,
     ResultMessage,
@@ -30,7 +31,7 @@ from torchstream.transport import (
     decode,
     encode,
 )
-from torchstream.transport._inbox import Inbox
+from torchstream.transport._inbox import Inbox, answer_problem
 
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 16
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
@@ -340,6 +341,31 @@ def test_inbox_routes_by_source_id_and_acks_to_the_connection() -> None:
     ack, _ = decode(delivery.ack[1:])
     assert ack == EndOfStreamAck(source_id="cam", last_seq=0)
     assert inbox.sources == 1
+
+
+def test_inbox_answers_every_request_on_rep() -> None:
+    inbox = Inbox("test", limits=Limits(), routed=False)
+    cases: list[tuple[list[bytes], Message | None, Message]] = [
+        ([bytes(p) for p in encode(FrameMessage(source_id="cam", seq=3))],
+         FrameMessage(source_id="cam", seq=3), Receipt(source_id="cam", seq=3)),
+        ([bytes(p) for p in encode(EndOfStream(source_id="cam", last_seq=3))],
+         EndOfStream(source_id="cam", last_seq=3), EndOfStreamAck(source_id="cam", last_seq=3)),
+        ([bytes(p) for p in encode(Shutdown(secret="s"))], None,
+         Receipt(rejected="shutdown_refused")),
+        ([bytes(p) for p in encode(Receipt(source_id="cam", seq=1))], None,
+         Receipt(rejected="unexpected_kind")),
+        ([b"cam"], None, Receipt(rejected="parts")),
+    ]
+    for parts, accepted, answer in cases:
+        delivery, reply = inbox.accept_request(parts)
+        assert (delivery.message if delivery else None) == accepted
+        assert decode(reply)[0] == answer
+        if accepted is not None:
+            assert answer_problem(accepted, answer) is None  # what the req side expects
+    problem = answer_problem(FrameMessage(source_id="cam", seq=3), Receipt(source_id="cam"))
+    assert problem is not None and problem.reason == "unexpected_kind"
+    rejected = answer_problem(Shutdown(secret="s"), Receipt(rejected="shutdown_refused"))
+    assert rejected is not None and rejected.reason == "shutdown_refused"
 
 
 # Rejects -----------------------------------------------------------------------------------

@@ -422,12 +422,12 @@ def test_fuzzed_messages_never_stop_a_receiver(
 
 
 def test_wrong_endpoint_types_are_refused() -> None:
-    with pytest.raises(ValueError, match="a Sender needs a dealer / push / pub endpoint"):
+    with pytest.raises(ValueError, match="a Sender needs a dealer / req / push / pub endpoint"):
         Sender("pull+bind:tcp://127.0.0.1:*")
-    with pytest.raises(ValueError, match="a Receiver needs a router / pull / sub endpoint"):
+    with pytest.raises(ValueError, match="a Receiver needs a router / rep / pull / sub endpoint"):
         Receiver("push+connect:tcp://127.0.0.1:5555")
-    with pytest.raises(ValueError, match="req/rep endpoints are for request/reply clients"):
-        Receiver("rep+bind:tcp://127.0.0.1:*")
+    with pytest.raises(ValueError, match="rep answers every message at once"):
+        Receiver("rep+bind:tcp://127.0.0.1:*", ack_eos=False)
     with pytest.raises(ValueError, match="subscribe is for sub endpoints"):
         Receiver("pull+bind:tcp://127.0.0.1:*", subscribe=["cam"])
 
@@ -456,4 +456,5 @@ def test_rejected_messages_are_logged_with_the_endpoint(
         push.send_multipart(encode(frame("cam", 0), b"p"))
         rx.recv(timeout_seconds=TIMEOUT)
     [record] = [r for r in caplog.records if "rejected" in r.getMessage()]
-    assert "wrong_version: protocol version 99, this end speaks 1" in record.getMessage()
+    expected = f"wrong_version: protocol version 99, this end speaks {PROTOCOL_VERSION}"
+    assert expected in record.getMessage()

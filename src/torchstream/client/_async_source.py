@@ -19,7 +19,7 @@ from torchstream.client._requests import (
     SendResult,
 )
 from torchstream.client._sockets import (
-    SOURCE_TYPES,
+    ASYNC_SOURCE_TYPES,
     SourceStatistics,
     cancelled_by_close,
     check_endpoint,
@@ -63,7 +63,7 @@ class AsyncSource:
         context: zmq.asyncio.Context | None = None,
     ) -> None:
         check_timeout("send_timeout_seconds", send_timeout_seconds)
-        parsed = check_endpoint(endpoint, SOURCE_TYPES, "AsyncSource")
+        parsed = check_endpoint(endpoint, ASYNC_SOURCE_TYPES, "AsyncSource")
         limits = Limits()  # what comes back is acknowledgements only
         if options.max_part_bytes is None:
             options = replace(options, max_part_bytes=limits.part_cap_bytes)
@@ -136,6 +136,7 @@ class AsyncSource:
         time_base: tuple[int, int],
         pts: int | None = None,
         dts: int | None = None,
+        duration: int | None = None,
         keyframe: bool = False,
         extradata: bytes | None = None,
         pts_seconds: float | None = None,
@@ -147,7 +148,7 @@ class AsyncSource:
         return await self._send(
             self._requests.packet(
                 source_id, data, codec=codec, width=width, height=height, time_base=time_base,
-                pts=pts, dts=dts, keyframe=keyframe, extradata=extradata,
+                pts=pts, dts=dts, duration=duration, keyframe=keyframe, extradata=extradata,
                 pts_seconds=pts_seconds, attributes=attributes, traceparent=traceparent,
             )
         )

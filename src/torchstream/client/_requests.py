@@ -214,6 +214,7 @@ class Requests:
         time_base: tuple[int, int],
         pts: int | None = None,
         dts: int | None = None,
+        duration: int | None = None,
         keyframe: bool = False,
         extradata: bytes | None = None,
         pts_seconds: float | None = None,
@@ -228,6 +229,7 @@ class Requests:
             pts_seconds = pts * time_base[0] / time_base[1]
         description = PacketPayload(
             codec=codec, width=width, height=height, time_base=time_base, pts=pts, dts=dts,
+            duration=duration,
             extradata=extradata,
         )
         return self._frame(

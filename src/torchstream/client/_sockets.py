@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from torchstream.transport._endpoint import Endpoint
 
 __all__ = [
+    "ASYNC_SOURCE_TYPES",
     "SINK_TYPES",
     "SOURCE_TYPES",
     "Acknowledgements",
@@ -44,8 +45,11 @@ class SinkStatistics:
 
 
 
-SOURCE_TYPES = ("dealer", "push")
-"""Socket types a source sends on: to a module's router (acknowledged end-of-stream) or pull."""
+SOURCE_TYPES = ("dealer", "req", "push")
+"""Socket types a source sends on: to a module's router (acknowledged end-of-stream), rep
+(every message answered) or pull."""
+ASYNC_SOURCE_TYPES = ("dealer", "push")
+"""The asyncio source sends many messages at once; req carries one at a time."""
 SINK_TYPES = ("sub", "pull", "router")
 """Socket types a sink receives on: from a module's pub or push, or (router, bound) from a
 module connected with dealer, on an acknowledged link."""

@@ -38,16 +38,21 @@ _OPTIONS = SocketOptions()
 class Source:
     """Sends images, raw pictures and encoded video packets to a pipeline module.
 
-    ``endpoint`` is where the module receives, as a ``dealer`` or ``push`` endpoint:
-    ``dealer+connect:tcp://host:5555`` for a module on ``router+bind``. One source object
-    carries any number of streams, each named by its ``source_id`` and numbered from seq 0.
+    ``endpoint`` is where the module receives, as a ``dealer``, ``req`` or ``push``
+    endpoint: ``dealer+connect:tcp://host:5555`` for a module on ``router+bind``,
+    ``req+connect:…`` for one on ``rep+bind`` (each send returns once the module answered
+    that it has the message: one message in flight, slower, but nothing sent is unaccounted
+    for). One source object carries any number of streams, each named by its ``source_id``
+    and numbered from seq 0.
 
     Every send returns a :class:`SendResult` with the trace id the request started (the
     active OpenTelemetry span's trace, if any; a new one otherwise, or ``traceparent=`` to
     continue a trace you were given). Input the module would reject raises ``ValueError``
     before anything is sent. When the module does not keep up, a send blocks (up to
     ``send_timeout_seconds``, None: indefinitely), then raises
-    :class:`~torchstream.OverloadedError` with nothing sent.
+    :class:`~torchstream.OverloadedError` with nothing sent (req: or unanswered, see
+    :class:`~torchstream.transport.Sender` for what a req send raises when the module goes
+    away).
 
     End each stream with :meth:`send_eos`; closing does not end streams (the module closes
     their sessions after its idle timeout). Use a source from one thread at a time.
@@ -129,6 +134,7 @@ class Source:
         time_base: tuple[int, int],
         pts: int | None = None,
         dts: int | None = None,
+        duration: int | None = None,
         keyframe: bool = False,
         extradata: bytes | None = None,
         pts_seconds: float | None = None,
@@ -136,13 +142,14 @@ class Source:
         traceparent: str | None = None,
     ) -> SendResult:
         """Send one encoded video packet (``codec`` is FFmpeg's name; H.264/HEVC in Annex B).
-        ``pts`` / ``dts`` are in ``time_base`` units; ``pts_seconds`` defaults to ``pts``
+        ``pts`` / ``dts`` / ``duration`` are in ``time_base`` units (``dts`` and ``duration``
+        let a sink re-mux the packets); ``pts_seconds`` defaults to ``pts``
         in seconds. Send ``extradata`` with the first packet and keyframes."""
         self._check_open()
         return self._send(
             self._requests.packet(
                 source_id, data, codec=codec, width=width, height=height, time_base=time_base,
-                pts=pts, dts=dts, keyframe=keyframe, extradata=extradata,
+                pts=pts, dts=dts, duration=duration, keyframe=keyframe, extradata=extradata,
                 pts_seconds=pts_seconds, attributes=attributes, traceparent=traceparent,
             )
         )
@@ -156,8 +163,8 @@ class Source:
     ) -> SendResult:
         """End ``source_id``'s stream; its next frame starts a new stream at seq 0.
 
-        On dealer, wait up to ``ack_timeout_seconds`` (None: indefinitely) for the module's
-        acknowledgement, which means it received every frame sent before; raise
+        On dealer and req, wait up to ``ack_timeout_seconds`` (None: indefinitely) for the
+        module's acknowledgement, which means it received every frame sent before; raise
         ``TimeoutError`` without one. push has no way back: this returns once queued."""
         self._check_open()
         out = self._requests.end_of_stream(source_id, traceparent=traceparent)

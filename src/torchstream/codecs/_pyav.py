@@ -242,7 +242,8 @@ def decode_image(
 @dataclass(frozen=True)
 class EncodedPacket:
     """One demuxed video packet, ready to send: H.264/HEVC in Annex B (parameter sets in the
-    stream), pts in ``time_base`` seconds per unit."""
+    stream), pts, dts and duration in ``time_base`` seconds per unit. Packets come in decode
+    order; with B-frames, pts is not increasing but dts is."""
 
     data: bytes
     codec: str
@@ -251,6 +252,8 @@ class EncodedPacket:
     keyframe: bool
     width: int
     height: int
+    dts: int | None = None
+    duration: int | None = None
 
 
 # H.264/HEVC in MP4/MKV carry length-prefixed NAL units; NVDEC's parser and our wire want
@@ -292,7 +295,7 @@ def demux_packets(
                 if item.size:
                     yield EncodedPacket(
                         bytes(item), codec, item.pts, time_base, bool(item.is_keyframe),
-                        width, height,
+                        width, height, item.dts, item.duration or None,
                     )
 
         try:

@@ -2,14 +2,15 @@
 in another process, results out of it.
 
 An :class:`Endpoint` is written ``<type>+<bind|connect>:<url>``
-(``router+bind:tcp://0.0.0.0:5555``). A :class:`Sender` (dealer, push or pub) sends protocol
-messages, a :class:`Receiver` (router, pull or sub) receives them, checked. The protocol itself,
-:func:`encode` / :func:`decode` and the message types, does no I/O and can serve any other
-socket layer (asyncio included).
+(``router+bind:tcp://0.0.0.0:5555``). A :class:`Sender` (dealer, req, push or pub) sends
+protocol messages, a :class:`Receiver` (router, rep, pull or sub) receives them, checked. The
+protocol itself, :func:`encode` / :func:`decode` and the message types, does no I/O and can
+serve any other socket layer (asyncio included).
 
-Reliable pairs (dealer -> router, push -> pull) block the sender when the receiver does not
-keep up; pub -> sub drops for slow subscribers and counts what it drops. Nothing received is
-trusted: a malformed message is counted, logged and skipped, never raised into your loop.
+Reliable pairs (dealer -> router, req -> rep, push -> pull) block the sender when the
+receiver does not keep up; pub -> sub drops for slow subscribers and counts what it drops.
+Nothing received is trusted: a malformed message is counted, logged and skipped, never
+raised into your loop.
 """
 
 from torchstream._errors import ProtocolError
@@ -32,6 +33,7 @@ from torchstream.transport._protocol import (
     PacketPayload,
     Payload,
     RawPayload,
+    Receipt,
     RejectReason,
     ResultAck,
     ResultMessage,
@@ -59,6 +61,7 @@ __all__ = [
     "ProtocolError",
     "PublishSink",
     "RawPayload",
+    "Receipt",
     "Receiver",
     "ReceiverStatistics",
     "RejectReason",

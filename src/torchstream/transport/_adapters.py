@@ -27,6 +27,7 @@ from torchstream.transport._protocol import (
     ResultAck,
     ResultMessage,
 )
+from torchstream.transport._remux import PacketRemuxer
 
 __all__ = [
     "ImageResultWriter",
@@ -84,6 +85,7 @@ def send_video(
                     break
                 time_base = packet.time_base or Fraction(1, 90000)
                 pts = None if packet.pts is None else packet.pts + offset
+                dts = None if packet.dts is None else packet.dts + offset
                 if packet.pts is not None:
                     stamps.append(packet.pts)
                 if sync and pts is not None:
@@ -101,6 +103,8 @@ def send_video(
                             height=packet.height,
                             time_base=(time_base.numerator, time_base.denominator),
                             pts=pts,
+                            dts=dts,  # a sink re-muxing the packets needs it (B-frames)
+                            duration=packet.duration,
                         ),
                     ),
                     packet.data,
@@ -206,41 +210,81 @@ class ImageResultWriter(ResultWriter):
 
 
 class VideoResultWriter(ResultWriter):
-    """Annotated results (content ``image``) of each source re-encoded as H.264 into
-    ``pattern`` with ``{source_id}`` replaced (``out/{source_id}.mp4``)."""
+    """Each source's results as a video file, ``pattern`` with ``{source_id}`` replaced
+    (``out/{source_id}.mp4``).
 
-    def __init__(self, pattern: str, *, crf: int = 23, preset: str = "veryfast") -> None:
+    Results with ``original`` video packets (``module --content original`` fed by video
+    sources) are re-muxed as they were encoded: no decoding, no re-encoding, the source's
+    own quality (see :class:`~torchstream.transport._remux.PacketRemuxer`: restored decode
+    order, starting at a keyframe). Annotated results (``--content image``) are encoded as
+    H.264 with ``crf`` and ``preset``. Results with neither are counted in ``skipped``, as
+    are results of the other kind than a source's first.
+    """
+
+    def __init__(
+        self, pattern: str, *, crf: int = 23, preset: str = "veryfast", reorder_window: int = 32
+    ) -> None:
         if "{source_id}" not in pattern:
             raise ValueError(f"the video pattern needs {{source_id}}, got {pattern!r}")
+        if reorder_window < 1:
+            raise ValueError(f"reorder_window must be >= 1, got {reorder_window}")
         self._pattern = pattern
         self._crf = crf
         self._preset = preset
+        self._reorder_window = reorder_window
         self._encoders: dict[str, VideoEncoder] = {}
+        self._remuxers: dict[str, PacketRemuxer] = {}
         self.skipped = 0
         self.paths: list[Path] = []
 
+    def _path(self, source_id: str) -> Path:
+        path = Path(self._pattern.format(source_id=safe_filename_part(source_id)))
+        self.paths.append(path)
+        return path
+
     def write(self, result: ResultMessage, content: memoryview | None) -> None:
-        if content is None or not isinstance(result.payload, ImagePayload):
+        source_id, payload = result.source_id, result.payload
+        if content is None or (
+            (source_id in self._encoders and not isinstance(payload, ImagePayload))
+            or (source_id in self._remuxers and not isinstance(payload, PacketPayload))
+        ):
             self.skipped += 1
             return
-        encoder = self._encoders.get(result.source_id)
+        if isinstance(payload, PacketPayload):
+            remuxer = self._remuxers.get(source_id)
+            if remuxer is None:
+                remuxer = self._remuxers[source_id] = PacketRemuxer(
+                    self._path(source_id), reorder_window=self._reorder_window
+                )
+            before = remuxer.skipped
+            remuxer.write(result.seq, payload, content, keyframe=result.frame.keyframe)
+            self.skipped += remuxer.skipped - before
+            return
+        if not isinstance(payload, ImagePayload):
+            self.skipped += 1
+            return
+        encoder = self._encoders.get(source_id)
         if encoder is None:
-            path = Path(self._pattern.format(source_id=safe_filename_part(result.source_id)))
+            path = self._path(source_id)
             path.parent.mkdir(parents=True, exist_ok=True)
-            encoder = self._encoders[result.source_id] = VideoEncoder(
+            encoder = self._encoders[source_id] = VideoEncoder(
                 path, crf=self._crf, preset=self._preset
             )
-            self.paths.append(path)
-        rgb, _ = decode_image(content, source_id=result.source_id)
+        rgb, _ = decode_image(content, source_id=source_id)
         encoder.encode(rgb, pts_seconds=result.frame.pts_seconds)
 
     def end(self, source_id: str) -> None:
         encoder = self._encoders.pop(source_id, None)
         if encoder is not None:
             encoder.close()
+        remuxer = self._remuxers.pop(source_id, None)
+        if remuxer is not None:
+            before = remuxer.skipped
+            remuxer.close()
+            self.skipped += remuxer.skipped - before
 
     def close(self) -> None:
-        for source_id in list(self._encoders):
+        for source_id in [*self._encoders, *self._remuxers]:
             self.end(source_id)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from types import TracebackType
@@ -27,6 +26,9 @@ from torchstream.transport._protocol import (
     Shutdown,
     encode,
 )
+from torchstream.transport._reqrep import Requester
+from torchstream.transport._reqrep import deadline as _deadline
+from torchstream.transport._reqrep import remaining_ms as _remaining_ms
 
 try:
     import zmq
@@ -37,12 +39,8 @@ __all__ = ["Receiver", "ReceiverStatistics", "Sender", "SenderStatistics"]
 
 log = logging.getLogger(__name__)
 
-_SENDER_TYPES = ("dealer", "push", "pub")
-_RECEIVER_TYPES = ("router", "pull", "sub")
-_REQUEST_REPLY = (
-    "req/rep endpoints are for request/reply clients and are not streamed over; use "
-    "dealer -> router for a reliable stream with end-of-stream acknowledgements"
-)
+_SENDER_TYPES = ("dealer", "req", "push", "pub")
+_RECEIVER_TYPES = ("router", "rep", "pull", "sub")
 
 Buffer = bytes | bytearray | memoryview
 
@@ -74,25 +72,14 @@ class ReceiverStatistics:
     sources: int
     """Sources heard from (the 65,536 most recent)."""
     acks_sent: int
+    """End-of-stream acknowledgements (router) and answers (rep) sent."""
     acks_failed: int
-    """End-of-stream acknowledgements that could not go out: their connection was gone or
-    full (acks never block the receiver)."""
+    """Acknowledgements and answers that could not go out: their connection was gone or
+    full (they never block the receiver)."""
 
     @property
     def rejected_total(self) -> int:
         return sum(self.rejected.values())
-
-
-def _deadline(timeout_seconds: float | None) -> float | None:
-    if timeout_seconds is not None and timeout_seconds < 0:
-        raise ValueError(f"timeout_seconds must be >= 0 or None, got {timeout_seconds}")
-    return None if timeout_seconds is None else time.monotonic() + timeout_seconds
-
-
-def _remaining_ms(deadline: float | None) -> int | None:
-    if deadline is None:
-        return None
-    return max(0, round((deadline - time.monotonic()) * 1000))
 
 
 class _Socket:
@@ -118,8 +105,6 @@ class _Socket:
     @classmethod
     def _parse(cls, endpoint: Endpoint | str) -> Endpoint:
         parsed = Endpoint.parse(endpoint) if isinstance(endpoint, str) else endpoint
-        if parsed.socket_type in ("req", "rep"):
-            raise ValueError(f"{parsed}: {_REQUEST_REPLY}")
         if parsed.socket_type not in cls._allowed:
             raise ValueError(
                 f"a {cls._role} needs a {' / '.join(cls._allowed)} endpoint, got {parsed}"
@@ -160,17 +145,25 @@ class _Socket:
 
 
 class Sender(_Socket):
-    """Sends protocol messages on a push, pub or dealer endpoint.
+    """Sends protocol messages on a dealer, req, push or pub endpoint.
 
-    Reliable endpoints (push, dealer) never drop: when the receiver does not keep up and the
-    high-water mark is reached, ``send`` blocks, up to ``send_timeout_seconds`` (None:
+    Reliable endpoints (dealer, req, push) never drop: when the receiver does not keep up and
+    the high-water mark is reached, ``send`` blocks, up to ``send_timeout_seconds`` (None:
     indefinitely), then raises :class:`~torchstream.OverloadedError` with nothing sent.
     pub never blocks: a message that a matching subscriber has no room for is dropped for
     all subscribers of its topic, counted, and ``send`` returns False.
 
     On dealer, the receiving router answers each :class:`EndOfStream` with an
-    :class:`EndOfStreamAck`: :meth:`send_eos` waits for it. Use a sender from one thread
-    at a time (ZeroMQ sockets are not thread-safe); ``statistics`` from any thread.
+    :class:`EndOfStreamAck`: :meth:`send_eos` waits for it. On req, the rep end answers
+    every message as it receives it (a :class:`Receipt`, an :class:`EndOfStreamAck` for an
+    end of stream) and ``send`` returns only with that answer, so one message at a time is
+    in flight: no answer within ``send_timeout_seconds`` raises OverloadedError (the
+    receiver may or may not have the message), a receiver that disconnects before answering
+    raises :class:`~torchstream.BrokenResourceError` at once, and an answer that rejects
+    the message raises :class:`~torchstream.ProtocolError` with the receiver's reason. After
+    any of these the next send goes ahead (nothing is re-sent for you: a message you send
+    again may reach the receiver twice). Use a sender from one thread at a time (ZeroMQ
+    sockets are not thread-safe); ``statistics`` from any thread.
     """
 
     _allowed = _SENDER_TYPES
@@ -195,6 +188,10 @@ class Sender(_Socket):
         if send_timeout_seconds is not None:
             self._socket.setsockopt(zmq.SNDTIMEO, round(send_timeout_seconds * 1000))
         self._inbox = Inbox(str(self.endpoint), limits=limits, routed=False, acks_wanted=True)
+        self._requester = (
+            Requester(self._socket, self.endpoint, self._inbox)
+            if self.endpoint.socket_type == "req" else None
+        )
         self._pending: collections.deque[tuple[Message, memoryview | None]] = (
             collections.deque()
         )
@@ -205,12 +202,22 @@ class Sender(_Socket):
     def send(self, message: Message, payload: Buffer | None = None) -> bool:
         """Send ``message`` with its payload (zero-copy: do not modify the buffer after).
 
-        Returns True when the message was queued, False when pub dropped it. Raises
-        ``ValueError`` for a message the protocol rejects, OverloadedError when a reliable
-        endpoint stayed full for ``send_timeout_seconds``.
+        Returns True when the message was queued (req: and answered), False when pub dropped
+        it. Raises ``ValueError`` for a message the protocol rejects, OverloadedError when a
+        reliable endpoint stayed full (req: unanswered) for ``send_timeout_seconds``.
         """
         self._check_open()
         parts = encode(message, payload)
+        if self._requester is not None:
+            until = _deadline(self._timeout)
+            self._requester.send(parts, self._timeout)
+            self._sent += 1
+            if self._requester.answer(message, until) is None:
+                raise OverloadedError(
+                    f"{self.endpoint}: no answer within {self._timeout} s: the receiver is not "
+                    "keeping up, or lost the message; it may or may not have it"
+                )
+            return True
         if self.endpoint.socket_type == "pub":
             self._read_subscriptions()
             try:
@@ -238,12 +245,24 @@ class Sender(_Socket):
         traceparent: str | None = None,
         ack_timeout_seconds: float | None = 10.0,
     ) -> EndOfStreamAck | None:
-        """End ``source_id``'s stream. On dealer, wait up to ``ack_timeout_seconds`` (None:
-        indefinitely) for the receiver's acknowledgement and return it, or raise
-        ``TimeoutError``; messages that arrive meanwhile wait for :meth:`recv`. push and pub
-        have no way back: they return None once the message is queued (pub: or dropped)."""
+        """End ``source_id``'s stream. On dealer and req, wait up to ``ack_timeout_seconds``
+        (None: indefinitely) for the receiver's acknowledgement and return it, or raise
+        ``TimeoutError``; on dealer, messages that arrive meanwhile wait for :meth:`recv`.
+        push and pub have no way back: they return None once the message is queued (pub: or
+        dropped)."""
         eos = EndOfStream(source_id=source_id, last_seq=last_seq, traceparent=traceparent)
         deadline = _deadline(ack_timeout_seconds)
+        if self._requester is not None:
+            self._check_open()
+            self._requester.send(encode(eos), self._timeout)
+            self._sent += 1
+            answer = self._requester.answer(eos, deadline)
+            if not isinstance(answer, EndOfStreamAck):  # None: answer_problem checked the rest
+                raise TimeoutError(
+                    f"{self.endpoint}: end-of-stream of {source_id!r} not acknowledged within "
+                    f"{ack_timeout_seconds} s"
+                )
+            return answer
         self.send(eos)
         if self.endpoint.socket_type != "dealer":
             return None
@@ -316,12 +335,17 @@ class Sender(_Socket):
             rejected=self._inbox.rejects.snapshot(),
         )
 
+    def close(self) -> None:
+        if not self._closed and self._requester is not None:
+            self._requester.close()
+        super().close()
+
     def __enter__(self) -> Sender:
         return self
 
 
 class Receiver(_Socket):
-    """Receives protocol messages on a router, pull or sub endpoint.
+    """Receives protocol messages on a router, rep, pull or sub endpoint.
 
     Every message is checked (:func:`~torchstream.transport.decode`); a bad one is counted
     by reason in :meth:`statistics`, logged (the first of each reason, then at most one line
@@ -332,7 +356,12 @@ class Receiver(_Socket):
     as it is received (``ack_eos=False``: send the :class:`EndOfStreamAck` yourself with
     :meth:`reply`). Sources are told apart by the source id in each message, never by the
     connection: interleaved sources on one connection, or a source that comes back on a new
-    connection after its adapter restarted, are all fine. ``subscribe`` (sub only): source
+    connection after its adapter restarted, are all fine. On rep, every message is answered
+    as soon as it is received, before ``recv`` returns it (:class:`Receipt`, or
+    :class:`EndOfStreamAck` for an end of stream), and so is every rejected one (a receipt
+    with the reason), so that no requester is left waiting; ``ack_eos`` must stay True
+    there. The requester sends its next message only then, which makes the pace of ``recv``
+    its backpressure. ``subscribe`` (sub only): source
     id prefixes to receive; default everything.
 
     Use a receiver from one thread at a time; ``statistics`` from any thread.
@@ -359,6 +388,9 @@ class Receiver(_Socket):
         parsed = self._parse(endpoint)
         if subscribe is not None and parsed.socket_type != "sub":
             raise ValueError(f"subscribe is for sub endpoints, not {parsed}")
+        if not ack_eos and parsed.socket_type == "rep":
+            raise ValueError(f"{parsed}: rep answers every message at once; ack_eos=False is "
+                             "for router endpoints")
         super().__init__(parsed, context, options, limits)
         if self.endpoint.socket_type == "sub":
             for prefix in ("",) if subscribe is None else subscribe:
@@ -378,14 +410,28 @@ class Receiver(_Socket):
         None when there is none). Raises ``TimeoutError`` when nothing valid came within
         ``timeout_seconds`` (None: wait indefinitely)."""
         self._check_open()
-        delivery = self._recv_delivery(self._inbox, _deadline(timeout_seconds))
+        if self.endpoint.socket_type == "rep":
+            delivery = self._recv_request(_deadline(timeout_seconds))
+        else:
+            delivery = self._recv_delivery(self._inbox, _deadline(timeout_seconds))
         if delivery is None:
             raise TimeoutError(f"{self.endpoint}: nothing received in {timeout_seconds} s")
         if delivery.ack is not None:
             self._send_ack(delivery.ack, delivery.message)
         return delivery.message, delivery.payload
 
-    def _send_ack(self, parts: list[bytes | memoryview], message: Message) -> None:
+    def _recv_request(self, deadline: float | None) -> Delivery | None:
+        """rep: the next accepted message, every message answered (None: deadline passed)."""
+        while True:
+            if not self._socket.poll(_remaining_ms(deadline), zmq.POLLIN):
+                return None
+            frames = self._socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            delivery, answer = self._inbox.accept_request([frame.buffer for frame in frames])
+            self._send_ack(answer, delivery.message if delivery is not None else None)
+            if delivery is not None:
+                return delivery
+
+    def _send_ack(self, parts: list[bytes | memoryview], message: Message | None) -> None:
         try:
             self._socket.send_multipart(parts, flags=zmq.NOBLOCK)
         except zmq.ZMQError as exc:  # EAGAIN: its queue is full; EHOSTUNREACH: it is gone
@@ -402,8 +448,8 @@ class Receiver(_Socket):
         self._check_open()
         if self.endpoint.socket_type != "router":
             raise ValueError(f"{self.endpoint}: only a router replies")
-        if isinstance(message, Shutdown):
-            raise ValueError("a shutdown has no source to reply to")
+        if isinstance(message, Shutdown) or message.source_id is None:
+            raise ValueError(f"{message!r} has no source to reply to")
         peer = self._inbox.route(message.source_id)
         if peer is None:
             raise BrokenResourceError(

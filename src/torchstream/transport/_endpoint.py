@@ -158,7 +158,9 @@ class Endpoint:
         """Create the socket, configure it, bind or connect it; the caller closes it.
 
         Besides ``options``: router sockets get ZMQ_ROUTER_MANDATORY (an unroutable or full
-        peer raises instead of dropping silently); pub opens an XPUB with ZMQ_XPUB_NODROP
+        peer raises instead of dropping silently); req sockets get ZMQ_REQ_RELAXED and
+        ZMQ_REQ_CORRELATE (a lost answer does not lock the socket, a late one is dropped);
+        pub opens an XPUB with ZMQ_XPUB_NODROP
         (a send to a subscriber at its high-water mark raises ``zmq.Again`` when sent with
         NOBLOCK, so drops can be counted) and ZMQ_XPUB_VERBOSER (every subscribe and
         unsubscribe is readable). Sub sockets subscribe to nothing: the caller does.
@@ -175,6 +177,9 @@ class Endpoint:
                 sock.setsockopt(zmq.MAXMSGSIZE, options.max_part_bytes)
             if self.socket_type == "router":
                 sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            elif self.socket_type == "req":
+                sock.setsockopt(zmq.REQ_RELAXED, 1)
+                sock.setsockopt(zmq.REQ_CORRELATE, 1)
             elif self.socket_type == "pub":
                 sock.setsockopt(zmq.XPUB_NODROP, 1)
                 sock.setsockopt(zmq.XPUB_VERBOSER, 1)

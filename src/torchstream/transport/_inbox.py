@@ -8,21 +8,26 @@ import collections
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from torchstream._errors import ProtocolError
 from torchstream.transport._protocol import (
     EndOfStream,
     EndOfStreamAck,
+    FrameMessage,
     Limits,
     Message,
+    Receipt,
+    RejectReason,
     ResultAck,
+    ResultMessage,
     Shutdown,
     decode,
     encode,
 )
 from torchstream.transport._rejects import Rejects
 
-__all__ = ["Delivery", "Inbox"]
+__all__ = ["Delivery", "Inbox", "answer_problem"]
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +55,8 @@ class Inbox:
     ``routed``: messages start with a ROUTER routing id. ``acks_wanted``: the end takes
     :class:`EndOfStreamAck` (a sender reading replies) rather than rejecting it as
     ``unexpected_kind``. ``ack_eos``: answer each :class:`EndOfStream` with an ack to the
-    connection it came on. ``shutdown_secret``: accept :class:`Shutdown` only with this
+    connection it came on. Rep endpoints answer every request instead, through
+    :meth:`accept_request`. ``shutdown_secret``: accept :class:`Shutdown` only with this
     secret; None rejects every shutdown.
 
     Streams are known by the source id in each header, never by routing id: :meth:`route`
@@ -81,6 +87,35 @@ class Inbox:
 
     def accept(self, parts: Sequence[bytes | memoryview]) -> Delivery | None:
         """Check one received message; None when it was rejected (counted and maybe logged)."""
+        delivery = self.check(parts)
+        return None if isinstance(delivery, ProtocolError) else delivery
+
+    def accept_request(
+        self, parts: Sequence[bytes | memoryview]
+    ) -> tuple[Delivery | None, list[bytes | memoryview]]:
+        """Check one request received on a rep endpoint (not routed): the delivery (None
+        when rejected) and, whatever happened, the parts of the answer that must go back
+        before the next request is read: an :class:`EndOfStreamAck` for an end of stream,
+        a :class:`Receipt` for anything else (with the reject reason when rejected)."""
+        delivery = self.check(parts)
+        if isinstance(delivery, ProtocolError):
+            reason = cast(RejectReason, delivery.reason)
+            return None, encode(Receipt(rejected=reason))
+        message = delivery.message
+        answer: Message
+        if isinstance(message, EndOfStream):
+            answer = EndOfStreamAck(source_id=message.source_id, last_seq=message.last_seq)
+        elif isinstance(message, Shutdown):
+            answer = Receipt()
+        elif isinstance(message, (FrameMessage, ResultMessage)):
+            answer = Receipt(source_id=message.source_id, seq=message.seq)
+        else:
+            answer = Receipt(source_id=message.source_id)
+        return delivery, encode(answer)
+
+    def check(self, parts: Sequence[bytes | memoryview]) -> Delivery | ProtocolError:
+        """:meth:`accept`, returning the error of a rejected message (counted and maybe
+        logged) instead of None."""
         peer: bytes | None = None
         if self._routed:
             peer, parts = bytes(parts[0]), parts[1:]
@@ -89,10 +124,10 @@ class Inbox:
             self._admit(message)
         except ProtocolError as exc:
             self._reject(exc, peer)
-            return None
+            return exc
         self.received += 1
         ack: list[bytes | memoryview] | None = None
-        if not isinstance(message, (Shutdown, EndOfStreamAck, ResultAck)):
+        if not isinstance(message, (Shutdown, EndOfStreamAck, ResultAck, Receipt)):
             self._remember(message.source_id, peer)
         if isinstance(message, EndOfStream) and self._ack_eos and peer is not None:
             reply = EndOfStreamAck(source_id=message.source_id, last_seq=message.last_seq)
@@ -100,7 +135,7 @@ class Inbox:
         return Delivery(message, payload, peer, ack)
 
     def _admit(self, message: Message) -> None:
-        if isinstance(message, (EndOfStreamAck, ResultAck)) and not self._acks_wanted:
+        if isinstance(message, (EndOfStreamAck, ResultAck, Receipt)) and not self._acks_wanted:
             raise ProtocolError(
                 "unexpected_kind", "acknowledgements are for senders, not receivers"
             )
@@ -137,3 +172,30 @@ class Inbox:
     def sources(self) -> int:
         """Sources heard from (the 65,536 most recent are remembered)."""
         return len(self._routes)
+
+
+def answer_problem(request: Message, answer: Message) -> ProtocolError | None:
+    """What is wrong with ``answer`` as a rep endpoint's answer to ``request``, or None when
+    it accepts it: an :class:`EndOfStreamAck` of the same stream and last seq for an end of
+    stream, a :class:`Receipt` naming the same message otherwise. A rejecting receipt gives
+    a ProtocolError of the reason the receiver gave."""
+    what = f"{type(request).__name__}"
+    if not isinstance(request, Shutdown):
+        what += f" of {request.source_id!r}"
+    if isinstance(answer, Receipt) and answer.rejected is not None:
+        return ProtocolError(answer.rejected, f"the receiver rejected the {what}")
+    if isinstance(request, EndOfStream):
+        expected: Message = EndOfStreamAck(
+            source_id=request.source_id, last_seq=request.last_seq
+        )
+    elif isinstance(request, Shutdown):
+        expected = Receipt()
+    elif isinstance(request, (FrameMessage, ResultMessage)):
+        expected = Receipt(source_id=request.source_id, seq=request.seq)
+    else:
+        expected = Receipt(source_id=request.source_id)
+    if answer != expected:
+        return ProtocolError(
+            "unexpected_kind", f"the answer to the {what} is {answer!r}, not {expected!r}"
+        )
+    return None

@@ -91,7 +91,15 @@ class PublishSink:
         self._style = style or AnnotationStyle()
         # Reliable endpoints block while the consumer is away; the timeout only lets the
         # wait notice abandon() (a module that must stop), it does not drop anything.
-        self._sender = Sender(endpoint, send_timeout_seconds=_SEND_TICK_SECONDS)
+        parsed = Endpoint.parse(endpoint) if isinstance(endpoint, str) else endpoint
+        if parsed.socket_type == "req":
+            # A req send that times out may have been delivered; the retry loop below would
+            # then send copies. dealer acknowledges results without that ambiguity.
+            raise ValueError(
+                f"{parsed}: results do not go out on req; use dealer+connect (acknowledged "
+                "results), push or pub"
+            )
+        self._sender = Sender(parsed, send_timeout_seconds=_SEND_TICK_SECONDS)
         self._abandoned = threading.Event()
         self._last_seq: dict[str, int] = {}
         self._acked = self._sender.endpoint.socket_type == "dealer"

@@ -40,6 +40,7 @@ __all__ = [
     "PacketPayload",
     "Payload",
     "RawPayload",
+    "Receipt",
     "RejectReason",
     "ResultAck",
     "ResultMessage",
@@ -49,10 +50,10 @@ __all__ = [
     "topic_of",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 """Version of the wire protocol, in every header. Receivers reject any other version: bump it
 on any change an older receiver would misread (a new field included: headers forbid unknown
-fields)."""
+fields). 2 added :class:`Receipt` (req/rep answers) and ``PacketPayload.duration``."""
 
 RejectReason = Literal[
     "parts",
@@ -97,9 +98,12 @@ class PacketPayload(
     """The payload is one encoded video packet (an access unit), as a demuxer gave it.
 
     ``codec`` is the FFmpeg codec name (``h264``, ``hevc``, ``av1``, ...); ``time_base`` the
-    stream's ``(numerator, denominator)``; ``pts`` / ``dts`` the packet's timestamps in that
-    time base when known. ``extradata`` (SPS/PPS and the like) rides on the first packet and
-    on keyframes so that a decoder can start there.
+    stream's ``(numerator, denominator)``; ``pts`` / ``dts`` the packet's timestamps and
+    ``duration`` how long its picture shows, in that time base, when known (``dts`` and
+    ``duration`` matter to a sink that writes the packets into a file again: with B-frames
+    the decode order differs from the display order results come in). ``extradata``
+    (SPS/PPS and the like) rides on the first packet and on keyframes so that a decoder can
+    start there.
     """
 
     codec: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_]{1,32}$")]
@@ -108,6 +112,7 @@ class PacketPayload(
     time_base: tuple[_Positive, _Positive]
     pts: int | None = None
     dts: int | None = None
+    duration: Annotated[int, msgspec.Meta(ge=0)] | None = None
     extradata: Annotated[bytes, msgspec.Meta(max_length=1 << 20)] | None = None
 
 
@@ -269,6 +274,18 @@ class ResultAck(_Message, tag="result_ack", frozen=True):
     seq: _Seq
 
 
+class Receipt(_Message, tag="receipt", frozen=True):
+    """A rep endpoint's answer to a request that is not an end of stream (that one gets an
+    :class:`EndOfStreamAck`): ``rejected`` is None when the message was accepted, else the
+    reason it was not. Every request gets one, malformed ones included, so that the req side
+    is never left waiting. ``source_id`` and ``seq`` name the message answered when it could
+    be read (None for a shutdown or an unreadable message; the topic is then empty)."""
+
+    source_id: _SourceId | None = None
+    seq: _Seq | None = None
+    rejected: RejectReason | None = None
+
+
 class Shutdown(_Message, tag="shutdown", frozen=True):
     """Asks the receiving process to stop. Honoured only where a secret is configured and
     ``secret`` matches it (:meth:`matches`, constant time); its topic is empty."""
@@ -284,10 +301,12 @@ class Shutdown(_Message, tag="shutdown", frozen=True):
         return f"Shutdown(version={self.version}, secret='***', reason={self.reason!r})"
 
 
-Message = FrameMessage | ResultMessage | EndOfStream | EndOfStreamAck | ResultAck | Shutdown
+Message = (
+    FrameMessage | ResultMessage | EndOfStream | EndOfStreamAck | ResultAck | Receipt | Shutdown
+)
 """Every message of the protocol; decode with ``match`` on the type."""
 
-_KINDS = frozenset({"frame", "result", "eos", "eos_ack", "result_ack", "shutdown"})
+_KINDS = frozenset({"frame", "result", "eos", "eos_ack", "result_ack", "receipt", "shutdown"})
 
 
 class _Envelope(msgspec.Struct):
@@ -340,8 +359,9 @@ class Limits:
 
 
 def topic_of(message: Message) -> bytes:
-    """The topic part of ``message``: its source id in UTF-8, empty for a shutdown."""
-    if isinstance(message, Shutdown):
+    """The topic part of ``message``: its source id in UTF-8, empty for a shutdown (and a
+    :class:`Receipt` without source id)."""
+    if isinstance(message, Shutdown) or message.source_id is None:
         return b""
     return message.source_id.encode()
 
