@@ -3,6 +3,13 @@
 Needs the ``http`` extra: ``pip install 'torchstream[http]'``.
 """
 
+try:
+    import fastapi  # noqa: F401
+except ImportError as exc:
+    from torchstream._errors import MissingDependencyError
+
+    raise MissingDependencyError("fastapi", "http") from exc
+
 from torchstream.http._admission import Admission, AdmissionStatistics
 from torchstream.http._app import create_app
 from torchstream.http._backend import Backend, InProcessBackend, Outcome, RequestFailed
