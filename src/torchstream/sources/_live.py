@@ -21,6 +21,7 @@ from torchstream.codecs._pyav import annexb_filter
 from torchstream.frame import Frame
 from torchstream.pipeline._channel import Policy
 from torchstream.pipeline._statistics import LiveStatistics
+from torchstream.sources._backlog import Backlog
 from torchstream.sources._video import DecoderChoice, default_source_id
 
 __all__ = ["LIVE_URL_SCHEMES", "LivePolicy", "LiveSource", "is_live"]
@@ -40,10 +41,6 @@ LIVE_URL_SCHEMES = (
 
 _Picture = tuple[torch.Tensor, "torch.cuda.Event | None", "float | None", bool]
 """A decoded picture: RGB surface, its ready event (NVDEC), pts in seconds, keyframe."""
-
-_DRIFT = 1e-3
-"""Clock drift (seconds per second) between a sender and us that is not taken for backlog."""
-
 
 def is_live(uri: str) -> bool:
     """Whether ``uri`` is a live input by its form: a camera device (``/dev/video*``), an
@@ -93,9 +90,12 @@ class LiveSource:
     per-session state, and the first frame after an outage carries
     ``frame.attributes["live.gap_seconds"]``: the time since the last frame before it (stream
     pts restart with the sender and are not comparable across a gap). Every frame carries
-    ``frame.attributes["live.wallclock_seconds"]``: the Unix time its packet was received;
-    ``pts_seconds`` is the stream's own clock. (A pipeline's ``session_idle_timeout_seconds``
-    shorter than an outage does close the session; a new one starts when frames come back.)
+    ``frame.attributes["live.wallclock_seconds"]``: the Unix time its packet was received
+    (when reading had fallen behind, the time it would have been read had it kept up);
+    ``pts_seconds`` is the stream's own clock. The pipeline's per-source lag
+    (``statistics().sources[id].lag_seconds_p99``) counts from the same moment. (A
+    pipeline's ``session_idle_timeout_seconds`` shorter than an outage does close the
+    session; a new one starts when frames come back.)
 
     **Overload.** ``policy="latest"`` (the default) drops the oldest queued frame when the
     stages fall behind (counted as ``queue_full``), and when decoding itself falls behind
@@ -220,7 +220,7 @@ class LiveSource:
                         outage, delivered, failures = False, True, 0
                         last_frame_at = received
                         yield frame
-                reason = "the stream ended"
+                reason = f"the stream from {_redact(self.uri)} ended"
             except _Fatal:
                 raise
             except SourceError as exc:
@@ -282,6 +282,7 @@ class LiveSource:
             options.setdefault("rtsp_transport", self.transport)
             options.setdefault("timeout", micros)  # RTSP's socket I/O timeout
         where = _redact(self.uri)
+        started = time.monotonic()
         try:
             # PyAV's interrupt callback is the watchdog: it aborts any blocking FFmpeg call
             # that takes longer than the open timeout, and each packet read (av_read_frame)
@@ -295,13 +296,14 @@ class LiveSource:
         except (av.error.HTTPUnauthorizedError, av.error.HTTPForbiddenError,
                 PermissionError) as exc:
             raise _Fatal(self.source_id, f"access refused to {where}: {_reason(exc)}") from exc
-        except av.error.ExitError as exc:
-            raise SourceError(
-                self.source_id,
-                f"cannot open {where}: no answer within {self.open_timeout_seconds} s",
-            ) from exc
         except (av.error.FFmpegError, OSError) as exc:
-            raise SourceError(self.source_id, f"cannot open {where}: {_reason(exc)}") from exc
+            # An interrupted open surfaces as whatever the protocol made of it (RTSP:
+            # "invalid data"), so the clock says whether it was the timeout.
+            if time.monotonic() - started >= 0.9 * self.open_timeout_seconds:
+                reason = f"no answer within {self.open_timeout_seconds} s"
+            else:
+                reason = _reason(exc)
+            raise SourceError(self.source_id, f"cannot open {where}: {reason}") from exc
         if not container.streams.video:
             container.close()
             raise _Fatal(self.source_id, f"no video stream in {where}")
@@ -335,50 +337,57 @@ class LiveSource:
         received: dict[float | None, tuple[float, float]] = {}  # pts seconds -> (monotonic, unix)
         started = False  # decoding began at a keyframe
         skipping = False  # behind by more than max_lag_seconds: waiting for a keyframe
-        baseline: float | None = None  # smallest (receive time - pts) seen: no backlog
-        baseline_at = 0.0
+        backlog = Backlog()
+        stalled = False
         where = _redact(self.uri)
         with contextlib.closing(container.demux(stream)) as packets:
             while not self._stop.is_set():
+                if stalled:
+                    raise SourceError(
+                        self.source_id, f"no data from {where} for {self.read_timeout_seconds} s"
+                    )
+                asked = time.monotonic()
                 try:
                     packet = next(packets, None)
-                except av.error.ExitError as exc:
-                    raise SourceError(
-                        self.source_id,
-                        f"no data from {where} for {self.read_timeout_seconds} s",
-                    ) from exc
                 except (av.error.FFmpegError, OSError) as exc:
-                    raise SourceError(self.source_id, f"lost {where}: {_reason(exc)}") from exc
+                    if time.monotonic() - asked >= 0.9 * self.read_timeout_seconds:
+                        reason = f"no data from {where} for {self.read_timeout_seconds} s"
+                    else:
+                        reason = f"lost {where}: {_reason(exc)}"
+                    raise SourceError(self.source_id, reason) from exc
                 if packet is None:
                     return
+                now, unix = time.monotonic(), time.time()
+                # An interrupted read first returns what FFmpeg's parser held back (the last
+                # picture before the stall): take it, then end the connection, rather than
+                # wait a second read timeout.
+                stalled = now - asked >= self.read_timeout_seconds
                 if not packet.size:
                     continue
-                now, unix = time.monotonic(), time.time()
                 self._connected = True
                 keyframe = bool(packet.is_keyframe)
                 pts = packet.pts * time_base if packet.pts is not None and time_base else None
-                if pts is not None and self.live_policy == "latest":
-                    offset = now - pts
-                    if baseline is None or offset < baseline or offset - baseline > 30.0:
-                        baseline, baseline_at = offset, now  # first, earlier, or a pts jump
-                    else:
-                        baseline = min(offset, baseline + _DRIFT * (now - baseline_at))
-                        baseline_at = now
-                        if offset - baseline > self.max_lag_seconds:
-                            skipping = started
+                stamp = packet.dts if packet.dts is not None else packet.pts
+                behind = 0.0
+                if stamp is not None and time_base:
+                    behind = backlog.update(now, stamp * time_base)
+                    if behind > self.max_lag_seconds and self.live_policy == "latest":
+                        skipping = started
                 if not started or skipping:
                     if not keyframe:
                         self._skipped += started
                         continue
                     started, skipping = True, False
+                # Lag counts from when the packet would have arrived had reading kept up.
+                arrived = (now - behind, unix - behind)
                 if pts is not None:
-                    received[pts] = (now, unix)
+                    received[pts] = arrived
                     if len(received) > 64:
                         del received[next(iter(received))]
                 pictures = self._decode(packet, cpu, annexb, prefix, keyframe, time_base)
                 prefix = b""
                 for rgb, ready, seconds, key in pictures:
-                    at_now, at_unix = received.pop(seconds, (now, unix))
+                    at_now, at_unix = received.pop(seconds, arrived)
                     yield self._frame(rgb, ready, seconds, key, codec, at_now, at_unix)
 
     def _decode(

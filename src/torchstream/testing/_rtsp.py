@@ -99,10 +99,14 @@ def rtsp_server_missing() -> str | None:
 
 def _pattern(encoder: str, payloader: str, pattern: str, width: int, height: int,
              fps: int) -> str:
+    # x264's zerolatency tune cuts pictures into slices; with SPS/PPS repeated before each
+    # slice (config-interval=-1) FFmpeg's parser splits such a picture in two. Cameras send
+    # one slice per picture: so does this server (one encoder thread).
+    options = " threads=1" if encoder == "x264enc" else ""
     return (
         f"( videotestsrc is-live=true pattern={pattern} ! "
         f"video/x-raw,width={width},height={height},framerate={fps}/1 ! "
-        f"{encoder} tune=zerolatency speed-preset=ultrafast key-int-max={fps} ! "
+        f"{encoder} tune=zerolatency speed-preset=ultrafast key-int-max={fps}{options} ! "
         f"{payloader} name=pay0 pt=96 config-interval=-1 )"
     )
 
