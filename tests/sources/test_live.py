@@ -355,6 +355,7 @@ def test_open_source_and_policies() -> None:
             LiveSource("rtsp://127.0.0.1/cam", **bad)  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_a_decoder_that_cannot_keep_up_skips_to_keyframes_and_lag_stays_bounded(
     rtsp_server: RtspTestServer,
 ) -> None:
