@@ -4,12 +4,12 @@
 
 Runs GStreamer's RTSP server (``torchstream.testing.RtspTestServer``; Debian packages in its
 docs) on 127.0.0.1 serving live test patterns (H.264 and HEVC, 320x240 at 25 fps), and a
-CPU pipeline (the toy detector in batches of 8) reading ``--streams`` LiveSources from it,
-half of each codec. At random moments (exponential, mean ``--restart-every-seconds``) the
-server is killed with SIGKILL and started again 0.5-3 s later. Every ``--sample-seconds``
-it prints frames out, drops, reconnects, lag p99 (worst source), RSS and OS thread count;
-the last row sums up. Healthy means: every stream reconnected after every restart, frames
-keep flowing, lag stays bounded, RSS and threads flat after warm-up.
+CPU pipeline (no stage, or with ``--detector`` the toy detector in batches of 8) reading
+``--streams`` LiveSources from it, half of each codec. At random moments (exponential, mean
+``--restart-every-seconds``) the server is killed with SIGKILL and started again 0.5-3 s
+later. Every ``--sample-seconds`` it prints frames out, drops, reconnects, lag p99 (worst
+source), RSS and OS thread count. Healthy means: every stream reconnected after every
+restart, frames keep flowing, lag stays bounded, RSS and threads flat after warm-up.
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ def main() -> None:
     parser.add_argument("--restart-every-seconds", type=float, default=40.0)
     parser.add_argument("--sample-seconds", type=float, default=20.0)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--detector", action="store_true",
+                        help="run the toy detector (CPU-heavy) instead of no stage")
     parser.add_argument("--record", action="store_true", help="append to RESULTS.md")
     args = parser.parse_args()
     missing = rtsp_server_missing()
@@ -68,10 +70,13 @@ def main() -> None:
             server.start()
             restarts += 1
 
-    detector = RectangleDetector(batch_policy=BatchPolicy(max_size=8, max_wait_seconds=0.01))
+    stages = (
+        [RectangleDetector(batch_policy=BatchPolicy(max_size=8, max_wait_seconds=0.01))]
+        if args.detector else []
+    )
     rows: list[str] = []
     started = time.monotonic()
-    with RtspTestServer() as server, Pipeline([detector]) as pipeline:
+    with RtspTestServer() as server, Pipeline(stages) as pipeline:
         for index in range(args.streams):
             mount = "/h264" if index % 2 == 0 else "/hevc"
             pipeline.add_source(LiveSource(
@@ -106,7 +111,8 @@ def main() -> None:
         f"({os.cpu_count()} cores) — {datetime.date.today().isoformat()}",
         "",
         f"{args.minutes} min, {args.streams} LiveSources (320x240 25 fps, H.264/HEVC, PyAV on "
-        f"the CPU) through the toy detector; server SIGKILLed every ~"
+        f"the CPU) through {'the toy detector' if args.detector else 'no stage'}; "
+        f"server SIGKILLed every ~"
         f"{args.restart_every_seconds:.0f} s (exponential; seed {seed}), down 0.5-3 s. "
         "Reconnects: fewest-most per source; lag: worst source's p99 (last 256 frames).",
         "",
