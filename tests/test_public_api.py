@@ -25,8 +25,8 @@ def test_top_level_names() -> None:
 
 def test_sub_namespaces() -> None:
     assert set(torchstream.sources.__all__) == {
-        "IMAGE_SUFFIXES", "LIVE_SCHEMES", "DecoderChoice", "ImageSource", "PushedSource",
-        "VideoSource", "open_source",
+        "IMAGE_SUFFIXES", "LIVE_SCHEMES", "DecoderChoice", "ImageSource", "LivePolicy",
+        "LiveSource", "PushedSource", "VideoSource", "is_live", "open_source",
     }
     assert set(torchstream.codecs.__all__) == {
         "EncodedPacket", "VideoEncoder", "decode_image", "demux_packets"
@@ -45,10 +45,13 @@ def test_errors_share_one_base() -> None:
 
 def test_plugins_satisfy_their_protocols() -> None:
     from torchstream.sinks import CallbackSink, JsonLinesSink, VideoSink
-    from torchstream.sources import ImageSource, VideoSource
+    from torchstream.sources import ImageSource, LiveSource, VideoSource
     from torchstream.testing import RectangleDetector, SyntheticSource
 
-    for source in (VideoSource("a.mp4"), ImageSource("a.png"), SyntheticSource("s", frames=1)):
+    for source in (
+        VideoSource("a.mp4"), ImageSource("a.png"), SyntheticSource("s", frames=1),
+        LiveSource("rtsp://127.0.0.1/cam"),
+    ):
         assert isinstance(source, torchstream.Source)
     for sink in (CallbackSink(print), JsonLinesSink("-"), VideoSink("/tmp/x.mp4")):
         assert isinstance(sink, torchstream.Sink)

@@ -24,9 +24,13 @@ class Source(Protocol):
     ends, fails or is stopped (it stops a source between two frames).
 
     Optional: ``prepare(device: torch.device)``, called before ``open`` with the pipeline's
-    device, so a source can decode where the stages run (NVDEC, nvJPEG). A source that
-    decodes on the GPU sets ``frame.__dict__["_ready"]`` to a CUDA event recorded after the
-    picture is complete; stages and sinks wait on it on their own streams.
+    device, so a source can decode where the stages run (NVDEC, nvJPEG). ``stop()``, called
+    from another thread when the pipeline removes the source or closes: ``frames()`` should
+    end soon even if it is waiting for input (a camera reconnecting); it must be idempotent.
+    A source that decodes on the GPU sets ``frame.__dict__["_ready"]`` to a CUDA event
+    recorded after the picture is complete; stages and sinks wait on it on their own streams.
+    A source may set ``frame.__dict__["_t_received"]`` (``time.monotonic()`` when its data
+    arrived): the pipeline's per-source lag is measured from it (else from entering).
     """
 
     source_id: str

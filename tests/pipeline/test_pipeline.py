@@ -269,6 +269,71 @@ def test_closing_stops_running_sources_and_accounts_for_everything() -> None:
     pipeline.close()  # idempotent
 
 
+class Waiting:
+    """A source blocked waiting for input (a camera reconnecting) until ``stop()``."""
+
+    policy = "latest"
+
+    def __init__(self, source_id: str) -> None:
+        self.source_id = source_id
+        self.stopped = threading.Event()
+        self.closed = False
+
+    def open(self) -> None:
+        pass
+
+    def frames(self):  # type: ignore[no-untyped-def]
+        self.stopped.wait()
+        return iter(())
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_remove_source_ends_its_session_while_others_run() -> None:
+    stage = Recorder()
+    ended: list[Session] = []
+    results: list[Frame] = []
+    sink = CallbackSink(results.append, on_session_end=ended.append)
+    waiting = Waiting("waiting")
+    with Pipeline([stage], [sink]) as pipeline:
+        pipeline.add_source(SyntheticSource("keep", frames=10**6, interval_seconds=0.005))
+        pipeline.add_source(SyntheticSource("gone", frames=10**6, interval_seconds=0.005))
+        pipeline.add_source(waiting)
+        assert set(pipeline.sources()) == {"keep", "gone", "waiting"}
+        time.sleep(0.1)
+        assert pipeline.remove_source("gone", timeout_seconds=5)
+        assert pipeline.remove_source("waiting", timeout_seconds=5)  # interrupted by stop()
+        assert waiting.closed
+        assert pipeline.sources() == ["keep"]
+        assert pipeline.remove_source("gone")  # idempotent
+        with pytest.raises(KeyError, match=r"no source 'nope'.*'keep'"):
+            pipeline.remove_source("nope")
+        gone_out = pipeline.statistics().sources["gone"].frames_out
+        time.sleep(0.1)
+        stats = pipeline.statistics()
+        assert stats.sources["gone"].frames_out == gone_out  # nothing after its end
+        assert stats.sources["keep"].running and stats.sources["keep"].frames_out > 20
+        assert stats.sources["keep"].lag_seconds_p50 is not None
+        assert stats.sources["keep"].lag_seconds_p99 >= stats.sources["keep"].lag_seconds_p50
+        assert stats.sources["keep"].live is None
+        # The removed ids' ends reached the stage and the sinks, after their last frames.
+        assert sorted((s.source_id, s.end_reason) for s in ended) == [
+            ("gone", "closed"), ("waiting", "closed")
+        ]
+        gone = [f.seq for f in results if f.source_id == "gone"]
+        assert gone == list(range(len(gone)))
+        assert stage.events.index(("end", "gone", len(gone))) > stage.events.index(
+            ("frame", "gone", gone[-1])
+        )
+        # The id may come back: a new session.
+        pipeline.add_source(SyntheticSource("gone", frames=3))
+        assert pipeline.wait(timeout_seconds=0.01) is False
+
+
 def test_a_pipeline_without_stages_hands_frames_to_the_sinks() -> None:
     results, ended, pipeline = run([], [SyntheticSource("a", frames=5)])
     assert [f.seq for f in results] == list(range(5)) and len(ended) == 1

@@ -83,7 +83,11 @@ def test_open_source_picks_the_kind(tmp_path: Path) -> None:
     assert type(open_source(tmp_path / "*.jpg")).__name__ == "ImageSource"
     assert type(open_source(tmp_path / "a.png")).__name__ == "ImageSource"
     assert type(open_source(tmp_path / "a.mp4")).__name__ == "VideoSource"
-    assert type(open_source("rtsp://127.0.0.1/x")).__name__ == "VideoSource"
+    assert type(open_source("rtsp://127.0.0.1/x")).__name__ == "LiveSource"
+    assert type(open_source("/dev/video0")).__name__ == "LiveSource"
+    assert type(open_source("https://cdn.example/live/index.m3u8")).__name__ == "LiveSource"
+    assert type(open_source("https://example.com/clip.mp4")).__name__ == "VideoSource"
+    assert type(open_source("https://example.com/mjpeg", live=True)).__name__ == "LiveSource"
 
 
 def test_frames_without_open_opens(lossless_file: Path) -> None:

@@ -6,6 +6,7 @@ from torchstream.pipeline._model_stage import Crop, ModelStage, to_host
 from torchstream.pipeline._pipeline import Pipeline
 from torchstream.pipeline._session import EndReason, Session
 from torchstream.pipeline._statistics import (
+    LiveStatistics,
     PipelineHealth,
     PipelineStatistics,
     SinkStatistics,
@@ -24,6 +25,7 @@ __all__ = [
     "EndOfChannel",
     "EndReason",
     "FrameTracer",
+    "LiveStatistics",
     "ModelStage",
     "Pipeline",
     "PipelineHealth",

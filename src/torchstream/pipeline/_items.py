@@ -16,6 +16,7 @@ from torchstream.pipeline._statistics import BATCH_SECONDS_BUCKETS
 __all__ = [
     "_BURST",
     "_KEEP_FINISHED",
+    "_LAGS",
     "_Item",
     "_SessionEnd",
     "_SourceState",
@@ -39,6 +40,9 @@ _KEEP_FINISHED = 256
 _BURST = 256
 """Most items a consumer thread takes from its channel at once."""
 
+_LAGS = 256
+"""Recent frames per source whose lag (received → handed to the sinks) a pipeline keeps."""
+
 
 def _droppable(item: _Item) -> bool:
     return isinstance(item, Frame)
@@ -56,6 +60,9 @@ class _SourceState:
     running: bool = True
     stop: bool = False
     ends_delivered: int = 0
+    lags: collections.deque[float] = field(
+        default_factory=lambda: collections.deque(maxlen=_LAGS)
+    )
     first_frame_seconds: float | None = None
     last_frame_seconds: float | None = None
     last_activity_seconds: float = field(default_factory=time.monotonic)

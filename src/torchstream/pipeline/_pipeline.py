@@ -27,7 +27,7 @@ from torchstream.pipeline._items import (
     _SourceState,
     _StageCounters,
 )
-from torchstream.pipeline._sourcing import _Sourcing
+from torchstream.pipeline._sourcing import _interrupt, _Sourcing
 from torchstream.pipeline._statistics import (
     PipelineHealth,
     PipelineStatistics,
@@ -184,6 +184,8 @@ class Pipeline(_Sourcing, _Workers):
                 state.stop = True
             self._changed.notify_all()
         for state in states:
+            _interrupt(state.source)
+        for state in states:
             if state.thread is not None:
                 state.thread.join()
         self._ingress.close()
@@ -226,7 +228,11 @@ class Pipeline(_Sourcing, _Workers):
 
 
     # -- threads -----------------------------------------------------------------------------
-    def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> threading.Thread:
+    def _spawn(
+        self, name: str, target: Callable[..., None], *args: Any, owned: bool = True
+    ) -> threading.Thread:
+        """Start a runtime thread. ``owned``: joined by ``close`` (source threads are not
+        kept here: their states are, so sources coming and going do not grow this list)."""
         def guarded() -> None:
             try:
                 target(*args)
@@ -240,7 +246,8 @@ class Pipeline(_Sourcing, _Workers):
                     channel.close()
 
         thread = threading.Thread(target=guarded, name=name, daemon=True)
-        self._threads.append(thread)
+        if owned:
+            self._threads.append(thread)
         thread.start()
         return thread
 
@@ -260,10 +267,12 @@ class Pipeline(_Sourcing, _Workers):
                 self._frames_out += 1
                 session = item.session
                 state = self._sources.get(session.source_id) if session is not None else None
+                entered = item.__dict__.get("_t_in", now)
                 if state is not None:
                     state.frames_out += 1
                     state.last_frame_seconds = now
-                self._latencies.append(now - item.__dict__.get("_t_in", now))
+                    state.lags.append(now - item.__dict__.get("_t_received", entered))
+                self._latencies.append(now - entered)
         if self._tracer is not None:
             for item in items:
                 if isinstance(item, Frame):
@@ -328,6 +337,9 @@ class Pipeline(_Sourcing, _Workers):
                     decoder=getattr(s.source, "decoder_used", None),
                     first_frame_seconds=s.first_frame_seconds,
                     last_frame_seconds=s.last_frame_seconds,
+                    lag_seconds_p50=_rank(lags := sorted(s.lags), 0.50),
+                    lag_seconds_p99=_rank(lags, 0.99),
+                    live=live() if (live := getattr(s.source, "live_statistics", None)) else None,
                 )
                 for sid, s in self._sources.items()
             }
@@ -375,6 +387,13 @@ class Pipeline(_Sourcing, _Workers):
             latency_seconds_p50=_percentile(latencies, 0.50),
             latency_seconds_p95=_percentile(latencies, 0.95),
         )
+
+
+def _rank(ordered: list[float], q: float) -> float | None:
+    """The ``q`` quantile of ``ordered`` by nearest rank (cheap: no interpolation)."""
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def _percentile(ordered: list[float], q: float) -> float:

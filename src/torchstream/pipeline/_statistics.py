@@ -9,6 +9,7 @@ from torchstream.pipeline._channel import ChannelStatistics
 
 __all__ = [
     "BATCH_SECONDS_BUCKETS",
+    "LiveStatistics",
     "PipelineHealth",
     "PipelineStatistics",
     "SinkStatistics",
@@ -19,6 +20,28 @@ __all__ = [
 
 BATCH_SECONDS_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 """Upper bounds (seconds) of the stage batch-time histogram; a last bucket holds the rest."""
+
+
+@dataclass(frozen=True)
+class LiveStatistics:
+    """The connection of a live source (camera, RTSP/RTMP/HTTP stream): see
+    :class:`~torchstream.sources.LiveSource`."""
+
+    uri: str
+    """The input, with any password in it replaced by ``***``."""
+    connected: bool
+    """Packets are arriving now (False while connecting, after an outage, between retries)."""
+    reconnects: int
+    """Outages recovered from: frames flowed again after the input was lost."""
+    failed_attempts: int
+    """Connection attempts that failed (unreachable, refused, timed out), in total."""
+    frames_skipped: int
+    """Packets not decoded to catch up with a stream the source could not keep up with
+    (``latest`` policy: decoding resumes at the next keyframe)."""
+    last_gap_seconds: float | None
+    """Time between the last frame before the latest outage and the first one after it."""
+    last_error: str | None
+    """Why the input was last lost or could not be reached (names the URL)."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +59,13 @@ class SourceStatistics:
     first_frame_seconds: float | None
     """Monotonic time of the first frame in; with ``last_frame_seconds`` gives the fps."""
     last_frame_seconds: float | None
+    lag_seconds_p50: float | None = None
+    lag_seconds_p99: float | None = None
+    """How long frames took from being received (live sources: their packet read from the
+    network; others: entering the pipeline) to being handed to the sinks, over the last 256
+    frames of this source."""
+    live: LiveStatistics | None = None
+    """The connection of a live source; None for files, images and pushed sources."""
 
     @property
     def dropped_total(self) -> int:

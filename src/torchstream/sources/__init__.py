@@ -7,6 +7,7 @@ from pathlib import Path
 
 from torchstream.pipeline._channel import Policy
 from torchstream.sources._images import IMAGE_SUFFIXES, ImageSource
+from torchstream.sources._live import LivePolicy, LiveSource, is_live
 from torchstream.sources._pushed import PushedSource
 from torchstream.sources._video import (
     LIVE_SCHEMES,
@@ -20,8 +21,11 @@ __all__ = [
     "LIVE_SCHEMES",
     "DecoderChoice",
     "ImageSource",
+    "LivePolicy",
+    "LiveSource",
     "PushedSource",
     "VideoSource",
+    "is_live",
     "open_source",
 ]
 
@@ -32,12 +36,22 @@ def open_source(
     source_id: str | None = None,
     policy: Policy | None = None,
     decoder: DecoderChoice = "auto",
-) -> VideoSource | ImageSource:
+    live: bool | None = None,
+) -> VideoSource | ImageSource | LiveSource:
     """The right source for ``uri``: an image directory, glob or file → :class:`ImageSource`;
-    anything else (video file, URL, device) → :class:`VideoSource`."""
+    a live input (``live=True``, or by default what :func:`is_live` says: a camera device,
+    an RTSP/RTMP/UDP/TCP/SRT URL, an HLS playlist) → :class:`LiveSource`, which reconnects
+    after outages and never ends by itself; anything else (a video file, an HTTP URL of a
+    file) → :class:`VideoSource`. ``policy`` is the runtime's: ``block`` makes a live source
+    process every frame (``LiveSource(policy="every")``), ``latest`` keeps the newest."""
     text = str(uri)
     path = Path(text)
     is_url = "://" in text
+    if live or (live is None and is_live(text)):
+        return LiveSource(
+            text, source_id=source_id, decoder=decoder,
+            policy="every" if policy == "block" else "latest",
+        )
     if not is_url and (
         path.is_dir() or glob.has_magic(text) or path.suffix.lower() in IMAGE_SUFFIXES
     ):

@@ -281,6 +281,11 @@ class PushedSource:
         finally:
             self._release_video()
 
+    def stop(self) -> None:
+        """Called by the pipeline from another thread (``remove_source``, ``close``): what
+        is queued is discarded and the stream ends, like ``close``."""
+        self.close()
+
     def close(self) -> None:
         with self._changed:
             self._closed = True

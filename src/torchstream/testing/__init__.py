@@ -1,5 +1,6 @@
-"""Test helpers shipped with torchstream: synthetic sources and videos with known content, and a
-toy detector that finds them exactly. Use them to test your own stages, sinks and sources.
+"""Test helpers shipped with torchstream: synthetic sources and videos with known content, a
+toy detector that finds them exactly, and real RTSP servers (GStreamer's, and a silent one)
+to test live inputs against. Use them to test your own stages, sinks and sources.
 
 >>> from torchstream.testing import SyntheticVideo
 >>> video = SyntheticVideo(width=320, height=240)
@@ -24,13 +25,18 @@ from torchstream.pipeline._model_stage import Crop, ModelStage
 
 __all__ = [
     "COLOURS",
+    "RTSP_SERVER_PACKAGES",
     "ConformanceError",
     "MovingRect",
     "RectangleDetector",
+    "RtspTestServer",
+    "SilentTcpServer",
     "SyntheticSource",
     "SyntheticVideo",
     "check_sink",
     "check_source",
+    "loop_clip",
+    "rtsp_server_missing",
     "write_video",
 ]
 
@@ -275,4 +281,11 @@ from torchstream.testing._conformance import (  # noqa: E402 - uses the classes 
     ConformanceError,
     check_sink,
     check_source,
+)
+from torchstream.testing._rtsp import (  # noqa: E402 - grouped with the other test servers
+    RTSP_SERVER_PACKAGES,
+    RtspTestServer,
+    SilentTcpServer,
+    loop_clip,
+    rtsp_server_missing,
 )
