@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
+import time
 from typing import Any
 
 import click
@@ -211,6 +213,34 @@ def serve(
         sys.exit(1)
     if not server.started:
         sys.exit(1)  # uvicorn said why (a port in use, say)
+
+
+class ControlServer:
+    """``run --control-port``: the sources API of a running pipeline, served by uvicorn on
+    its own thread (``ts/control``)."""
+
+    def __init__(self, pipeline: Any, *, host: str, port: int, api_key_file: str | None):
+        http, uvicorn = _http()
+        keys: tuple[str, ...] = ()
+        if api_key_file:
+            try:
+                keys = http.read_api_keys(api_key_file)
+            except (OSError, ValueError) as exc:
+                raise click.BadParameter(str(exc), param_hint="--api-key-file") from None
+        app = http.create_control_app(pipeline, api_keys=keys)
+        config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="ts/control", daemon=True)
+        self._thread.start()
+        while not self._server.started:
+            if not self._thread.is_alive():
+                raise click.UsageError(f"cannot serve the control API on {host}:{port}")
+            time.sleep(0.01)  # uvicorn offers no event for "listening"
+        self.port: int = self._server.servers[0].sockets[0].getsockname()[1]
+
+    def close(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(30)
 
 
 def register(group: click.Group) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -104,6 +106,13 @@ def _table(stats: PipelineStatistics, elapsed: float, final: bool = False) -> Ta
               help="Address the metrics endpoint binds to (0.0.0.0 for a remote Prometheus).")
 @click.option("--metrics-source-labels/--no-metrics-source-labels", default=True,
               show_default=True, help="Per-source metric labels (off for thousands of sources).")
+@click.option("--control-port", type=click.IntRange(min=0, max=65535), default=None,
+              help="Serve the sources API (GET/PUT/DELETE /v1/sources/{id}) on this port and "
+                   "run until SIGINT/SIGTERM, even with no input (needs torchstream[http]).")
+@click.option("--control-address", default="127.0.0.1", show_default=True,
+              help="Address the control API binds to.")
+@click.option("--api-key-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Control API: require Authorization: Bearer <key> (one key per line).")
 @click.option(
     "--help", "show_help", is_flag=True, help="Show this message and the pipeline's options."
 )
@@ -127,12 +136,17 @@ def run(
     metrics_port: int | None,
     metrics_address: str,
     metrics_source_labels: bool,
+    control_port: int | None,
+    control_address: str,
+    api_key_file: str | None,
     show_help: bool,
 ) -> None:
     """Run PIPELINE (a bundled sample such as `faces`, or a .py file) over the inputs.
 
     Pipeline-specific options (listed by `torchstream run PIPELINE --help`) go after the
-    pipeline name. Exit code 1 if any input failed; the others are still processed.
+    pipeline name. Exit code 1 if any input failed; the others are still processed. With
+    --control-port, sources can be added and removed over HTTP while it runs, and it runs
+    until interrupted.
     """
     module = load_pipeline(pipeline_name)
     if show_help:
@@ -140,8 +154,8 @@ def run(
         click.echo(f"\nOptions of pipeline {pipeline_name!r}:\n{_options_help(module)}")
         return
     options = parse_options(module, ctx.args)
-    if not inputs:
-        raise click.UsageError("give at least one --input")
+    if not inputs and control_port is None:
+        raise click.UsageError("give at least one --input (or --control-port)")
     config = RunConfig(
         device=_device(device),
         batch_policy=BatchPolicy(max_size=batch_size, max_wait_seconds=max_wait_ms / 1000),
@@ -186,18 +200,38 @@ def run(
                     f"cannot serve metrics on {metrics_address}:{metrics_port}: {exc}"
                 ) from exc
             _console.print(f"metrics: http://{metrics_address}:{metrics.port}/metrics")
+        control = None
+        if control_port is not None:
+            from torchstream._cli_serve import ControlServer
+
+            control = ControlServer(pipeline, host=control_address, port=control_port,
+                                    api_key_file=api_key_file)
+            _console.print(f"sources API: http://{control_address}:{control.port}/v1/sources")
         for source in sources:
             pipeline.add_source(source)
+        # Without a control API the run ends with its inputs; with one, at SIGINT/SIGTERM.
+        stop = threading.Event()
+        previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+        def done(timeout: float | None) -> bool:
+            if control is None:
+                return pipeline.wait(timeout_seconds=timeout) or stop.is_set()
+            return stop.wait(timeout)
+
         try:
             if live is None:
-                pipeline.wait()
+                while not done(1.0):
+                    pass
             else:
                 with live:
-                    while not pipeline.wait(timeout_seconds=0.25):
+                    while not done(0.25):
                         live.update(_table(pipeline.statistics(), time.monotonic() - started))
         except KeyboardInterrupt:
             interrupted = True
         finally:
+            signal.signal(signal.SIGTERM, previous_handler)
+            if control is not None:
+                control.close()
             if metrics is not None:
                 metrics.close()
     if provider is not None:

@@ -9,7 +9,8 @@ import pytest
 
 PUBLIC = {
     "Admission", "AdmissionStatistics", "Backend", "InProcessBackend", "ModuleBackend",
-    "Outcome", "RequestFailed", "ServeConfig", "create_app", "read_api_keys",
+    "Outcome", "RequestFailed", "ServeConfig", "SourceRequest", "create_app",
+    "create_control_app", "read_api_keys",
 }
 
 

@@ -14,6 +14,7 @@ from torchstream.http._admission import Admission, AdmissionStatistics
 from torchstream.http._app import create_app
 from torchstream.http._backend import Backend, InProcessBackend, Outcome, RequestFailed
 from torchstream.http._config import ServeConfig, read_api_keys
+from torchstream.http._control import SourceRequest, create_control_app
 from torchstream.http._module_backend import ModuleBackend
 
 __all__ = [
@@ -25,6 +26,8 @@ __all__ = [
     "Outcome",
     "RequestFailed",
     "ServeConfig",
+    "SourceRequest",
     "create_app",
+    "create_control_app",
     "read_api_keys",
 ]

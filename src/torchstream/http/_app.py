@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hmac
 import json
 import logging
 import re
@@ -16,13 +15,13 @@ from typing import Any
 import msgspec
 from fastapi import Depends, FastAPI, Query, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from torchstream.client._trace import check_traceparent, new_traceparent, trace_id_of
 from torchstream.frame import ObjectMeta
 from torchstream.http import _schemas as schemas
 from torchstream.http._admission import Admission
+from torchstream.http._auth import Keys
 from torchstream.http._backend import Backend, Outcome, RequestFailed
 from torchstream.http._config import ServeConfig
 from torchstream.http._images import ImageRejected, check_image, image_from_request
@@ -129,7 +128,7 @@ class _Server:
         self.streams: dict[str, _Stream] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.start_error: BaseException | None = None
-        self._keys = [key.encode() for key in config.api_keys]
+        self.keys = Keys(config.api_keys)
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -144,17 +143,6 @@ class _Server:
                 self._on_start_failure(exc)
 
     # -- gates --------------------------------------------------------------------------
-    def key_ok(self, key: str | None) -> bool:
-        if not self._keys:
-            return True
-        if not key:
-            return False
-        given = key.encode()
-        found = False
-        for known in self._keys:  # every key compared: timing says nothing about which
-            found |= hmac.compare_digest(given, known)
-        return found
-
     def check_ready(self) -> None:
         health = self.backend.health()
         if not health.ready:
@@ -240,6 +228,13 @@ class _Server:
             self.admission.leave(served=served)
 
 
+def _unauthorized() -> Problem:
+    return Problem(
+        401, "missing or wrong API key: send Authorization: Bearer <key>",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
 def _traceparent(value: str | None) -> str:
     """The request's W3C traceparent when valid (W3C: an invalid one is ignored), else a new
     one (the active OpenTelemetry span's when there is one)."""
@@ -305,21 +300,7 @@ def create_app(
     async def problem(request: Request, exc: Problem) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
-    bearer = HTTPBearer(
-        auto_error=False,
-        description="API key (`Authorization: Bearer <key>`), when the server has keys.",
-    )
-
-    async def authorized(
-        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
-    ) -> None:
-        if not server.key_ok(credentials.credentials if credentials else None):
-            raise Problem(
-                401, "missing or wrong API key: send Authorization: Bearer <key>",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-
-    secured = [Depends(authorized)]
+    secured = [Depends(server.keys.dependency(_unauthorized))]
     deadline_query = Query(
         None, gt=0, description="Seconds to wait for the result (at most the server's "
         "deadline, which is also the default).",
@@ -495,7 +476,7 @@ async def _stream(server: _Server, websocket: WebSocket) -> None:
     """``WS /v1/stream?source_id=…``: the frames of one session in, their results out, in
     order. See the README for the message format."""
     source_id = websocket.query_params.get("source_id", "")
-    if not server.key_ok(_bearer(websocket.headers.get("authorization"))):
+    if not server.keys.accept_header(websocket.headers.get("authorization")):
         await websocket.close(code=1008, reason="missing or wrong API key")
         return
     # Refusals after the handshake, so that the client gets the close code and reason.
@@ -533,13 +514,6 @@ class _Stream:
     def __init__(self) -> None:
         self.connected = True
         self.finished = asyncio.Event()
-
-
-def _bearer(header: str | None) -> str | None:
-    if not header:
-        return None
-    scheme, _, key = header.partition(" ")
-    return key.strip() if scheme.lower() == "bearer" else None
 
 
 _Pending = tuple[int, "asyncio.Future[Outcome] | Problem", float, float, str]
