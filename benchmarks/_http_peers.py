@@ -3,7 +3,7 @@
 answers ``{"top5": [[class_index, probability], ...]}``.
 
     python benchmarks/_http_peers.py fastapi|litserve|trivial --port P [--device cpu|cuda]
-        [--half] [--max-batch-size N] [--batch-timeout-seconds S] [--workers W]
+        [--half] [--max-batch-size N] [--batch-timeout-seconds S] [--workers W] [--fast-queue]
 
 - ``fastapi``: the usual approach. A plain FastAPI app on uvicorn whose synchronous endpoint
   decodes, preprocesses and runs the model on one image (batch 1); FastAPI runs it in its
@@ -144,7 +144,7 @@ def serve_litserve(args: argparse.Namespace) -> None:
     )
     server = ls.LitServer(
         api, accelerator="cuda" if args.device.startswith("cuda") else "cpu",
-        devices=1, workers_per_device=args.workers,
+        devices=1, workers_per_device=args.workers, fast_queue=args.fast_queue,
     )
     server.run(
         host=args.host, port=args.port, generate_client_file=False, log_level="warning",
@@ -162,6 +162,8 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=8, help="litserve only")
     parser.add_argument("--batch-timeout-seconds", type=float, default=0.01, help="litserve only")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--fast-queue", action="store_true",
+                        help="litserve only: ZeroMQ instead of multiprocessing queues")
     args = parser.parse_args()
     if args.workers < 1 or args.max_batch_size < 1 or args.batch_timeout_seconds < 0:
         parser.error("--workers and --max-batch-size must be >= 1, --batch-timeout-seconds >= 0")
@@ -170,8 +172,8 @@ def main() -> None:
     if args.server == "litserve":
         serve_litserve(args)
     elif args.server == "trivial":
-        uvicorn.run(trivial_app(), host=args.host, port=args.port, log_level="warning",
-                    access_log=False)
+        uvicorn.run("_http_peers:trivial_app", factory=True, workers=args.workers,
+                    host=args.host, port=args.port, log_level="warning", access_log=False)
     elif args.workers == 1:
         uvicorn.run(fastapi_app(args.device, args.half), host=args.host, port=args.port,
                     log_level="warning", access_log=False)
