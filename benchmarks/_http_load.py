@@ -75,14 +75,14 @@ class Generator:
 
 
 class LoadGenerator:
-    """Generator processes started once (spawned, pinned, given the images), then driven
-    phase after phase: ``with LoadGenerator(images, generator) as load: load.run(url,
-    phase)``. Leaving the block stops them."""
+    """Generator processes started once (spawned and pinned), then driven phase after phase:
+    ``with LoadGenerator(generator) as load: load.run(url, phase, images)``. Entering does
+    not wait for them to be up (they import while the caller prepares); leaving stops them."""
 
-    def __init__(self, images: Sequence[bytes], generator: Generator) -> None:
-        self._images = list(images)
+    def __init__(self, generator: Generator) -> None:
         self._generator = generator
         self._workers: list[tuple[Any, Any]] = []
+        self._ready = False
 
     def __enter__(self) -> LoadGenerator:
         ctx = mp.get_context("spawn")
@@ -91,15 +91,11 @@ class LoadGenerator:
                 ours, theirs = ctx.Pipe()
                 process = ctx.Process(
                     target=_serve,
-                    args=(theirs, self._images, index, self._generator),
+                    args=(theirs, index, self._generator),
                     name=f"http-load-{index}",
                 )
                 process.start()
                 self._workers.append((process, ours))
-            for _, pipe in self._workers:
-                if not pipe.poll(120):
-                    raise RuntimeError("a load generator process did not start")
-                pipe.recv()
         except BaseException:
             self.__exit__()
             raise
@@ -116,11 +112,19 @@ class LoadGenerator:
                 process.join()
         self._workers = []
 
-    def run(self, url: str, phase: Phase) -> dict:
-        """Run ``phase`` against ``url``; returns its summary (:func:`summarise`)."""
+    def run(self, url: str, phase: Phase, images: Sequence[bytes]) -> dict:
+        """Run ``phase`` against ``url``, the requests' bodies cycling through ``images``;
+        returns its summary (:func:`summarise`)."""
+        if not self._ready:
+            for process, pipe in self._workers:
+                if not pipe.poll(120):
+                    raise RuntimeError(f"load generator {process.name} did not start")
+                pipe.recv()
+            self._ready = True
+        bodies = list(images)
         start = time.monotonic() + _START_DELAY_SECONDS
         for _, pipe in self._workers:
-            pipe.send((url, phase, start))
+            pipe.send((url, phase, bodies, start))
         wait_seconds = _START_DELAY_SECONDS + phase.duration_seconds + phase.timeout_seconds + 60
         parts = []
         for process, pipe in self._workers:
@@ -130,8 +134,9 @@ class LoadGenerator:
         return summarise(phase, parts)
 
 
-def _serve(pipe: Any, images: list[bytes], index: int, generator: Generator) -> None:
-    """One generator process: runs each ``(url, phase, start)`` it receives, until None."""
+def _serve(pipe: Any, index: int, generator: Generator) -> None:
+    """One generator process: runs each ``(url, phase, images, start)`` it receives, until
+    None."""
     if generator.cpus:
         os.sched_setaffinity(0, {generator.cpus[index % len(generator.cpus)]})
     try:
@@ -142,7 +147,7 @@ def _serve(pipe: Any, images: list[bytes], index: int, generator: Generator) -> 
         run = asyncio.run
     pipe.send("ready")
     while (job := pipe.recv()) is not None:
-        url, phase, start = job
+        url, phase, images, start = job
         pipe.send(run(_drive(url, phase, images, index, generator, start)))
 
 
