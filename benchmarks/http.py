@@ -8,7 +8,7 @@ LitServe with dynamic batching, all running the same model and preprocessing
 
 Each server runs as its own process on 127.0.0.1 (a free port), is probed once per image
 (which also warms it up and checks the servers agree on the answers), then loaded from
-separate generator processes (``_http_load.py``: asyncio + httpx) in phases:
+separate generator processes (``_http_load.py``: asyncio, raw HTTP/1.1 or httpx) in phases:
 
 1. capacity: a closed loop of ``--clients-per-batch`` x max batch size clients for
    ``--capacity-seconds``: the 200 answers per second it completes are the server's capacity;
@@ -46,6 +46,7 @@ import importlib.util  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
+import resource  # noqa: E402
 import shlex  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
@@ -101,8 +102,8 @@ def torchstream_server(port: int, settings: Settings) -> ServerSpec:
 
     Expects ``torchstream serve PIPELINE`` to take ``torchstream run``'s batching flags, answer
     ``GET /readyz`` with 200 once it accepts work, and answer ``POST /v1/infer`` (raw JPEG
-    body) with 200 and a JSON object holding the frame's ``top5`` attribute (anywhere: the
-    generator only checks the status; see ``_http_load._good_body``), or 429/503 when full.
+    body) with 200 and a JSON object holding the frame's ``top5`` attribute (at any depth: see
+    ``_http_load.find_top5``), or 429/503 at once when it is full.
     """
     argv = [
         sys.executable, "-m", "torchstream.cli", "serve", "benchmarks/_http_model.py",
@@ -244,10 +245,18 @@ def make_images(video: Path, count: int) -> list[bytes]:
     """``count`` JPEGs of evenly spaced frames, sizes cycling through :data:`SIZES`; each
     frame is cropped to the target's aspect ratio (centred), then resized."""
     with av.open(str(video)) as container:
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        total = sum(1 for packet in container.demux(video=0) if packet.size)
+    wanted = {(i * total) // count: i for i in range(count)}
+    pictures = {}
+    with av.open(str(video)) as container:
+        for index, frame in enumerate(container.decode(video=0)):
+            if index in wanted:
+                pictures[wanted[index]] = frame.to_ndarray(format="rgb24")
+    if len(pictures) < count:
+        raise ValueError(f"{video}: {len(pictures)} pictures decoded, {count} wanted")
     images = []
     for i in range(count):
-        picture = frames[(i * len(frames)) // count]
+        picture = pictures[i]
         width, height = SIZES[i % len(SIZES)]
         rows, columns = picture.shape[:2]
         if columns * height > rows * width:  # too wide: crop the sides
@@ -397,14 +406,14 @@ def main() -> None:
     parser.add_argument("--video", type=Path, default=None, help="clip the JPEGs come from")
     parser.add_argument("--images", type=int, default=12, help="distinct JPEGs (sizes mixed)")
     parser.add_argument("--clients-per-batch", type=int, default=None,
-                        help="capacity phase: clients = this x max batch size (3; 2 with --quick)")
-    parser.add_argument("--capacity-seconds", type=float, default=15.0)
-    parser.add_argument("--steady-seconds", type=float, default=20.0)
+                        help="capacity phase: clients = this x max batch size: 3 (quick: 2)")
+    parser.add_argument("--capacity-seconds", type=float, default=None, help="15 (quick: 5)")
+    parser.add_argument("--steady-seconds", type=float, default=None, help="20 (quick: 3)")
     parser.add_argument("--steady-levels", type=float, nargs="+", default=[0.5, 0.8, 1.0])
-    parser.add_argument("--burst-seconds", type=float, default=10.0)
+    parser.add_argument("--burst-seconds", type=float, default=None, help="10 (quick: 3)")
     parser.add_argument("--burst-factor", type=float, default=10.0)
     parser.add_argument("--timeout", type=float, default=None,
-                        help="per-request client timeout in seconds (30; 5 with --quick)")
+                        help="per-request client timeout in seconds: 30 (quick: 5)")
     parser.add_argument("--client-cpus", type=int, default=None,
                         help="cores (and processes) of the load generator")
     parser.add_argument("--client", choices=["raw", "httpx"], default="raw",
@@ -414,7 +423,7 @@ def main() -> None:
     parser.add_argument("--ready-seconds", type=float, default=300.0,
                         help="how long a server may take to start")
     parser.add_argument("--quick", action="store_true",
-                        help="tiny phases: capacity 5 s, steady 3 s, burst 3 s, timeout 5 s")
+                        help="short phases and timeout (about 2 minutes for two servers)")
     parser.add_argument("--json", type=Path, default=None, help="write every number here")
     parser.add_argument("--record", action="store_true", help="append the table to RESULTS.md")
     args = parser.parse_args()
@@ -427,20 +436,17 @@ def main() -> None:
         args.clients_per_batch = 2 if args.quick else 3
     if min(args.max_batch_size, args.workers, args.images, args.clients_per_batch) < 1:
         parser.error("--max-batch-size, --workers, --images, --clients-per-batch must be >= 1")
-    if args.quick:
-        args.capacity_seconds, args.steady_seconds = 5.0, 3.0
-        args.burst_seconds = min(args.burst_seconds, 3.0)
-    timeout = args.timeout or (5.0 if args.quick else 30.0)
+    quick = args.quick
     plan = Plan(
-        warmup_seconds=2.0 if args.quick else 5.0,
-        capacity_seconds=args.capacity_seconds,
-        steady_seconds=args.steady_seconds,
+        warmup_seconds=2.0 if quick else 5.0,
+        capacity_seconds=args.capacity_seconds or (5.0 if quick else 15.0),
+        steady_seconds=args.steady_seconds or (3.0 if quick else 20.0),
         steady_levels=tuple(args.steady_levels),
-        burst_seconds=args.burst_seconds,
+        burst_seconds=args.burst_seconds or (3.0 if quick else 10.0),
         burst_factor=args.burst_factor,
         clients=args.clients_per_batch * args.max_batch_size,
-        timeout_seconds=timeout,
-        pause_seconds=0.5 if args.quick else 2.0,
+        timeout_seconds=args.timeout or (5.0 if quick else 30.0),
+        pause_seconds=0.5 if quick else 2.0,
     )
     settings = Settings(
         device=args.device,
@@ -453,13 +459,27 @@ def main() -> None:
     video = args.video or default_video()
     if video is None or not video.is_file():
         parser.error("no sample clip found: give --video PATH (any video FFmpeg reads)")
-    run(args, names, plan, settings, video)
+    try:
+        cpus = split_cpus(args.client_cpus)
+    except ValueError as exc:
+        parser.error(str(exc))
+    # Thousands of connections on both sides: the default soft limit is often 1024.
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        limit = 65536 if hard == resource.RLIM_INFINITY else hard
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    run(args, names, plan, settings, video, cpus)
 
 
 def run(
-    args: argparse.Namespace, names: list[str], plan: Plan, settings: Settings, video: Path
+    args: argparse.Namespace,
+    names: list[str],
+    plan: Plan,
+    settings: Settings,
+    video: Path,
+    cpus: tuple[tuple[int, ...], tuple[int, ...]],
 ) -> None:
-    generator_cpus, server_cpus = split_cpus(args.client_cpus)
+    generator_cpus, server_cpus = cpus
     processes = len(generator_cpus) or 1
     generator = load.Generator(generator_cpus, processes, args.max_connections, args.client)
     results: dict[str, dict] = {}
