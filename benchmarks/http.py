@@ -98,6 +98,9 @@ def torchstream_server(port: int, settings: Settings) -> ServerSpec:
         sys.executable, "-m", "torchstream.cli", "serve", "benchmarks/_http_model.py",
         "--host", "127.0.0.1", "--port", str(port), "--device", settings.device,
         "--batch-size", str(settings.max_batch_size), "--max-wait-ms", f"{settings.max_wait_ms:g}",
+        # Enough admitted to keep a batch decoding while the previous one runs the model.
+        "--max-in-flight", str(max(64, 4 * settings.max_batch_size)),
+        "--log-level", "warning",
     ]
     if settings.half:
         argv.append("--half")

@@ -171,6 +171,7 @@ class _Server:
     # -- one frame ----------------------------------------------------------------------
     async def read_image(self, request: Request, deadline: float) -> Any:
         cfg = self.config
+        request.state.body_read = True  # whatever happens now, nothing to discard later
         try:
             return await asyncio.wait_for(
                 image_from_request(
@@ -226,6 +227,21 @@ class _Server:
             raise
         finally:
             self.admission.leave(served=served)
+
+
+async def _discard_body(request: Request, max_bytes: int) -> None:
+    """Read and drop what is left of the body (at most ``max_bytes``, for at most a
+    second: past that the connection is closed instead)."""
+
+    async def drain() -> None:
+        total = 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > max_bytes:
+                return
+
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(drain(), 1.0)
 
 
 def _unauthorized() -> Problem:
@@ -298,6 +314,10 @@ def create_app(
 
     @app.exception_handler(Problem)
     async def problem(request: Request, exc: Problem) -> JSONResponse:
+        if request.method == "POST" and not getattr(request.state, "body_read", False):
+            # Refused before reading (401, 429, 503): take the rest of the upload first, so
+            # the client reads its answer on a connection that stays open, not a reset.
+            await _discard_body(request, cfg.max_body_bytes)
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     secured = [Depends(server.keys.dependency(_unauthorized))]
