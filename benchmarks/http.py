@@ -84,6 +84,7 @@ class Settings:
     max_wait_ms: float
     workers: int
     litserve_fast_queue: bool = False
+    client_timeout_seconds: float = 30.0
 
 
 def torchstream_server(port: int, settings: Settings) -> ServerSpec:
@@ -100,6 +101,9 @@ def torchstream_server(port: int, settings: Settings) -> ServerSpec:
         "--batch-size", str(settings.max_batch_size), "--max-wait-ms", f"{settings.max_wait_ms:g}",
         # Enough admitted to keep a batch decoding while the previous one runs the model.
         "--max-in-flight", str(max(64, 4 * settings.max_batch_size)),
+        # The service's deadline matches what its clients wait (less a margin): past it they
+        # get an immediate 429 rather than a result they no longer wait for.
+        "--deadline-seconds", f"{0.8 * settings.client_timeout_seconds:g}",
         "--log-level", "warning",
     ]
     if settings.half:
@@ -381,6 +385,7 @@ def main() -> None:
         max_wait_ms=args.max_wait_ms,
         workers=args.workers,
         litserve_fast_queue=args.litserve_fast_queue,
+        client_timeout_seconds=plan.timeout_seconds,
     )
     video = args.video or default_video()
     if video is None or not video.is_file():

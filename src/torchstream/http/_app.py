@@ -151,13 +151,13 @@ class _Server:
                 retry_after_seconds=1.0,
             )
 
-    def admit(self) -> None:
-        if not self.admission.try_enter():
+    def admit(self, deadline: float) -> None:
+        if not self.admission.try_enter(within_seconds=deadline - self.clock()):
             seconds = self.admission.retry_after_seconds()
             raise Problem(
                 429,
-                f"{self.admission.max_in_flight} requests in flight, the most this server "
-                "takes: retry later",
+                f"{self.admission.in_flight} requests in flight: more than this server "
+                "finishes before this one's deadline, or its limit; retry later",
                 headers={"Retry-After": self.admission.retry_after_header()},
                 retry_after_seconds=seconds,
             )
@@ -338,7 +338,7 @@ def create_app(
         started = clock()
         deadline = server.deadline(started, deadline_seconds)
         server.check_ready()
-        server.admit()
+        server.admit(deadline)
         served = False
         try:
             image = await server.read_image(request, deadline)
@@ -366,7 +366,7 @@ def create_app(
         started = clock()
         deadline = server.deadline(started, deadline_seconds)
         server.check_ready()
-        server.admit()
+        server.admit(deadline)
         try:
             image = await server.read_image(request, deadline)
             job = server.jobs.create()
@@ -596,7 +596,7 @@ def _submit(server: _Server, source_id: str, index: int, data: bytes, started: f
                             max_side=cfg.max_image_side)
     except ImageRejected as exc:
         return (index, Problem(exc.status, exc.message), started, deadline, "")
-    if not server.admission.try_enter():
+    if not server.admission.try_enter(within_seconds=deadline - started):
         return (index, Problem(429, "too many frames in flight on this server",
                                retry_after_seconds=server.admission.retry_after_seconds()),
                 started, deadline, "")
