@@ -225,6 +225,18 @@ class _Telemetry:
     metrics_address: str
 
 
+def _ready(monitor: Any) -> Any:
+    """/healthz and /readyz of an adapter: alive while it runs; a sink adapter is ready once
+    its socket is open, a source adapter at once."""
+    from torchstream.pipeline import PipelineHealth
+
+    def health() -> PipelineHealth:
+        ready = getattr(monitor, "receiving", True)
+        return PipelineHealth(alive=True, ready=ready, reason="" if ready else "not bound yet")
+
+    return health
+
+
 @contextlib.contextmanager
 def _adapter_telemetry(
     monitor: Any, collector: str, span_name: str, service: str, options: _Telemetry
@@ -242,7 +254,7 @@ def _adapter_telemetry(
         try:
             server = telemetry.serve_collectors(
                 [getattr(telemetry, collector)(monitor)], port=metrics_port,
-                address=metrics_address,
+                address=metrics_address, health=_ready(monitor),
             )
         except OSError as exc:
             raise click.UsageError(f"--metrics-port {metrics_port}: {exc}") from exc

@@ -77,7 +77,7 @@ class SourceAdapterCollector:
         yield _by_source(
             "torchstream_adapter_source_failures_total",
             "Sources that stopped on an error (unreadable input, module gone), by source.",
-            dict(stats.failed), self._per_source,
+            {sid: stats.failed.get(sid, 0) for sid in senders}, self._per_source,
         )
         yield GaugeMetricFamily(
             "torchstream_adapter_sources_sending", "Sources still sending.",

@@ -112,6 +112,11 @@ class ReceiveMonitor:
     def opened(self, receiver: Receiver) -> None:
         self._receiver = receiver
 
+    @property
+    def receiving(self) -> bool:
+        """Whether the socket is open (a sink adapter is ready)."""
+        return self._receiver is not None
+
     def result(self, source_id: str) -> None:
         with self._lock:  # a new key resizes the dict under a scraping reader
             self.results[source_id] = self.results.get(source_id, 0) + 1
