@@ -157,3 +157,18 @@ def test_sink_adapter_counts_results_duplicates_and_acks(tmp_path: Path) -> None
         assert get(port, "/healthz")[0] == 200
         stop(sink)
     assert len(out.read_bytes().splitlines()) == 3
+
+
+def test_every_adapter_command_takes_the_telemetry_options() -> None:
+    from click.testing import CliRunner
+
+    from torchstream.cli import main
+
+    runner = CliRunner()
+    for command in (["source", "video"], ["source", "url"], ["source", "images"],
+                    ["sink", "json"], ["sink", "images"], ["sink", "video"]):
+        result = runner.invoke(main, [*command, "--help"])
+        assert result.exit_code == 0, (command, result.output)
+        for option in ("--metrics-port", "--metrics-address", "--trace-ratio",
+                       "--trace-exporter"):
+            assert option in result.output, (command, option)
