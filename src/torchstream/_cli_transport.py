@@ -3,11 +3,14 @@ processes over ZeroMQ (needs ``torchstream[transport]``)."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ from torchstream._cli_common import (
     load_pipeline,
     parse_options,
     start_tracing,
+    tracing_provider,
 )
 from torchstream._logging import configure_logging
 from torchstream._spec import PipelineSpec, RunConfig
@@ -147,7 +151,7 @@ def module(
     )
     spec: PipelineSpec = pipeline_module.build(config, options)
     configure_logging(level=log_level, json_lines=log_format == "json")
-    tracer, provider = start_tracing(trace_ratio, trace_exporter)
+    tracer, provider = start_tracing(trace_ratio, trace_exporter, service="torchstream-module")
     sinks: list[Sink] = [JsonLinesSink(meta)] if meta else []
     try:
         server = transport.Module(
@@ -195,6 +199,81 @@ def module(
     )
 
 
+def _telemetry_options(function: Any) -> Any:
+    """--trace-ratio, --trace-exporter, --metrics-port and --metrics-address of an adapter."""
+    for decorator in reversed([
+        click.option("--trace-ratio", type=click.FloatRange(0, 1), default=None,
+                     help="Trace this share of frames over OTLP (default "
+                          "$OTEL_TRACES_SAMPLER_ARG, else off); see the README's Metrics."),
+        click.option("--trace-exporter", type=click.Choice(["otlp-http", "otlp-grpc", "console"]),
+                     default="otlp-http", show_default=True),
+        click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=None,
+                     help="Serve Prometheus metrics and /healthz on this port."),
+        click.option("--metrics-address", default="127.0.0.1", show_default=True),
+    ]):
+        function = decorator(function)
+    return function
+
+
+@dataclass(frozen=True)
+class _Telemetry:
+    """An adapter's --trace-ratio, --trace-exporter, --metrics-port, --metrics-address."""
+
+    trace_ratio: float | None
+    trace_exporter: str
+    metrics_port: int | None
+    metrics_address: str
+
+
+def _ready(monitor: Any) -> Any:
+    """/healthz and /readyz of an adapter: alive while it runs; a sink adapter is ready once
+    its socket is open, a source adapter at once."""
+    from torchstream.pipeline import PipelineHealth
+
+    def health() -> PipelineHealth:
+        ready = getattr(monitor, "receiving", True)
+        return PipelineHealth(alive=True, ready=ready, reason="" if ready else "not bound yet")
+
+    return health
+
+
+@contextlib.contextmanager
+def _adapter_telemetry(
+    monitor: Any, collector: str, span_name: str, service: str, options: _Telemetry
+) -> Iterator[Any]:
+    """Serves ``monitor``'s metrics (``collector``, a class of torchstream.telemetry) while
+    the adapter runs and yields its tracer (None when tracing is off); flushes the last
+    spans at the end."""
+    server = None
+    metrics_port, metrics_address = options.metrics_port, options.metrics_address
+    if metrics_port is not None:
+        try:
+            import torchstream.telemetry as telemetry
+        except ImportError as exc:  # MissingDependencyError names the extra
+            raise click.UsageError(str(exc)) from exc
+        try:
+            server = telemetry.serve_collectors(
+                [getattr(telemetry, collector)(monitor)], port=metrics_port,
+                address=metrics_address, health=_ready(monitor),
+            )
+        except OSError as exc:
+            raise click.UsageError(f"--metrics-port {metrics_port}: {exc}") from exc
+        _console.print(f"metrics: http://{metrics_address}:{server.port}/metrics")
+    provider = tracing_provider(options.trace_ratio, options.trace_exporter, service=service)
+    tracer = None
+    if provider is not None:
+        from torchstream.telemetry._tracing import OtelAdapterTracer
+
+        tracer = OtelAdapterTracer(span_name, provider.get_tracer("torchstream"))
+    try:
+        yield tracer
+    finally:
+        if provider is not None:
+            provider.shutdown()  # flush the last spans
+        if server is not None:
+            server.close()
+
+
 @click.group()
 def source() -> None:
     """Source adapters: read inputs and send them to a module (demuxed, never decoded)."""
@@ -210,6 +289,7 @@ def source() -> None:
 @click.option("--loop", is_flag=True, help="Start over at the end, until interrupted.")
 @click.option("--streams", type=click.IntRange(min=1), default=1, show_default=True,
               help="Send each input as this many sources (<id>-0, <id>-1, …), for load tests.")
+@_telemetry_options
 def source_video(
     inputs: tuple[str, ...],
     outbound: str,
@@ -217,13 +297,37 @@ def source_video(
     sync: bool,
     loop: bool,
     streams: int,
+    trace_ratio: float | None,
+    trace_exporter: str,
+    metrics_port: int | None,
+    metrics_address: str,
 ) -> None:
     """Send video files or stream URLs to a module, one source each."""
     transport = _transport()
     endpoint = _endpoint(transport, outbound, "--out")
     if source_id and len(inputs) > 1:
         raise click.UsageError("--source-id names one input; give one input or none")
+    from torchstream.transport._adapter_stats import SendMonitor
     from torchstream.transport._adapters import send_video
+
+    monitor = SendMonitor()
+    with _adapter_telemetry(
+        monitor, "SourceAdapterCollector", "source video", "torchstream-source",
+        _Telemetry(trace_ratio, trace_exporter, metrics_port, metrics_address),
+    ) as tracer:
+        failures = _send_videos(send_video, inputs, endpoint, source_id, streams,
+                                dict(sync=sync, loop=loop, monitor=monitor, tracer=tracer))
+    for failure in failures:
+        _console.print(f"[red]error[/red] {failure}")
+    if failures:
+        sys.exit(1)
+
+
+def _send_videos(
+    send_video: Any, inputs: tuple[str, ...], endpoint: Any, source_id: str | None,
+    streams: int, options: dict[str, Any],
+) -> list[str]:
+    """Send each input (times ``streams``) on a thread of its own; the failures."""
 
     stop = threading.Event()
     _stop_on_signals(stop.set)
@@ -236,7 +340,7 @@ def source_video(
 
     def send(uri: str, sid: str) -> None:
         try:
-            report = send_video(uri, endpoint, source_id=sid, sync=sync, loop=loop, stop=stop)
+            report = send_video(uri, endpoint, source_id=sid, stop=stop, **options)
             _console.print(f"{sid}: {report.frames} packets sent"
                            + ("" if report.acknowledged or not endpoint.reliable
                               else " (end of stream not acknowledged)"))
@@ -249,10 +353,7 @@ def source_video(
     for thread in threads:
         while thread.is_alive():
             thread.join(0.2)
-    for failure in failures:
-        _console.print(f"[red]error[/red] {failure}")
-    if failures:
-        sys.exit(1)
+    return failures
 
 
 @source.command("images")
@@ -260,7 +361,11 @@ def source_video(
 @click.option("--out", "outbound", required=True, metavar="ENDPOINT",
               help=f"The module's input: {_ENDPOINT_HELP}.")
 @click.option("--source-id", default=None, help="Source id (default: the folder's name).")
-def source_images(inputs: tuple[str, ...], outbound: str, source_id: str | None) -> None:
+@_telemetry_options
+def source_images(
+    inputs: tuple[str, ...], outbound: str, source_id: str | None, trace_ratio: float | None,
+    trace_exporter: str, metrics_port: int | None, metrics_address: str,
+) -> None:
     """Send JPEG/PNG files (folders, globs or files, in sorted order) as one source."""
     transport = _transport()
     endpoint = _endpoint(transport, outbound, "--out")
@@ -277,14 +382,24 @@ def source_images(inputs: tuple[str, ...], outbound: str, source_id: str | None)
         raise click.UsageError("no image files in the inputs")
     sid = source_id or Path(inputs[0]).name or "images"
     from torchstream._errors import SourceError
+    from torchstream.transport._adapter_stats import SendMonitor
     from torchstream.transport._adapters import send_images
 
     stop = threading.Event()
     _stop_on_signals(stop.set)
-    try:
-        report = send_images(paths, endpoint, source_id=sid, stop=stop)
-    except SourceError as exc:
-        _console.print(f"[red]error[/red] {exc}")
+    monitor = SendMonitor()
+    error: SourceError | None = None
+    with _adapter_telemetry(
+        monitor, "SourceAdapterCollector", "source images", "torchstream-source",
+        _Telemetry(trace_ratio, trace_exporter, metrics_port, metrics_address),
+    ) as tracer:
+        try:
+            report = send_images(paths, endpoint, source_id=sid, stop=stop, monitor=monitor,
+                                 tracer=tracer)
+        except SourceError as exc:
+            error = exc
+    if error is not None:
+        _console.print(f"[red]error[/red] {error}")
         sys.exit(1)
     _console.print(f"{sid}: {report.frames} images sent")
 
@@ -306,21 +421,31 @@ def _sink_options(function: Any) -> Any:
         "--idle-timeout", type=click.FloatRange(min=0.01), default=None,
         help="Exit after this many seconds without a message.",
     )(function)
-    return function
+    return _telemetry_options(function)
 
 
-def _receive(inbound: str, writers: list[Any], source_ids: tuple[str, ...],
-             exit_after: int | None, idle_timeout: float | None) -> None:
+def _receive(
+    kind: str, writers: list[Any],
+    receiving: tuple[str, tuple[str, ...], int | None, float | None], telemetry: _Telemetry,
+) -> None:
+    """Receive into ``writers``; ``receiving``: --in, --source, --exit-after, --idle-timeout."""
+    inbound, source_ids, exit_after, idle_timeout = receiving
     transport = _transport()
     endpoint = _endpoint(transport, inbound, "--in")
+    from torchstream.transport._adapter_stats import ReceiveMonitor
     from torchstream.transport._adapters import receive_results
 
     stop = threading.Event()
     _stop_on_signals(stop.set)
-    report = receive_results(
-        endpoint, writers, source_ids=list(source_ids) or None,
-        exit_after_sources=exit_after, idle_timeout_seconds=idle_timeout, stop=stop,
-    )
+    monitor = ReceiveMonitor()
+    with _adapter_telemetry(
+        monitor, "SinkAdapterCollector", f"sink {kind}", "torchstream-sink", telemetry
+    ) as tracer:
+        report = receive_results(
+            endpoint, writers, source_ids=list(source_ids) or None,
+            exit_after_sources=exit_after, idle_timeout_seconds=idle_timeout, stop=stop,
+            monitor=monitor, tracer=tracer,
+        )
     _console.print(
         f"{report.results} results, {report.sources_ended} sources ended, {report.errors} errors"
     )
@@ -336,30 +461,42 @@ def sink() -> None:
 @sink.command("json")
 @click.argument("path", type=click.Path(dir_okay=False))
 @_sink_options
-def sink_json(path: str, inbound: str, source_ids: tuple[str, ...], exit_after: int | None,
-              idle_timeout: float | None) -> None:
+def sink_json(
+    path: str, inbound: str, source_ids: tuple[str, ...], exit_after: int | None,
+    idle_timeout: float | None, trace_ratio: float | None, trace_exporter: str,
+    metrics_port: int | None, metrics_address: str,
+) -> None:
     """Write every result's metadata as JSON lines to PATH ('-' for stdout)."""
     from torchstream.transport._adapters import JsonResultWriter
 
-    _receive(inbound, [JsonResultWriter(path)], source_ids, exit_after, idle_timeout)
+    _receive("json", [JsonResultWriter(path)], (inbound, source_ids, exit_after, idle_timeout),
+             _Telemetry(trace_ratio, trace_exporter, metrics_port, metrics_address))
 
 
 @sink.command("images")
 @click.argument("directory", type=click.Path(file_okay=False))
 @_sink_options
-def sink_images(directory: str, inbound: str, source_ids: tuple[str, ...],
-                exit_after: int | None, idle_timeout: float | None) -> None:
+def sink_images(
+    directory: str, inbound: str, source_ids: tuple[str, ...], exit_after: int | None,
+    idle_timeout: float | None, trace_ratio: float | None, trace_exporter: str,
+    metrics_port: int | None, metrics_address: str,
+) -> None:
     """Write results' images (module --content original or image) under DIRECTORY/<source>/."""
     from torchstream.transport._adapters import ImageResultWriter
 
-    _receive(inbound, [ImageResultWriter(directory)], source_ids, exit_after, idle_timeout)
+    writer = ImageResultWriter(directory)
+    _receive("images", [writer], (inbound, source_ids, exit_after, idle_timeout),
+             _Telemetry(trace_ratio, trace_exporter, metrics_port, metrics_address))
 
 
 @sink.command("video")
 @click.argument("pattern")
 @_sink_options
-def sink_video(pattern: str, inbound: str, source_ids: tuple[str, ...],
-               exit_after: int | None, idle_timeout: float | None) -> None:
+def sink_video(
+    pattern: str, inbound: str, source_ids: tuple[str, ...], exit_after: int | None,
+    idle_timeout: float | None, trace_ratio: float | None, trace_exporter: str,
+    metrics_port: int | None, metrics_address: str,
+) -> None:
     """Write each source's results as a video into PATTERN, e.g. 'out/{source_id}.mp4':
     original packets (module --content original) re-muxed as they are, annotated pictures
     (--content image) encoded as H.264."""
@@ -369,7 +506,8 @@ def sink_video(pattern: str, inbound: str, source_ids: tuple[str, ...],
         writer = VideoResultWriter(pattern)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="PATTERN") from None
-    _receive(inbound, [writer], source_ids, exit_after, idle_timeout)
+    _receive("video", [writer], (inbound, source_ids, exit_after, idle_timeout),
+             _Telemetry(trace_ratio, trace_exporter, metrics_port, metrics_address))
 
 
 source.add_command(source_video, name="url")  # `source url rtsp://…`: the same adapter
