@@ -66,7 +66,8 @@ from torchstream.sinks import encode_picture  # noqa: E402
 
 REPO = _HERE.parent
 _STARTED = time.monotonic()
-SERVERS = ("torchstream", "fastapi", "litserve")
+SERVERS = ("torchstream", "torchstream-mp", "fastapi", "litserve")
+DEFAULT_SERVERS = ("torchstream", "fastapi", "litserve")
 SIZES = ((640, 480), (1280, 720), (1920, 1080))
 LITSERVE_INSTALL = (
     "pip install litserve  (first check with `pip install --dry-run litserve` that it changes "
@@ -85,9 +86,12 @@ class Settings:
     workers: int
     litserve_fast_queue: bool = False
     client_timeout_seconds: float = 30.0
+    serve_workers: int = 4
 
 
-def torchstream_server(port: int, settings: Settings) -> ServerSpec:
+def torchstream_server(
+    port: int, settings: Settings, *, multiprocess: bool = False
+) -> ServerSpec:
     """The torchstream target: the one place its command line and routes are written.
 
     Expects ``torchstream serve PIPELINE`` to take ``torchstream run``'s batching flags, answer
@@ -100,7 +104,7 @@ def torchstream_server(port: int, settings: Settings) -> ServerSpec:
         "--host", "127.0.0.1", "--port", str(port), "--device", settings.device,
         "--batch-size", str(settings.max_batch_size), "--max-wait-ms", f"{settings.max_wait_ms:g}",
         # Enough admitted to keep a batch decoding while the previous one runs the model.
-        "--max-in-flight", str(max(64, 4 * settings.max_batch_size)),
+        "--max-in-flight", str(max(256, 8 * settings.max_batch_size)),
         # The service's deadline matches what its clients wait (less a margin): past it they
         # get an immediate 429 rather than a result they no longer wait for.
         "--deadline-seconds", f"{0.8 * settings.client_timeout_seconds:g}",
@@ -108,7 +112,10 @@ def torchstream_server(port: int, settings: Settings) -> ServerSpec:
     ]
     if settings.half:
         argv.append("--half")
-    return ServerSpec("torchstream", argv, ready_path="/readyz")
+    if multiprocess:  # HTTP in worker processes, the pipeline alone in the server process
+        argv += ["--workers", str(settings.serve_workers)]
+    return ServerSpec("torchstream-mp" if multiprocess else "torchstream", argv,
+                      ready_path="/readyz")
 
 
 def peer_server(name: str, port: int, settings: Settings) -> ServerSpec:
@@ -320,7 +327,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--servers", default=",".join(SERVERS),
+    parser.add_argument("--servers", default=",".join(DEFAULT_SERVERS),
                         help=f"comma-separated, from {', '.join(SERVERS)}")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--no-half", action="store_true",
@@ -331,6 +338,8 @@ def main() -> None:
                         help="longest wait for a batch to fill (LitServe: batch_timeout)")
     parser.add_argument("--workers", type=int, default=1,
                         help="peers' model processes (uvicorn workers / LitServe workers)")
+    parser.add_argument("--serve-workers", type=int, default=4,
+                        help="HTTP worker processes of torchstream-mp (serve --workers)")
     parser.add_argument("--litserve-fast-queue", action="store_true",
                         help="LitServer(fast_queue=True): ZeroMQ between its processes")
     parser.add_argument("--video", type=Path, default=None, help="clip the JPEGs come from")
@@ -386,6 +395,7 @@ def main() -> None:
         workers=args.workers,
         litserve_fast_queue=args.litserve_fast_queue,
         client_timeout_seconds=plan.timeout_seconds,
+        serve_workers=args.serve_workers,
     )
     video = args.video or default_video()
     if video is None or not video.is_file():
@@ -441,8 +451,8 @@ def run(
             if name in skipped:
                 continue
             port = free_port()
-            if name == "torchstream":
-                spec = torchstream_server(port, settings)
+            if name.startswith("torchstream"):
+                spec = torchstream_server(port, settings, multiprocess=name == "torchstream-mp")
             else:
                 spec = peer_server(name, port, settings)
             log(f"{name}: {shlex.join(spec.argv)}")
