@@ -173,13 +173,8 @@ def serve(
                             trace_ratio=trace_ratio, trace_exporter=trace_exporter)
         return
     if pipeline_module is not None:
-        options = parse_options(pipeline_module, ctx.args)
-        run_config = RunConfig(
-            device=_device(device),
-            batch_policy=BatchPolicy(max_size=batch_size, max_wait_seconds=max_wait_ms / 1000),
-            half=half,
-        )
-        spec: PipelineSpec = pipeline_module.build(run_config, options)
+        spec, run_config = _build(ctx, pipeline_module, device=device, batch_size=batch_size,
+                                  max_wait_ms=max_wait_ms, half=half)
         tracer, provider = start_tracing(trace_ratio, trace_exporter)
         sinks: list[Sink] = [JsonLinesSink(meta)] if meta else []
         backend = http.InProcessBackend(
@@ -233,6 +228,21 @@ def serve(
         sys.exit(1)  # uvicorn said why (a port in use, say)
 
 
+def _build(
+    ctx: click.Context, pipeline_module: Any, *, device: str, batch_size: int,
+    max_wait_ms: float, half: bool,
+) -> tuple[PipelineSpec, RunConfig]:
+    """The pipeline's stages, from its options on the command line."""
+    options = parse_options(pipeline_module, ctx.args)
+    run_config = RunConfig(
+        device=_device(device),
+        batch_policy=BatchPolicy(max_size=batch_size, max_wait_seconds=max_wait_ms / 1000),
+        half=half,
+    )
+    spec: PipelineSpec = pipeline_module.build(run_config, options)
+    return spec, run_config
+
+
 def _serve_with_workers(
     ctx: click.Context, http: Any, uvicorn: Any, pipeline_module: Any, config: Any, *,
     workers: int, host: str, port: int, module_in: str | None, module_out: str | None,
@@ -252,13 +262,8 @@ def _serve_with_workers(
         from torchstream._cli_transport import _transport
 
         transport = _transport()
-        options = parse_options(pipeline_module, ctx.args)
-        run_config = RunConfig(
-            device=_device(device),
-            batch_policy=BatchPolicy(max_size=batch_size, max_wait_seconds=max_wait_ms / 1000),
-            half=half,
-        )
-        spec: PipelineSpec = pipeline_module.build(run_config, options)
+        spec, run_config = _build(ctx, pipeline_module, device=device, batch_size=batch_size,
+                                  max_wait_ms=max_wait_ms, half=half)
         tracer, provider = start_tracing(trace_ratio, trace_exporter)
         folder = tempfile.mkdtemp(prefix="torchstream-serve-")
         module_in = f"dealer+connect:ipc://{folder}/in"

@@ -17,7 +17,7 @@ import torch
 from torchstream._errors import ClosedResourceError, OverloadedError, PipelineError
 from torchstream._types import Sink, Stage
 from torchstream.frame import Frame
-from torchstream.http._images import CheckedImage
+from torchstream.http._images import CheckedImage, RequestFailed
 from torchstream.pipeline import Pipeline
 from torchstream.pipeline._session import Session
 from torchstream.pipeline._statistics import PipelineHealth
@@ -38,16 +38,6 @@ def _warmup_image() -> CheckedImage:
     ramp = torch.linspace(0, 255, 640, dtype=torch.float32).to(torch.uint8)
     picture = ramp.view(1, 640, 1).expand(480, 640, 3).contiguous()
     return CheckedImage(encode_picture(picture, "jpg"), "jpeg", 640, 480)
-
-
-class RequestFailed(Exception):
-    """The pipeline could not produce a result for this frame; ``status`` is the HTTP answer
-    (422: the image does not decode, 500: a stage failed on it, 503: not accepted)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass(frozen=True)

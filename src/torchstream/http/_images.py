@@ -13,7 +13,10 @@ from starlette.types import Message
 
 from torchstream.codecs._nvjpeg import JpegHeaderError, jpeg_size
 
-__all__ = ["CheckedImage", "ImageRejected", "check_image", "image_from_request", "read_body"]
+__all__ = [
+    "CheckedImage", "ImageRejected", "RequestFailed", "check_image", "image_from_request",
+    "read_body",
+]
 
 ImageKind = Literal["jpeg", "png"]
 
@@ -28,13 +31,20 @@ _CONTENT_TYPES: dict[str, ImageKind | None] = {
 SUPPORTED = "image/jpeg, image/png, application/octet-stream or multipart/form-data"
 
 
-class ImageRejected(Exception):
-    """The request's body is not an image we accept; ``status`` is the HTTP answer."""
+class RequestFailed(Exception):
+    """A request that cannot be served as asked; ``status`` is the HTTP answer. Raised for
+    bodies that are not an image we accept (400, 413, 415, 422) and by the backends when the
+    pipeline gives no result (422: the image does not decode, 500: a stage failed on it,
+    503: not accepted, 504: no answer in time)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+ImageRejected = RequestFailed
+"""The body is not an image we accept (a :class:`RequestFailed`)."""
 
 
 @dataclass(frozen=True)
