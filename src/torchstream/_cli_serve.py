@@ -27,6 +27,11 @@ from torchstream._types import Sink
 from torchstream.pipeline import BatchPolicy
 from torchstream.sinks import JsonLinesSink
 
+_KEEP_ALIVE_SECONDS = 75
+"""Idle keep-alive connections are kept this long (uvicorn's default is 5 s): longer than the
+idle timeout of clients' pools and of load balancers in front (60 s is common), so the server
+never closes a connection just as a client reuses it (the client would see a reset)."""
+
 
 def _http() -> Any:
     try:
@@ -196,6 +201,7 @@ def serve(
         None, host=host, port=port, log_config=None, access_log=False,
         ws_max_size=config.max_body_bytes + 1024,
         timeout_graceful_shutdown=int(deadline_seconds) + 5,
+        timeout_keep_alive=_KEEP_ALIVE_SECONDS,
     )
     server = uvicorn.Server(uv_config)
 
@@ -309,6 +315,7 @@ def _serve_with_workers(
             port=port, log_config=None, access_log=False,
             ws_max_size=config.max_body_bytes + 1024,
             timeout_graceful_shutdown=int(config.deadline_seconds) + 5,
+            timeout_keep_alive=_KEEP_ALIVE_SECONDS,
         )
     finally:
         if module is not None and thread is not None:
