@@ -210,7 +210,8 @@ def serve(
         server.should_exit = True
 
     try:
-        app = http.create_app(backend, config, metrics=metrics, on_start_failure=start_failed)
+        app = http.create_app(backend, config, metrics=metrics, on_start_failure=start_failed,
+                              trace_ratio=_effective_ratio(trace_ratio))
     except ImportError as exc:
         raise click.UsageError(f"{exc} (or pass --no-metrics)") from exc
     uv_config.app = app
@@ -232,6 +233,17 @@ def serve(
         sys.exit(1)
     if not server.started:
         sys.exit(1)  # uvicorn said why (a port in use, say)
+
+
+def _effective_ratio(trace_ratio: float | None) -> float:
+    """What ``--trace-ratio`` (else ``$OTEL_TRACES_SAMPLER_ARG``) makes of requests that
+    bring no traceparent; tracing off: 0."""
+    if trace_ratio is not None:
+        return trace_ratio
+    try:
+        return float(os.environ.get("OTEL_TRACES_SAMPLER_ARG", "0") or 0)
+    except ValueError:
+        return 0.0
 
 
 def _build(
@@ -304,7 +316,7 @@ def _serve_with_workers(
     assert module_in is not None and module_out is not None
     os.environ[WORKER_ENV] = worker_settings(
         module_in=module_in, module_out=module_out, config=config, workers=workers,
-        metrics=metrics,
+        metrics=metrics, trace_ratio=_effective_ratio(trace_ratio),
     )
     _console.print(
         f"serving with {workers} workers on http://{host}:{port} (ready when /readyz says so)"

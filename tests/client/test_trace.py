@@ -86,3 +86,12 @@ def test_invalid_traceparents_are_refused(value: object) -> None:
 def test_a_valid_traceparent_is_kept() -> None:
     value = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
     assert check_traceparent(value) == value
+
+
+def test_a_new_trace_is_sampled_for_the_given_share_of_trace_ids() -> None:
+    from torchstream.client._trace import new_traceparent
+
+    assert all(new_traceparent(sample_ratio=0.0).endswith("-00") for _ in range(50))
+    assert all(new_traceparent(sample_ratio=1.0).endswith("-01") for _ in range(50))
+    sampled = sum(new_traceparent(sample_ratio=0.25).endswith("-01") for _ in range(4000))
+    assert 800 < sampled < 1200  # 25 %, decided from the trace id as TraceIdRatioBased does

@@ -45,19 +45,21 @@ def _propagated() -> str | None:
     return carrier.get("traceparent")
 
 
-def new_traceparent() -> str:
+def new_traceparent(*, sample_ratio: float = 1.0) -> str:
     """The ``traceparent`` of a new request.
 
     Inside an active OpenTelemetry span, the span's own context as OpenTelemetry's W3C
     propagator writes it: the request's trace id is the span's and the span is the parent of
     whatever the pipeline traces for it. Otherwise a new trace: a random trace id, a random
-    parent id, sampled (flags ``01``).
+    parent id, and the sampled flag set for ``sample_ratio`` of trace ids (as OpenTelemetry's
+    ``TraceIdRatioBased`` decides; the default 1.0: always sampled, flags ``01``).
     """
     propagated = _propagated()
     if propagated is not None:
         return propagated
     trace_id, parent_id = _random_ids()
-    return f"00-{trace_id}-{parent_id}-01"
+    sampled = int(trace_id[16:], 16) < sample_ratio * 2**64
+    return f"00-{trace_id}-{parent_id}-{'01' if sampled else '00'}"
 
 
 def check_traceparent(value: str) -> str:

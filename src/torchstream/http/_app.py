@@ -131,6 +131,7 @@ class _Server:
         self.streams: dict[str, _Stream] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.start_error: BaseException | None = None
+        self.trace_ratio = 1.0
         self.keys = Keys(config.api_keys)
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -350,13 +351,13 @@ def _unauthorized() -> Problem:
     )
 
 
-def _traceparent(value: str | None) -> str:
+def _traceparent(value: str | None, sample_ratio: float) -> str:
     """The request's W3C traceparent when valid (W3C: an invalid one is ignored), else a new
-    one (the active OpenTelemetry span's when there is one)."""
+    one, sampled for ``sample_ratio`` of requests (the pipeline's tracer follows its flag)."""
     if value:
         with contextlib.suppress(ValueError):
             return check_traceparent(value.strip().lower())
-    return new_traceparent()
+    return new_traceparent(sample_ratio=sample_ratio)
 
 
 def create_app(
@@ -365,6 +366,7 @@ def create_app(
     *,
     metrics: bool = False,
     on_start_failure: Callable[[BaseException], None] | None = None,
+    trace_ratio: float = 1.0,
     clock: Callable[[], float] = time.monotonic,
 ) -> FastAPI:
     """The HTTP front end of ``backend`` (an :class:`InProcessBackend` or a
@@ -376,9 +378,12 @@ def create_app(
     stops. ``metrics``: serve ``/metrics`` (needs ``prometheus-client``: ``pip install
     'torchstream[telemetry]'``). ``on_start_failure(exc)`` is called when the backend fails
     to start (the CLI stops the server then); either way ``/healthz`` reports it.
+    ``trace_ratio``: the share of requests without a ``traceparent`` header that are traced
+    (requests that bring one follow its sampled flag).
     """
     cfg = config or ServeConfig()
     server = _Server(backend, cfg, clock, on_start_failure)
+    server.trace_ratio = trace_ratio
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -437,7 +442,7 @@ def create_app(
         past the deadline `504`. A W3C `traceparent` header continues the caller's trace."""
         started, deadline = server.admitted(request)
         image = await server.read_image(request, deadline)
-        traceparent = _traceparent(request.headers.get("traceparent"))
+        traceparent = _traceparent(request.headers.get("traceparent"), server.trace_ratio)
         future = backend.submit(
             cfg.infer_source_id, image, deadline_monotonic=deadline, traceparent=traceparent
         )
@@ -465,7 +470,7 @@ def create_app(
                 headers={"Retry-After": server.admission.retry_after_header()},
             )
         request.state.slot = "job"  # released when the job is finished, not now
-        traceparent = _traceparent(request.headers.get("traceparent"))
+        traceparent = _traceparent(request.headers.get("traceparent"), server.trace_ratio)
         future = backend.submit(
             cfg.infer_source_id, image, deadline_monotonic=deadline, traceparent=traceparent
         )
@@ -687,7 +692,7 @@ def _submit(server: _Server, source_id: str, index: int, data: bytes, started: f
         return (index, Problem(429, "too many frames in flight on this server",
                                retry_after_seconds=server.admission.retry_after_seconds()),
                 started, deadline, "")
-    traceparent = new_traceparent()
+    traceparent = new_traceparent(sample_ratio=server.trace_ratio)
     future = server.backend.submit(
         source_id, image, deadline_monotonic=deadline, traceparent=traceparent
     )

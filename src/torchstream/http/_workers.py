@@ -29,13 +29,15 @@ WORKER_ENV = "TORCHSTREAM_SERVE_WORKER"
 
 
 def worker_settings(
-    *, module_in: str, module_out: str, config: ServeConfig, workers: int, metrics: bool
+    *, module_in: str, module_out: str, config: ServeConfig, workers: int, metrics: bool,
+    trace_ratio: float = 1.0,
 ) -> str:
     """The JSON a worker reads: endpoints, and the config with ``max_in_flight`` shared out."""
     fields = dataclasses.asdict(config)
     fields["max_in_flight"] = max(1, config.max_in_flight // workers)
     return json.dumps(
-        {"module_in": module_in, "module_out": module_out, "config": fields, "metrics": metrics}
+        {"module_in": module_in, "module_out": module_out, "config": fields, "metrics": metrics,
+         "trace_ratio": trace_ratio}
     )
 
 
@@ -55,4 +57,5 @@ def worker_app() -> FastAPI:
         settings["module_in"], settings["module_out"],
         timeout_seconds=config.deadline_seconds, warmup_source_id=f"_warmup-{tag}",
     )
-    return create_app(backend, config, metrics=settings["metrics"])
+    return create_app(backend, config, metrics=settings["metrics"],
+                      trace_ratio=settings["trace_ratio"])
