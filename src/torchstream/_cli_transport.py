@@ -3,13 +3,14 @@ processes over ZeroMQ (needs ``torchstream[transport]``)."""
 
 from __future__ import annotations
 
+import functools
 import glob
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 
@@ -197,53 +198,45 @@ def module(
 
 @click.group()
 def source() -> None:
-    """Source adapters: read inputs and send them to a module (demuxed, never decoded)."""
+    """Source adapters: read inputs and send them to a module (demuxed, never decoded).
+    Live inputs and cameras reconnect after outages, in the same session."""
 
 
-@source.command("video")
-@click.argument("inputs", nargs=-1, required=True, metavar="URI...")
-@click.option("--out", "outbound", required=True, metavar="ENDPOINT",
-              help=f"The module's input: {_ENDPOINT_HELP} (dealer+connect, req+connect, "
-                   "push+connect).")
-@click.option("--source-id", default=None, help="Source id (one input only; default: its name).")
-@click.option("--sync", is_flag=True, help="Send at the stream's own frame rate, like a camera.")
-@click.option("--loop", is_flag=True, help="Start over at the end, until interrupted.")
-@click.option("--streams", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Send each input as this many sources (<id>-0, <id>-1, …), for load tests.")
-def source_video(
-    inputs: tuple[str, ...],
-    outbound: str,
-    source_id: str | None,
-    sync: bool,
-    loop: bool,
-    streams: int,
-) -> None:
-    """Send video files or stream URLs to a module, one source each."""
-    transport = _transport()
-    endpoint = _endpoint(transport, outbound, "--out")
-    if source_id and len(inputs) > 1:
-        raise click.UsageError("--source-id names one input; give one input or none")
-    from torchstream.transport._adapters import send_video
+def _live_options(function: Any) -> Any:
+    """The options of live inputs (cameras, RTSP/RTMP/UDP/SRT/HLS streams)."""
+    function = click.option(
+        "--max-reconnects", type=click.IntRange(min=0), default=None,
+        help="Live inputs: give up after this many consecutive failed attempts to reconnect "
+             "(default: never).",
+    )(function)
+    function = click.option(
+        "--read-timeout", type=click.FloatRange(min=0.01), default=5.0, show_default=True,
+        help="Live inputs: seconds without a packet after which the input is reopened.",
+    )(function)
+    function = click.option(
+        "--open-timeout", type=click.FloatRange(min=0.01), default=10.0, show_default=True,
+        help="Live inputs: seconds a connection may take to open.",
+    )(function)
+    return function
 
-    stop = threading.Event()
-    _stop_on_signals(stop.set)
-    jobs: list[tuple[str, str]] = []
-    for uri in inputs:
-        base = source_id or default_source_id(uri)
-        ids = [base] if streams == 1 else [f"{base}-{i}" for i in range(streams)]
-        jobs.extend((uri, sid) for sid in ids)
+
+def _send_all(jobs: list[tuple[str, Any]], *, reliable: bool) -> None:
+    """Run each ``(source id, send function)`` on its own thread; exit 1 if any failed."""
     failures: list[str] = []
 
-    def send(uri: str, sid: str) -> None:
+    def send(sid: str, job: Any) -> None:
         try:
-            report = send_video(uri, endpoint, source_id=sid, sync=sync, loop=loop, stop=stop)
-            _console.print(f"{sid}: {report.frames} packets sent"
-                           + ("" if report.acknowledged or not endpoint.reliable
-                              else " (end of stream not acknowledged)"))
+            report = job()
+            _console.print(
+                f"{sid}: {report.frames} packets sent"
+                + (f", {report.reconnects} reconnects" if report.reconnects else "")
+                + ("" if report.acknowledged or not reliable or not report.frames
+                   else " (end of stream not acknowledged)")
+            )
         except Exception as exc:
             failures.append(f"{sid}: {exc}")
 
-    threads = [threading.Thread(target=send, args=job, name=f"ts/send/{job[1]}") for job in jobs]
+    threads = [threading.Thread(target=send, args=job, name=f"ts/send/{job[0]}") for job in jobs]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -253,6 +246,116 @@ def source_video(
         _console.print(f"[red]error[/red] {failure}")
     if failures:
         sys.exit(1)
+
+
+@source.command("video")
+@click.argument("inputs", nargs=-1, required=True, metavar="URI...")
+@click.option("--out", "outbound", required=True, metavar="ENDPOINT",
+              help=f"The module's input: {_ENDPOINT_HELP} (dealer+connect, req+connect, "
+                   "push+connect).")
+@click.option("--source-id", default=None, help="Source id (one input only; default: its name).")
+@click.option("--sync", is_flag=True,
+              help="Files: send at the stream's own frame rate, like a camera.")
+@click.option("--loop", is_flag=True, help="Files: start over at the end, until interrupted.")
+@click.option("--streams", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Send each input as this many sources (<id>-0, <id>-1, …), for load tests.")
+@click.option("--transport", type=click.Choice(["tcp", "udp"]), default="tcp",
+              show_default=True, help="RTSP inputs: how packets travel.")
+@_live_options
+def source_video(
+    inputs: tuple[str, ...],
+    outbound: str,
+    source_id: str | None,
+    sync: bool,
+    loop: bool,
+    streams: int,
+    transport: Literal["tcp", "udp"],
+    open_timeout: float,
+    read_timeout: float,
+    max_reconnects: int | None,
+) -> None:
+    """Send video files or stream URLs to a module, one source each.
+
+    Live inputs (rtsp://, rtmp://, udp://, srt://, HLS .m3u8) reconnect after outages with
+    backoff, in the same session (the first frame after an outage carries
+    live.gap_seconds, timestamps go on increasing); they end on SIGINT/SIGTERM (or after
+    --max-reconnects failed attempts), then send their end of stream."""
+    zmq_transport = _transport()
+    endpoint = _endpoint(zmq_transport, outbound, "--out")
+    if source_id and len(inputs) > 1:
+        raise click.UsageError("--source-id names one input; give one input or none")
+    from torchstream.sources import is_live
+    from torchstream.transport._adapters import send_video
+
+    stop = threading.Event()
+    _stop_on_signals(stop.set)
+    jobs: list[tuple[str, Any]] = []
+    for uri in inputs:
+        base = source_id or default_source_id(uri)
+        ids = [base] if streams == 1 else [f"{base}-{i}" for i in range(streams)]
+        live = is_live(uri)
+        for sid in ids:
+            jobs.append((sid, functools.partial(
+                send_video, uri, endpoint, source_id=sid, sync=sync and not live,
+                loop=loop and not live, stop=stop, transport=transport,
+                open_timeout_seconds=open_timeout, read_timeout_seconds=read_timeout,
+                max_reconnects=max_reconnects,
+            )))
+    _send_all(jobs, reliable=endpoint.reliable)
+
+
+@source.command("camera")
+@click.argument("device", metavar="DEVICE")
+@click.option("--out", "outbound", required=True, metavar="ENDPOINT",
+              help=f"The module's input: {_ENDPOINT_HELP}.")
+@click.option("--source-id", default=None, help="Source id (default: dev_video0 for "
+              "/dev/video0).")
+@click.option("--size", default=None, metavar="WxH", help="Picture size to ask for.")
+@click.option("--fps", type=click.FloatRange(min=0.01), default=None,
+              help="Frame rate to ask for.")
+@click.option("--input-format", type=click.Choice(["mjpeg", "yuyv422", "h264"]), default=None,
+              help="What the camera delivers: JPEG pictures (sent as images), raw YUYV "
+                   "(sent as raw nv12 pictures) or H.264 (sent as packets).")
+@_live_options
+def source_camera(
+    device: str,
+    outbound: str,
+    source_id: str | None,
+    size: str | None,
+    fps: float | None,
+    input_format: Any,
+    open_timeout: float,
+    read_timeout: float,
+    max_reconnects: int | None,
+) -> None:
+    """Send a V4L2 camera (/dev/video0) to a module: MJPEG pictures as JPEG images, raw
+    pictures as raw payloads, H.264 as packets. An unplugged or failing camera is reopened
+    with backoff in the same session; SIGINT/SIGTERM (or --max-reconnects failed attempts)
+    end the stream."""
+    zmq_transport = _transport()
+    endpoint = _endpoint(zmq_transport, outbound, "--out")
+    if not device.startswith("/dev/video"):
+        raise click.BadParameter(f"a V4L2 device (/dev/video*), got {device!r}",
+                                 param_hint="DEVICE")
+    dimensions = None
+    if size is not None:
+        width, _, height = size.lower().partition("x")
+        if not (width.isdigit() and height.isdigit() and int(width) and int(height)):
+            raise click.BadParameter(f"WIDTHxHEIGHT, got {size!r}", param_hint="--size")
+        dimensions = (int(width), int(height))
+    from torchstream.sources._live import LiveDemuxer
+    from torchstream.transport._live_adapter import camera_options, send_live
+
+    stop = threading.Event()
+    _stop_on_signals(stop.set)
+    demuxer = LiveDemuxer(
+        device, source_id=source_id, open_timeout_seconds=open_timeout,
+        read_timeout_seconds=read_timeout, max_reconnects=max_reconnects,
+        max_lag_seconds=1.0, stop_event=stop,
+        options=camera_options(size=dimensions, fps=fps, input_format=input_format),
+    )
+    _send_all([(demuxer.source_id, functools.partial(send_live, demuxer, endpoint, stop=stop))],
+              reliable=endpoint.reliable)
 
 
 @source.command("images")
