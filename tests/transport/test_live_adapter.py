@@ -110,8 +110,16 @@ def test_source_url_survives_a_server_crash_in_one_module_session(
         def gapped() -> list[int]:
             return [i for i, (_, f) in enumerate(frames) if "live.gap_seconds" in f.attributes]
 
-        lines.wait_for(lambda: bool(gapped()) and len(frames) > gapped()[0] + 25, 30,
-                       "frames after the restart")
+        try:
+            lines.wait_for(lambda: bool(gapped()) and len(frames) > gapped()[0] + 25, 30,
+                           "frames after the restart")
+        except AssertionError:
+            adapter.send_signal(signal.SIGTERM)
+            adapter.wait(30)
+            raise AssertionError(
+                f"{len(frames)} frames, last {frames[-1][1] if frames else None}; adapter: "
+                f"{adapter.stderr.read().decode()}"  # type: ignore[union-attr]
+            ) from None
         assert adapter.poll() is None and sink.poll() is None  # no end of stream meanwhile
         adapter.send_signal(signal.SIGTERM)
         assert adapter.wait(30) == 0, adapter.stderr.read().decode()  # type: ignore[union-attr]

@@ -175,6 +175,7 @@ class LiveDemuxer:
         self.backoff_max_seconds = backoff_max_seconds
         self.max_lag_seconds = max_lag_seconds
         self._options = dict(options or {})
+        self._owns_stop = stop_event is None
         self._stop = stop_event if stop_event is not None else threading.Event()
         self._random = random.Random()
         self.errors: collections.deque[str] = collections.deque(maxlen=16)
@@ -234,7 +235,10 @@ class LiveDemuxer:
         self._stop.set()
 
     def close(self) -> None:
-        self._stop.set()
+        """Free the connection; :meth:`packets` ends (an owner's ``stop_event`` is left as it
+        is: other demuxers may share it)."""
+        if self._owns_stop:
+            self._stop.set()
         self._disconnect()
 
     def statistics(self) -> LiveStatistics:
