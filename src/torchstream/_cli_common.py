@@ -136,9 +136,12 @@ def _device(text: str) -> torch.device:
     return device
 
 
-def start_tracing(trace_ratio: float | None, exporter: str) -> tuple[Any, Any]:
-    """``(tracer, provider)`` for ``--trace-ratio`` (else ``$OTEL_TRACES_SAMPLER_ARG``), or
-    ``(None, None)`` when tracing is off. Log records then carry trace and span ids."""
+def tracing_provider(trace_ratio: float | None, exporter: str, *, service: str) -> Any:
+    """The OpenTelemetry tracer provider for ``--trace-ratio`` (else
+    ``$OTEL_TRACES_SAMPLER_ARG``), or None when tracing is off. The service is
+    ``$OTEL_SERVICE_NAME``, else ``service``; the OTLP exporters take their endpoint and
+    headers from ``$OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`` / ``_HEADERS``. Log records then
+    carry trace and span ids."""
     sampler_arg = os.environ.get("OTEL_TRACES_SAMPLER_ARG")
     if trace_ratio is None and sampler_arg:
         try:
@@ -148,10 +151,30 @@ def start_tracing(trace_ratio: float | None, exporter: str) -> tuple[Any, Any]:
                 f"OTEL_TRACES_SAMPLER_ARG must be a ratio, got {sampler_arg!r}"
             ) from None
     if not trace_ratio:
-        return None, None
-    from torchstream.telemetry._tracing import OtelFrameTracer, TraceLogFilter, configure_tracing
+        return None
+    try:
+        from torchstream.telemetry._tracing import TraceLogFilter, configure_tracing
+    except ImportError as exc:  # MissingDependencyError names the extra
+        raise click.UsageError(str(exc)) from exc
 
-    provider = configure_tracing(ratio=trace_ratio, exporter=exporter)  # type: ignore[arg-type]
+    provider = configure_tracing(
+        ratio=trace_ratio,
+        exporter=exporter,  # type: ignore[arg-type]
+        service=os.environ.get("OTEL_SERVICE_NAME") or service,
+    )
     for handler in logging.getLogger().handlers:
         handler.addFilter(TraceLogFilter())
-    return OtelFrameTracer(), provider
+    return provider
+
+
+def start_tracing(
+    trace_ratio: float | None, exporter: str, *, service: str = "torchstream"
+) -> tuple[Any, Any]:
+    """``(frame tracer, provider)`` for a pipeline (see :func:`tracing_provider`), or
+    ``(None, None)`` when tracing is off."""
+    provider = tracing_provider(trace_ratio, exporter, service=service)
+    if provider is None:
+        return None, None
+    from torchstream.telemetry._tracing import OtelFrameTracer
+
+    return OtelFrameTracer(provider.get_tracer("torchstream")), provider

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from typing import Any
@@ -51,12 +54,18 @@ def _http() -> Any:
               "(e.g. dealer+connect:tcp://gpu:5555); needs --results.")
 @click.option("--results", "module_out", default=None, metavar="ENDPOINT",
               help="Where that module's results come from (e.g. sub+connect:tcp://gpu:5556).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="HTTP worker processes. 1: the pipeline runs in the server's process. "
+              "More: the pipeline runs alone in this process (as a module over ipc) and the "
+              "workers share the port, for more requests per second than one process parses.")
+@click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=None,
+              help="With --workers > 1: the pipeline's own metrics on this port.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="Longest a frame waits for its batch to fill.")
 @click.option("--half", is_flag=True, help="Half precision on CUDA.")
-@click.option("--max-in-flight", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--max-in-flight", type=click.IntRange(min=1), default=256, show_default=True,
               help="Requests inside the pipeline at once; past it: 429 with Retry-After.")
 @click.option("--deadline-seconds", type=click.FloatRange(min=0.001), default=10.0,
               show_default=True, help="Longest a request waits for its result (then 504).")
@@ -93,6 +102,8 @@ def serve(
     port: int,
     module_in: str | None,
     module_out: str | None,
+    workers: int,
+    metrics_port: int | None,
     device: str,
     batch_size: int,
     max_wait_ms: float,
@@ -154,6 +165,13 @@ def serve(
     )
     configure_logging(level=log_level, json_lines=log_format == "json")
     provider = None
+    if workers > 1:
+        _serve_with_workers(ctx, http, uvicorn, pipeline_module, config, workers=workers,
+                            host=host, port=port, module_in=module_in, module_out=module_out,
+                            device=device, batch_size=batch_size, max_wait_ms=max_wait_ms,
+                            half=half, meta=meta, metrics=metrics, metrics_port=metrics_port,
+                            trace_ratio=trace_ratio, trace_exporter=trace_exporter)
+        return
     if pipeline_module is not None:
         options = parse_options(pipeline_module, ctx.args)
         run_config = RunConfig(
@@ -213,6 +231,91 @@ def serve(
         sys.exit(1)
     if not server.started:
         sys.exit(1)  # uvicorn said why (a port in use, say)
+
+
+def _serve_with_workers(
+    ctx: click.Context, http: Any, uvicorn: Any, pipeline_module: Any, config: Any, *,
+    workers: int, host: str, port: int, module_in: str | None, module_out: str | None,
+    device: str, batch_size: int, max_wait_ms: float, half: bool, meta: str | None,
+    metrics: bool, metrics_port: int | None, trace_ratio: float | None, trace_exporter: str,
+) -> None:
+    """``--workers N``: the pipeline as a module in this process (unless ``--module``), and
+    N uvicorn workers in front of it."""
+    from torchstream.http._workers import WORKER_ENV, worker_settings
+
+    module = None
+    thread = None
+    errors: list[BaseException] = []
+    folder = None
+    provider = None
+    if pipeline_module is not None:
+        from torchstream._cli_transport import _transport
+
+        transport = _transport()
+        options = parse_options(pipeline_module, ctx.args)
+        run_config = RunConfig(
+            device=_device(device),
+            batch_policy=BatchPolicy(max_size=batch_size, max_wait_seconds=max_wait_ms / 1000),
+            half=half,
+        )
+        spec: PipelineSpec = pipeline_module.build(run_config, options)
+        tracer, provider = start_tracing(trace_ratio, trace_exporter)
+        folder = tempfile.mkdtemp(prefix="torchstream-serve-")
+        module_in = f"dealer+connect:ipc://{folder}/in"
+        module_out = f"sub+connect:ipc://{folder}/out"
+        module = transport.Module(
+            spec.stages, inbound=f"router+bind:ipc://{folder}/in",
+            outbound=f"pub+bind:ipc://{folder}/out",
+            sinks=[JsonLinesSink(meta)] if meta else [], device=run_config.device,
+            tracer=tracer, max_queued=max(64, config.max_in_flight),
+        )
+
+        def run_module() -> None:
+            try:
+                module.run()
+            except BaseException as exc:  # reported below: the server must not start
+                errors.append(exc)
+
+        thread = threading.Thread(target=run_module, name="ts/module", daemon=True)
+        thread.start()
+        while not module.ready.wait(0.1):  # models loading
+            if not thread.is_alive():
+                _console.print(f"[red]serve: the pipeline failed to start:[/red] {errors[0]}")
+                sys.exit(1)
+        if metrics_port is not None:
+            from torchstream.telemetry import ModuleCollector, serve_metrics
+
+            served = serve_metrics(module.pipeline, port=metrics_port, health=module.health,
+                                   collectors=[ModuleCollector(module)])
+            _console.print(f"pipeline metrics: http://127.0.0.1:{served.port}/metrics")
+    elif ctx.args:
+        raise click.UsageError(f"unexpected arguments {' '.join(ctx.args)!r}")
+    assert module_in is not None and module_out is not None
+    os.environ[WORKER_ENV] = worker_settings(
+        module_in=module_in, module_out=module_out, config=config, workers=workers,
+        metrics=metrics,
+    )
+    _console.print(
+        f"serving with {workers} workers on http://{host}:{port} (ready when /readyz says so)"
+    )
+    try:
+        uvicorn.run(
+            "torchstream.http._workers:worker_app", factory=True, workers=workers, host=host,
+            port=port, log_config=None, access_log=False,
+            ws_max_size=config.max_body_bytes + 1024,
+            timeout_graceful_shutdown=int(config.deadline_seconds) + 5,
+        )
+    finally:
+        if module is not None and thread is not None:
+            module.stop()  # the workers are gone: drain what the module has, then stop
+            thread.join()
+        if provider is not None:
+            provider.shutdown()
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+    if errors:
+        _console.print(f"[red]serve: the pipeline failed:[/red] {errors[0]}")
+        sys.exit(1)
 
 
 class ControlServer:

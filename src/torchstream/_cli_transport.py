@@ -1,16 +1,18 @@
-"""``torchstream module`` / ``source`` / ``sink``: the pipeline and its adapters as separate
-processes over ZeroMQ (needs ``torchstream[transport]``)."""
+"""``torchstream module`` / ``sink``: the pipeline and its sink adapters as separate processes
+over ZeroMQ (needs ``torchstream[transport]``), and what every adapter shares: endpoints,
+signals, telemetry options (the source adapters: :mod:`torchstream._cli_sources`)."""
 
 from __future__ import annotations
 
-import functools
-import glob
+import contextlib
 import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import click
 
@@ -21,14 +23,14 @@ from torchstream._cli_common import (
     load_pipeline,
     parse_options,
     start_tracing,
+    tracing_provider,
 )
 from torchstream._logging import configure_logging
 from torchstream._spec import PipelineSpec, RunConfig
 from torchstream._types import Sink
 from torchstream.pipeline import BatchPolicy
 from torchstream.sinks import JsonLinesSink
-from torchstream.sources import IMAGE_SUFFIXES, DecoderChoice
-from torchstream.sources._video import default_source_id
+from torchstream.sources import DecoderChoice
 
 _ENDPOINT_HELP = "<type>+<bind|connect>:<tcp://HOST:PORT | ipc://PATH>"
 
@@ -148,7 +150,7 @@ def module(
     )
     spec: PipelineSpec = pipeline_module.build(config, options)
     configure_logging(level=log_level, json_lines=log_format == "json")
-    tracer, provider = start_tracing(trace_ratio, trace_exporter)
+    tracer, provider = start_tracing(trace_ratio, trace_exporter, service="torchstream-module")
     sinks: list[Sink] = [JsonLinesSink(meta)] if meta else []
     try:
         server = transport.Module(
@@ -196,200 +198,79 @@ def module(
     )
 
 
-@click.group()
-def source() -> None:
-    """Source adapters: read inputs and send them to a module (demuxed, never decoded).
-    Live inputs and cameras reconnect after outages, in the same session."""
-
-
-def _live_options(function: Any) -> Any:
-    """The options of live inputs (cameras, RTSP/RTMP/UDP/SRT/HLS streams)."""
-    function = click.option(
-        "--max-reconnects", type=click.IntRange(min=0), default=None,
-        help="Live inputs: give up after this many consecutive failed attempts to reconnect "
-             "(default: never).",
-    )(function)
-    function = click.option(
-        "--read-timeout", type=click.FloatRange(min=0.01), default=5.0, show_default=True,
-        help="Live inputs: seconds without a packet after which the input is reopened.",
-    )(function)
-    function = click.option(
-        "--open-timeout", type=click.FloatRange(min=0.01), default=10.0, show_default=True,
-        help="Live inputs: seconds a connection may take to open.",
-    )(function)
+def _telemetry_options(function: Any) -> Any:
+    """--trace-ratio, --trace-exporter, --metrics-port and --metrics-address of an adapter."""
+    for decorator in reversed([
+        click.option("--trace-ratio", type=click.FloatRange(0, 1), default=None,
+                     help="Trace this share of frames over OTLP (default "
+                          "$OTEL_TRACES_SAMPLER_ARG, else off); see the README's Metrics."),
+        click.option("--trace-exporter", type=click.Choice(["otlp-http", "otlp-grpc", "console"]),
+                     default="otlp-http", show_default=True),
+        click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=None,
+                     help="Serve Prometheus metrics and /healthz on this port."),
+        click.option("--metrics-address", default="127.0.0.1", show_default=True),
+    ]):
+        function = decorator(function)
     return function
 
 
-def _send_all(jobs: list[tuple[str, Any]], *, reliable: bool) -> None:
-    """Run each ``(source id, send function)`` on its own thread; exit 1 if any failed."""
-    failures: list[str] = []
+@dataclass(frozen=True)
+class _Telemetry:
+    """An adapter's --trace-ratio, --trace-exporter, --metrics-port, --metrics-address."""
 
-    def send(sid: str, job: Any) -> None:
+    trace_ratio: float | None
+    trace_exporter: str
+    metrics_port: int | None
+    metrics_address: str
+
+
+def _ready(monitor: Any) -> Any:
+    """/healthz and /readyz of an adapter: alive while it runs; a sink adapter is ready once
+    its socket is open, a source adapter at once."""
+    from torchstream.pipeline import PipelineHealth
+
+    def health() -> PipelineHealth:
+        ready = getattr(monitor, "receiving", True)
+        return PipelineHealth(alive=True, ready=ready, reason="" if ready else "not bound yet")
+
+    return health
+
+
+@contextlib.contextmanager
+def _adapter_telemetry(
+    monitor: Any, collector: str, span_name: str, service: str, options: _Telemetry
+) -> Iterator[Any]:
+    """Serves ``monitor``'s metrics (``collector``, a class of torchstream.telemetry) while
+    the adapter runs and yields its tracer (None when tracing is off); flushes the last
+    spans at the end."""
+    server = None
+    metrics_port, metrics_address = options.metrics_port, options.metrics_address
+    if metrics_port is not None:
         try:
-            report = job()
-            _console.print(
-                f"{sid}: {report.frames} packets sent"
-                + (f", {report.reconnects} reconnects" if report.reconnects else "")
-                + ("" if report.acknowledged or not reliable or not report.frames
-                   else " (end of stream not acknowledged)")
+            import torchstream.telemetry as telemetry
+        except ImportError as exc:  # MissingDependencyError names the extra
+            raise click.UsageError(str(exc)) from exc
+        try:
+            server = telemetry.serve_collectors(
+                [getattr(telemetry, collector)(monitor)], port=metrics_port,
+                address=metrics_address, health=_ready(monitor),
             )
-        except Exception as exc:
-            failures.append(f"{sid}: {exc}")
+        except OSError as exc:
+            raise click.UsageError(f"--metrics-port {metrics_port}: {exc}") from exc
+        _console.print(f"metrics: http://{metrics_address}:{server.port}/metrics")
+    provider = tracing_provider(options.trace_ratio, options.trace_exporter, service=service)
+    tracer = None
+    if provider is not None:
+        from torchstream.telemetry._tracing import OtelAdapterTracer
 
-    threads = [threading.Thread(target=send, args=job, name=f"ts/send/{job[0]}") for job in jobs]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        while thread.is_alive():
-            thread.join(0.2)
-    for failure in failures:
-        _console.print(f"[red]error[/red] {failure}")
-    if failures:
-        sys.exit(1)
-
-
-@source.command("video")
-@click.argument("inputs", nargs=-1, required=True, metavar="URI...")
-@click.option("--out", "outbound", required=True, metavar="ENDPOINT",
-              help=f"The module's input: {_ENDPOINT_HELP} (dealer+connect, req+connect, "
-                   "push+connect).")
-@click.option("--source-id", default=None, help="Source id (one input only; default: its name).")
-@click.option("--sync", is_flag=True,
-              help="Files: send at the stream's own frame rate, like a camera.")
-@click.option("--loop", is_flag=True, help="Files: start over at the end, until interrupted.")
-@click.option("--streams", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Send each input as this many sources (<id>-0, <id>-1, …), for load tests.")
-@click.option("--transport", type=click.Choice(["tcp", "udp"]), default="tcp",
-              show_default=True, help="RTSP inputs: how packets travel.")
-@_live_options
-def source_video(
-    inputs: tuple[str, ...],
-    outbound: str,
-    source_id: str | None,
-    sync: bool,
-    loop: bool,
-    streams: int,
-    transport: Literal["tcp", "udp"],
-    open_timeout: float,
-    read_timeout: float,
-    max_reconnects: int | None,
-) -> None:
-    """Send video files or stream URLs to a module, one source each.
-
-    Live inputs (rtsp://, rtmp://, udp://, srt://, HLS .m3u8) reconnect after outages with
-    backoff, in the same session (the first frame after an outage carries
-    live.gap_seconds, timestamps go on increasing); they end on SIGINT/SIGTERM (or after
-    --max-reconnects failed attempts), then send their end of stream."""
-    zmq_transport = _transport()
-    endpoint = _endpoint(zmq_transport, outbound, "--out")
-    if source_id and len(inputs) > 1:
-        raise click.UsageError("--source-id names one input; give one input or none")
-    from torchstream.sources import is_live
-    from torchstream.transport._adapters import send_video
-
-    stop = threading.Event()
-    _stop_on_signals(stop.set)
-    jobs: list[tuple[str, Any]] = []
-    for uri in inputs:
-        base = source_id or default_source_id(uri)
-        ids = [base] if streams == 1 else [f"{base}-{i}" for i in range(streams)]
-        live = is_live(uri)
-        for sid in ids:
-            jobs.append((sid, functools.partial(
-                send_video, uri, endpoint, source_id=sid, sync=sync and not live,
-                loop=loop and not live, stop=stop, transport=transport,
-                open_timeout_seconds=open_timeout, read_timeout_seconds=read_timeout,
-                max_reconnects=max_reconnects,
-            )))
-    _send_all(jobs, reliable=endpoint.reliable)
-
-
-@source.command("camera")
-@click.argument("device", metavar="DEVICE")
-@click.option("--out", "outbound", required=True, metavar="ENDPOINT",
-              help=f"The module's input: {_ENDPOINT_HELP}.")
-@click.option("--source-id", default=None, help="Source id (default: dev_video0 for "
-              "/dev/video0).")
-@click.option("--size", default=None, metavar="WxH", help="Picture size to ask for.")
-@click.option("--fps", type=click.FloatRange(min=0.01), default=None,
-              help="Frame rate to ask for.")
-@click.option("--input-format", type=click.Choice(["mjpeg", "yuyv422", "h264"]), default=None,
-              help="What the camera delivers: JPEG pictures (sent as images), raw YUYV "
-                   "(sent as raw nv12 pictures) or H.264 (sent as packets).")
-@_live_options
-def source_camera(
-    device: str,
-    outbound: str,
-    source_id: str | None,
-    size: str | None,
-    fps: float | None,
-    input_format: Any,
-    open_timeout: float,
-    read_timeout: float,
-    max_reconnects: int | None,
-) -> None:
-    """Send a V4L2 camera (/dev/video0) to a module: MJPEG pictures as JPEG images, raw
-    pictures as raw payloads, H.264 as packets. An unplugged or failing camera is reopened
-    with backoff in the same session; SIGINT/SIGTERM (or --max-reconnects failed attempts)
-    end the stream."""
-    zmq_transport = _transport()
-    endpoint = _endpoint(zmq_transport, outbound, "--out")
-    if not device.startswith("/dev/video"):
-        raise click.BadParameter(f"a V4L2 device (/dev/video*), got {device!r}",
-                                 param_hint="DEVICE")
-    dimensions = None
-    if size is not None:
-        width, _, height = size.lower().partition("x")
-        if not (width.isdigit() and height.isdigit() and int(width) and int(height)):
-            raise click.BadParameter(f"WIDTHxHEIGHT, got {size!r}", param_hint="--size")
-        dimensions = (int(width), int(height))
-    from torchstream.sources._live import LiveDemuxer
-    from torchstream.transport._live_adapter import camera_options, send_live
-
-    stop = threading.Event()
-    _stop_on_signals(stop.set)
-    demuxer = LiveDemuxer(
-        device, source_id=source_id, open_timeout_seconds=open_timeout,
-        read_timeout_seconds=read_timeout, max_reconnects=max_reconnects,
-        max_lag_seconds=1.0, stop_event=stop,
-        options=camera_options(size=dimensions, fps=fps, input_format=input_format),
-    )
-    _send_all([(demuxer.source_id, functools.partial(send_live, demuxer, endpoint, stop=stop))],
-              reliable=endpoint.reliable)
-
-
-@source.command("images")
-@click.argument("inputs", nargs=-1, required=True, metavar="PATH...")
-@click.option("--out", "outbound", required=True, metavar="ENDPOINT",
-              help=f"The module's input: {_ENDPOINT_HELP}.")
-@click.option("--source-id", default=None, help="Source id (default: the folder's name).")
-def source_images(inputs: tuple[str, ...], outbound: str, source_id: str | None) -> None:
-    """Send JPEG/PNG files (folders, globs or files, in sorted order) as one source."""
-    transport = _transport()
-    endpoint = _endpoint(transport, outbound, "--out")
-    paths: list[Path] = []
-    for text in inputs:
-        path = Path(text)
-        if path.is_dir():
-            paths.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
-        elif glob.has_magic(text):
-            paths.extend(sorted(Path(p) for p in glob.glob(text)))
-        else:
-            paths.append(path)
-    if not paths:
-        raise click.UsageError("no image files in the inputs")
-    sid = source_id or Path(inputs[0]).name or "images"
-    from torchstream._errors import SourceError
-    from torchstream.transport._adapters import send_images
-
-    stop = threading.Event()
-    _stop_on_signals(stop.set)
+        tracer = OtelAdapterTracer(span_name, provider.get_tracer("torchstream"))
     try:
-        report = send_images(paths, endpoint, source_id=sid, stop=stop)
-    except SourceError as exc:
-        _console.print(f"[red]error[/red] {exc}")
-        sys.exit(1)
-    _console.print(f"{sid}: {report.frames} images sent")
+        yield tracer
+    finally:
+        if provider is not None:
+            provider.shutdown()  # flush the last spans
+        if server is not None:
+            server.close()
 
 
 def _sink_options(function: Any) -> Any:
@@ -409,21 +290,31 @@ def _sink_options(function: Any) -> Any:
         "--idle-timeout", type=click.FloatRange(min=0.01), default=None,
         help="Exit after this many seconds without a message.",
     )(function)
-    return function
+    return _telemetry_options(function)
 
 
-def _receive(inbound: str, writers: list[Any], source_ids: tuple[str, ...],
-             exit_after: int | None, idle_timeout: float | None) -> None:
+def _receive(
+    kind: str, writers: list[Any],
+    receiving: tuple[str, tuple[str, ...], int | None, float | None], telemetry: _Telemetry,
+) -> None:
+    """Receive into ``writers``; ``receiving``: --in, --source, --exit-after, --idle-timeout."""
+    inbound, source_ids, exit_after, idle_timeout = receiving
     transport = _transport()
     endpoint = _endpoint(transport, inbound, "--in")
+    from torchstream.transport._adapter_stats import ReceiveMonitor
     from torchstream.transport._adapters import receive_results
 
     stop = threading.Event()
     _stop_on_signals(stop.set)
-    report = receive_results(
-        endpoint, writers, source_ids=list(source_ids) or None,
-        exit_after_sources=exit_after, idle_timeout_seconds=idle_timeout, stop=stop,
-    )
+    monitor = ReceiveMonitor()
+    with _adapter_telemetry(
+        monitor, "SinkAdapterCollector", f"sink {kind}", "torchstream-sink", telemetry
+    ) as tracer:
+        report = receive_results(
+            endpoint, writers, source_ids=list(source_ids) or None,
+            exit_after_sources=exit_after, idle_timeout_seconds=idle_timeout, stop=stop,
+            monitor=monitor, tracer=tracer,
+        )
     _console.print(
         f"{report.results} results, {report.sources_ended} sources ended, {report.errors} errors"
     )
@@ -439,30 +330,42 @@ def sink() -> None:
 @sink.command("json")
 @click.argument("path", type=click.Path(dir_okay=False))
 @_sink_options
-def sink_json(path: str, inbound: str, source_ids: tuple[str, ...], exit_after: int | None,
-              idle_timeout: float | None) -> None:
+def sink_json(
+    path: str, inbound: str, source_ids: tuple[str, ...], exit_after: int | None,
+    idle_timeout: float | None, trace_ratio: float | None, trace_exporter: str,
+    metrics_port: int | None, metrics_address: str,
+) -> None:
     """Write every result's metadata as JSON lines to PATH ('-' for stdout)."""
     from torchstream.transport._adapters import JsonResultWriter
 
-    _receive(inbound, [JsonResultWriter(path)], source_ids, exit_after, idle_timeout)
+    _receive("json", [JsonResultWriter(path)], (inbound, source_ids, exit_after, idle_timeout),
+             _Telemetry(trace_ratio, trace_exporter, metrics_port, metrics_address))
 
 
 @sink.command("images")
 @click.argument("directory", type=click.Path(file_okay=False))
 @_sink_options
-def sink_images(directory: str, inbound: str, source_ids: tuple[str, ...],
-                exit_after: int | None, idle_timeout: float | None) -> None:
+def sink_images(
+    directory: str, inbound: str, source_ids: tuple[str, ...], exit_after: int | None,
+    idle_timeout: float | None, trace_ratio: float | None, trace_exporter: str,
+    metrics_port: int | None, metrics_address: str,
+) -> None:
     """Write results' images (module --content original or image) under DIRECTORY/<source>/."""
     from torchstream.transport._adapters import ImageResultWriter
 
-    _receive(inbound, [ImageResultWriter(directory)], source_ids, exit_after, idle_timeout)
+    writer = ImageResultWriter(directory)
+    _receive("images", [writer], (inbound, source_ids, exit_after, idle_timeout),
+             _Telemetry(trace_ratio, trace_exporter, metrics_port, metrics_address))
 
 
 @sink.command("video")
 @click.argument("pattern")
 @_sink_options
-def sink_video(pattern: str, inbound: str, source_ids: tuple[str, ...],
-               exit_after: int | None, idle_timeout: float | None) -> None:
+def sink_video(
+    pattern: str, inbound: str, source_ids: tuple[str, ...], exit_after: int | None,
+    idle_timeout: float | None, trace_ratio: float | None, trace_exporter: str,
+    metrics_port: int | None, metrics_address: str,
+) -> None:
     """Write each source's results as a video into PATTERN, e.g. 'out/{source_id}.mp4':
     original packets (module --content original) re-muxed as they are, annotated pictures
     (--content image) encoded as H.264."""
@@ -472,14 +375,12 @@ def sink_video(pattern: str, inbound: str, source_ids: tuple[str, ...],
         writer = VideoResultWriter(pattern)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="PATTERN") from None
-    _receive(inbound, [writer], source_ids, exit_after, idle_timeout)
-
-
-source.add_command(source_video, name="url")  # `source url rtsp://…`: the same adapter
+    _receive("video", [writer], (inbound, source_ids, exit_after, idle_timeout),
+             _Telemetry(trace_ratio, trace_exporter, metrics_port, metrics_address))
 
 
 def register(group: click.Group) -> None:
-    """Add ``module``, ``source`` and ``sink`` to the ``torchstream`` command."""
+    """Add ``module`` and ``sink`` to the ``torchstream`` command (``source``: see
+    :mod:`torchstream._cli_sources`)."""
     group.add_command(module)
-    group.add_command(source)
     group.add_command(sink)

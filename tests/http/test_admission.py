@@ -34,16 +34,31 @@ def test_admission_bounds_in_flight_and_measures_the_rate():
     assert admission.service_rate() == pytest.approx(10.0, rel=0.1)
     assert admission.retry_after_seconds() == pytest.approx(0.2, rel=0.1)  # 2 in flight
     assert admission.retry_after_header() == "1"  # whole seconds, at least 1
+    # 1 in flight takes 0.1 s at 10 per second: a request due within 0.05 s would miss it.
+    admission.leave(served=False)
+    assert not admission.try_enter(within_seconds=0.05)
+    assert admission.try_enter(within_seconds=1.0)
     clock.now += 30  # old completions stop counting
     assert admission.service_rate() == 0.0
     stats = admission.statistics()
-    assert (stats.in_flight, stats.rejected_total, stats.completed_total) == (2, 1, 20)
+    assert (stats.in_flight, stats.rejected_total, stats.completed_total) == (2, 2, 20)
     admission.leave(served=False)
     admission.leave(served=False)
     with pytest.raises(RuntimeError):
         admission.leave(served=False)
     with pytest.raises(ValueError, match="max_in_flight"):
         Admission(0)
+
+
+def test_idle_time_does_not_count_against_the_rate():
+    clock = FakeClock()
+    admission = Admission(100, clock=clock)
+    for _ in range(5):  # one request every 2 s, each served in 0.1 s
+        assert admission.try_enter()
+        clock.now += 0.1
+        admission.leave(served=True)
+        clock.now += 1.9
+    assert admission.service_rate() == pytest.approx(10.0, rel=0.01)  # not 0.5 per second
 
 
 def _post(url: str, **params: float) -> httpx.Response:

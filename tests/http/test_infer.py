@@ -157,7 +157,7 @@ def test_health_and_status(url):
     assert httpx.get(f"{url}/healthz").json() == {"ok": True, "reason": "models loaded and warm"}
     assert httpx.get(f"{url}/readyz").status_code == 200
     status = httpx.get(f"{url}/v1/status").json()
-    assert status["admission"]["max_in_flight"] == 64
+    assert status["admission"]["max_in_flight"] == 256
     assert status["pipeline"]["running"] is True
 
 

@@ -3,13 +3,14 @@ GStreamer's RTSP server, into a real module, across a server crash."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pytest
 
 pytest.importorskip("zmq", reason="needs pyzmq: pip install 'torchstream[transport]'")
 
-from torchstream import Frame, decode_json
+from torchstream import Frame, SourceError, decode_json
 from torchstream.codecs import decode_image
 from torchstream.sources._live import LiveDemuxer
 from torchstream.testing import RtspTestServer
@@ -28,7 +29,9 @@ from torchstream.transport import (
     PacketPayload,
     RawPayload,
     Receiver,
+    ResultMessage,
 )
+from torchstream.transport._adapter_stats import SendMonitor
 from torchstream.transport._live_adapter import _Timeline, camera_options, send_live
 
 PIPELINE = '''
@@ -155,9 +158,11 @@ def test_source_url_survives_a_server_crash_in_one_module_session(
     assert first_after_at - ready_at < 6.0
 
 
-def _receive_one_message(url: str, tmp_path: Path) -> tuple[FrameMessage, bytes, int]:
-    """Run send_live on ``url`` until its first few messages reached a router; return the
-    last of them with its payload, and how many came."""
+def _receive_one_message(
+    url: str, tmp_path: Path, **send_options: object
+) -> tuple[FrameMessage, bytes, int]:
+    """Run send_live on ``url`` (with ``send_options``) until its first few messages reached
+    a router; return the last of them with its payload, and how many came."""
     endpoint = f"ipc://{tmp_path}/live-{url.rsplit('/', 1)[-1]}"
     stop = threading.Event()
     demuxer = LiveDemuxer(url, source_id="cam", read_timeout_seconds=2.0, stop_event=stop)
@@ -165,7 +170,7 @@ def _receive_one_message(url: str, tmp_path: Path) -> tuple[FrameMessage, bytes,
     with Receiver(f"router+bind:{endpoint}") as inbox:
         sender = threading.Thread(
             target=send_live, args=(demuxer, f"dealer+connect:{endpoint}"),
-            kwargs={"stop": stop}, name="ts/test/send-live",
+            kwargs={"stop": stop, **send_options}, name="ts/test/send-live",
         )
         sender.start()
         try:
@@ -205,6 +210,43 @@ def test_mjpeg_goes_as_images_and_raw_pictures_as_raw_payloads(
 
     message, data, _ = _receive_one_message(own_rtsp_server.url("/h264"), tmp_path)
     assert isinstance(message.payload, PacketPayload) and message.payload.codec == "h264"
+
+
+class _RecordingTracer:
+    """An AdapterTracer that records its spans and gives each send a traceparent."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int]] = []
+
+    @contextlib.contextmanager
+    def sending(self, source_id: str, seq: int) -> Iterator[str | None]:
+        self.sent.append((source_id, seq))
+        yield f"00-{'ab' * 16}-{seq + 1:016x}-01"
+
+    @contextlib.contextmanager
+    def writing(self, result: ResultMessage) -> Iterator[None]:
+        yield
+
+
+def test_live_frames_are_counted_and_traced(
+    own_rtsp_server: RtspTestServer, tmp_path: Path
+) -> None:
+    monitor, tracer = SendMonitor(), _RecordingTracer()
+    message, _, count = _receive_one_message(
+        own_rtsp_server.url("/h264"), tmp_path, monitor=monitor, tracer=tracer
+    )
+    assert message.traceparent == f"00-{'ab' * 16}-{message.seq + 1:016x}-01"
+    assert tracer.sent[:count] == [("cam", seq) for seq in range(count)]  # one span a frame
+    stats = monitor.statistics()
+    assert stats.sending == frozenset() and stats.failed == {}
+    assert stats.senders["cam"].sent >= count + 1  # its frames and its end of stream
+
+    # A live input that fails for good counts as the source's failure.
+    demuxer = LiveDemuxer(own_rtsp_server.url("/missing"), source_id="gone", max_reconnects=0,
+                          open_timeout_seconds=5.0)
+    with pytest.raises(SourceError):  # not found: fatal at once
+        send_live(demuxer, f"push+connect:ipc://{tmp_path}/nobody", monitor=monitor)
+    assert monitor.statistics().failed == {"gone": 1}
 
 
 def test_timeline_goes_on_across_a_restarted_clock() -> None:

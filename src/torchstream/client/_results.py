@@ -28,7 +28,9 @@ class Result:
     for a copy), ``content_description`` says what it holds. An end-of-stream has
     ``end_of_stream=True``, no ``frame``, and ``seq`` = the source's last seq (None: none).
     ``trace_id`` / ``traceparent`` are those of the request that caused it, when the
-    pipeline passed them on.
+    pipeline passed them on: the request's trace id; the parent is the request's, or the
+    module's ``frame`` span when the module traced the frame (so spans you open from it
+    nest under the module's).
     """
 
     source_id: str

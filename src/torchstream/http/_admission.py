@@ -23,12 +23,20 @@ class AdmissionStatistics:
     rejected_total: int
     completed_total: int
     service_rate_per_second: float
-    """Requests finished per second over the last ten seconds (0.0 before any)."""
+    """Requests served per busy second over the last ten seconds (0.0 before any)."""
 
 
 class Admission:
     """At most ``max_in_flight`` admitted at once: :meth:`try_enter` says yes (then
-    :meth:`leave` must follow, once) or no at once — it never queues the caller."""
+    :meth:`leave` must follow, once) or no at once — it never queues the caller.
+
+    With ``within_seconds``, a request is also refused when those in flight would take longer
+    than that at the measured service rate: it would miss its deadline anyway, so it gets an
+    immediate refusal instead of a late 504. The rate is requests served per second of *busy*
+    time (some request in flight) over the last ten seconds: at light load it is below what
+    the pipeline can do (a batching pipeline does more when busier), so the prediction errs
+    towards admitting.
+    """
 
     def __init__(
         self, max_in_flight: int, *, clock: Callable[[], float] = time.monotonic
@@ -41,12 +49,26 @@ class Admission:
         self._admitted = 0
         self._rejected = 0
         self._completed = 0
-        self._done: collections.deque[float] = collections.deque(maxlen=8192)
+        # (when, busy seconds so far) per request served, oldest first
+        self._done: collections.deque[tuple[float, float]] = collections.deque(maxlen=8192)
+        self._busy_total = 0.0
+        self._busy_since: float | None = None
 
-    def try_enter(self) -> bool:
-        if self.in_flight >= self.max_in_flight:
+    def _busy(self, now: float) -> float:
+        """Seconds with a request in flight, since the start."""
+        if self._busy_since is None:
+            return self._busy_total
+        return self._busy_total + now - self._busy_since
+
+    def try_enter(self, *, within_seconds: float | None = None) -> bool:
+        if self.in_flight >= self.max_in_flight or (
+            within_seconds is not None and self.in_flight > 0
+            and self.in_flight >= self.service_rate() * within_seconds > 0
+        ):
             self._rejected += 1
             return False
+        if self.in_flight == 0:
+            self._busy_since = self._clock()
         self.in_flight += 1
         self._admitted += 1
         return True
@@ -56,21 +78,26 @@ class Admission:
         towards the service rate), rather than it failing or expiring."""
         if self.in_flight <= 0:
             raise RuntimeError("leave() without a matching try_enter()")
+        now = self._clock()
         self.in_flight -= 1
         if served:
             self._completed += 1
-            self._done.append(self._clock())
+            self._done.append((now, self._busy(now)))
+        if self.in_flight == 0 and self._busy_since is not None:
+            self._busy_total += now - self._busy_since
+            self._busy_since = None
 
     def service_rate(self) -> float:
-        """Requests served per second, measured over the last ten seconds."""
+        """Requests served per busy second, over the last ten seconds (0.0 until two were
+        served)."""
         now = self._clock()
         done = self._done
-        while done and now - done[0] > _RATE_WINDOW_SECONDS:
+        while done and now - done[0][0] > _RATE_WINDOW_SECONDS:
             done.popleft()
         if len(done) < 2:
             return 0.0
-        span = max(now - done[0], 1e-3)
-        return len(done) / span
+        busy = max(self._busy(now) - done[0][1], 1e-3)
+        return (len(done) - 1) / busy
 
     def retry_after_seconds(self) -> float:
         """How long until the requests now in flight are done, at the measured rate (1 s

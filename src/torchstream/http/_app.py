@@ -151,13 +151,13 @@ class _Server:
                 retry_after_seconds=1.0,
             )
 
-    def admit(self) -> None:
-        if not self.admission.try_enter():
+    def admit(self, deadline: float) -> None:
+        if not self.admission.try_enter(within_seconds=deadline - self.clock()):
             seconds = self.admission.retry_after_seconds()
             raise Problem(
                 429,
-                f"{self.admission.max_in_flight} requests in flight, the most this server "
-                "takes: retry later",
+                f"{self.admission.in_flight} requests in flight: more than this server "
+                "finishes before this one's deadline, or its limit; retry later",
                 headers={"Retry-After": self.admission.retry_after_header()},
                 retry_after_seconds=seconds,
             )
@@ -171,6 +171,7 @@ class _Server:
     # -- one frame ----------------------------------------------------------------------
     async def read_image(self, request: Request, deadline: float) -> Any:
         cfg = self.config
+        request.state.body_read = True  # whatever happens now, nothing to discard later
         try:
             return await asyncio.wait_for(
                 image_from_request(
@@ -226,6 +227,21 @@ class _Server:
             raise
         finally:
             self.admission.leave(served=served)
+
+
+async def _discard_body(request: Request, max_bytes: int) -> None:
+    """Read and drop what is left of the body (at most ``max_bytes``, for at most a
+    second: past that the connection is closed instead)."""
+
+    async def drain() -> None:
+        total = 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > max_bytes:
+                return
+
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(drain(), 1.0)
 
 
 def _unauthorized() -> Problem:
@@ -298,6 +314,10 @@ def create_app(
 
     @app.exception_handler(Problem)
     async def problem(request: Request, exc: Problem) -> JSONResponse:
+        if request.method == "POST" and not getattr(request.state, "body_read", False):
+            # Refused before reading (401, 429, 503): take the rest of the upload first, so
+            # the client reads its answer on a connection that stays open, not a reset.
+            await _discard_body(request, cfg.max_body_bytes)
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     secured = [Depends(server.keys.dependency(_unauthorized))]
@@ -318,7 +338,7 @@ def create_app(
         started = clock()
         deadline = server.deadline(started, deadline_seconds)
         server.check_ready()
-        server.admit()
+        server.admit(deadline)
         served = False
         try:
             image = await server.read_image(request, deadline)
@@ -346,7 +366,7 @@ def create_app(
         started = clock()
         deadline = server.deadline(started, deadline_seconds)
         server.check_ready()
-        server.admit()
+        server.admit(deadline)
         try:
             image = await server.read_image(request, deadline)
             job = server.jobs.create()
@@ -576,7 +596,7 @@ def _submit(server: _Server, source_id: str, index: int, data: bytes, started: f
                             max_side=cfg.max_image_side)
     except ImageRejected as exc:
         return (index, Problem(exc.status, exc.message), started, deadline, "")
-    if not server.admission.try_enter():
+    if not server.admission.try_enter(within_seconds=deadline - started):
         return (index, Problem(429, "too many frames in flight on this server",
                                retry_after_seconds=server.admission.retry_after_seconds()),
                 started, deadline, "")

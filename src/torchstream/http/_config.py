@@ -33,7 +33,7 @@ class ServeConfig:
     - ``infer_source_id``: the source id of ``/v1/infer`` and ``/v1/jobs`` frames.
     """
 
-    max_in_flight: int = 64
+    max_in_flight: int = 256
     deadline_seconds: float = 10.0
     max_body_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 40_000_000

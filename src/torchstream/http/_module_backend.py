@@ -20,9 +20,10 @@ __all__ = ["ModuleBackend"]
 class ModuleBackend:
     """Frames go to a module's input (``source_endpoint``, e.g. ``dealer+connect:…``),
     results come from its output (``results_endpoint``, e.g. ``sub+connect:…`` or, acknowledged,
-    ``router+bind:…``), matched to requests by trace id. Ready once one warm-up image made
-    the round trip (the module is up, its models loaded). A frame that the module drops is
-    not reported over the wire: its request ends at its deadline (``504``).
+    ``router+bind:…``), matched to requests by trace id. Ready once one warm-up image (as
+    source ``warmup_source_id``) made the round trip (the module is up, its models loaded).
+    A frame that the module drops is not reported over the wire: its request ends at its
+    deadline (``504``).
     """
 
     def __init__(
@@ -33,12 +34,14 @@ class ModuleBackend:
         max_pending: int = 4096,
         timeout_seconds: float = 60.0,
         warmup_timeout_seconds: float = 600.0,
+        warmup_source_id: str = WARMUP_SOURCE_ID,
     ) -> None:
         self._client = AsyncClient(
             source_endpoint, results_endpoint, max_pending=max_pending,
             timeout_seconds=timeout_seconds,
         )
         self._warmup_timeout = warmup_timeout_seconds
+        self._warmup_source_id = warmup_source_id
         self._entered = False
         self._ready = False
         self._closing = False
@@ -54,7 +57,8 @@ class ModuleBackend:
         while True:
             try:
                 await asyncio.wait_for(
-                    self.submit(WARMUP_SOURCE_ID, _warmup_image(), deadline_monotonic=deadline,
+                    self.submit(self._warmup_source_id, _warmup_image(),
+                                deadline_monotonic=deadline,
                                 traceparent=""),
                     min(5.0, max(0.1, deadline - time.monotonic())),
                 )
@@ -64,7 +68,7 @@ class ModuleBackend:
                     self._failure = f"the module did not answer a warm-up image: {exc!r}"
                     await self.aclose()
                     raise BrokenResourceError(self._failure) from None
-        await self.end_source(WARMUP_SOURCE_ID)
+        await self.end_source(self._warmup_source_id)
         self._ready = True
 
     async def aclose(self) -> None:

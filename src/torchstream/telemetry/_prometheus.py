@@ -27,7 +27,13 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("prometheus-client", "telemetry") from exc
 
-__all__ = ["MetricsServer", "ModuleCollector", "PipelineCollector", "serve_metrics"]
+__all__ = [
+    "MetricsServer",
+    "ModuleCollector",
+    "PipelineCollector",
+    "serve_collectors",
+    "serve_metrics",
+]
 
 log = logging.getLogger(__name__)
 
@@ -175,18 +181,18 @@ def _device_memory(device: torch.device) -> Iterator[Metric]:
 
 
 class MetricsServer:
-    """HTTP endpoints for one pipeline, on a daemon thread (``ts/telemetry``):
+    """HTTP endpoints on a daemon thread (``ts/telemetry``), for a pipeline
+    (:func:`serve_metrics`) or anything else (:func:`serve_collectors`):
 
     - ``GET /metrics``: Prometheus exposition;
     - ``GET /healthz``: 200 while alive, 503 once crashed or closed (liveness);
-    - ``GET /readyz``: 200 when models are loaded and a source is bound, else 503;
-    - ``GET /status``: JSON summary of sources and sessions.
+    - ``GET /readyz``: 200 when ready (a pipeline: models loaded and a source bound), else 503;
+    - ``GET /status``: JSON summary (a pipeline's sources and sessions; 404 without one).
 
     ``close()`` stops the server and frees the port.
     """
 
-    def __init__(self, pipeline: Pipeline, registry: CollectorRegistry, server: Any) -> None:
-        self._pipeline = pipeline
+    def __init__(self, registry: CollectorRegistry, server: Any) -> None:
         self._registry = registry
         self._server = server
         self.port: int = server.server_address[1]
@@ -309,9 +315,34 @@ def serve_metrics(
     (default ``pipeline.health``; a module reports its own, ready once its socket is bound).
     ``collectors``: more Prometheus collectors on the same endpoint (a :class:`ModuleCollector`).
     """
-    check_health = health or pipeline.health
+    return serve_collectors(
+        [PipelineCollector(pipeline, per_source_labels=per_source_labels), *collectors],
+        port=port,
+        address=address,
+        health=health or pipeline.health,
+        status=lambda: _status(pipeline),
+    )
+
+
+def _always_healthy() -> PipelineHealth:
+    return PipelineHealth(alive=True, ready=True, reason="")
+
+
+def serve_collectors(
+    collectors: Sequence[Any],
+    *,
+    port: int,
+    address: str = "127.0.0.1",
+    health: Callable[[], PipelineHealth] | None = None,
+    status: Callable[[], dict[str, Any]] | None = None,
+) -> MetricsServer:
+    """Serve Prometheus ``collectors`` at ``http://address:port/metrics`` without a pipeline
+    (a source or sink adapter: :class:`SourceAdapterCollector`, :class:`SinkAdapterCollector`),
+    with /healthz and /readyz from ``health`` (default: alive and ready while the process
+    serves) and /status from ``status`` (404 without). Binding as for :func:`serve_metrics`.
+    """
+    check_health = health or _always_healthy
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(PipelineCollector(pipeline, per_source_labels=per_source_labels))
     for collector in collectors:
         registry.register(collector)
 
@@ -325,8 +356,8 @@ def serve_metrics(
                 ok = state.alive if path == "/healthz" else state.ready
                 body = json.dumps({"ok": ok, "reason": state.reason}).encode()
                 self._reply(200 if ok else 503, body, "application/json")
-            elif path == "/status":
-                self._reply(200, json.dumps(_status(pipeline)).encode(), "application/json")
+            elif path == "/status" and status is not None:
+                self._reply(200, json.dumps(status()).encode(), "application/json")
             else:
                 self._reply(404, b'{"error": "not found"}', "application/json")
 
@@ -342,4 +373,4 @@ def serve_metrics(
 
     server = ThreadingHTTPServer((address, port), Handler)
     server.daemon_threads = True
-    return MetricsServer(pipeline, registry, server)
+    return MetricsServer(registry, server)

@@ -24,6 +24,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise MissingDependencyError("opentelemetry-sdk", "telemetry") from exc
 
 __all__ = [
+    "OtelAdapterTracer",
     "OtelFrameTracer",
     "TraceLogFilter",
     "configure_tracing",
@@ -47,6 +48,10 @@ class OtelFrameTracer:
     sink work on a sampled frame is a child span ``stage <name>`` / ``sink <name>`` with
     ``torchstream.batch.size`` and ``torchstream.batch.id`` (frames batched together share
     the id). A dropped frame's span ends with an error status naming the reason.
+
+    A sampled frame's ``_traceparent`` becomes its ``frame`` span's (same trace id, the span
+    as parent), so what the frame causes downstream continues under it: a module's result
+    messages carry it, and a sink adapter's span is a child of the module's ``frame`` span.
     """
 
     def __init__(self, tracer: Any = None) -> None:
@@ -70,6 +75,7 @@ class OtelFrameTracer:
             return
         frame.__dict__[_SPAN] = span
         frame.__dict__[_TRACER] = self._tracer
+        frame.__dict__["_traceparent"] = _header(span)
         if decode_started is not None:  # the read and decode of this frame, already done
             self._tracer.start_span(
                 "decode",
@@ -128,11 +134,66 @@ def frame_span(frame: Frame, name: str, tracer: Any = None) -> Iterator[Span | N
 def traceparent(frame: Frame) -> str | None:
     """The W3C ``traceparent`` of a sampled frame's span, to carry it to another process."""
     root = frame.__dict__.get(_SPAN)
-    if root is None:
-        return None
+    return None if root is None else _header(root)
+
+
+def _header(span: Span) -> str | None:
     carrier: dict[str, str] = {}
-    _propagator.inject(carrier, context=trace.set_span_in_context(root))
+    _propagator.inject(carrier, context=trace.set_span_in_context(span))
     return carrier.get("traceparent")
+
+
+class OtelAdapterTracer:
+    """An :class:`~torchstream.transport._adapter_stats.AdapterTracer` on OpenTelemetry: the
+    spans of the processes at a module's edges.
+
+    A source adapter opens a span ``name`` (``source video``, kind PRODUCER, attributes
+    ``torchstream.source_id`` and ``torchstream.seq``) around each frame message it sends,
+    sampled by the tracer provider, and sends its ``traceparent`` in the message header,
+    sampled or not, so the module follows the adapter's decision. A sink adapter opens a span
+    ``name`` (``sink json``, kind CONSUMER) around the writers' work on each result, a child
+    of the result's ``traceparent`` (the module's ``frame`` span when the module traced it).
+    """
+
+    def __init__(self, name: str, tracer: Any = None) -> None:
+        self._name = name
+        self._tracer = tracer or trace.get_tracer("torchstream")
+
+    @contextlib.contextmanager
+    def sending(self, source_id: str, seq: int) -> Iterator[str | None]:
+        span = self._tracer.start_span(
+            self._name,
+            kind=trace.SpanKind.PRODUCER,
+            attributes={"torchstream.source_id": source_id, "torchstream.seq": seq},
+        )
+        try:
+            yield _header(span)
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, str(exc)))
+            raise
+        finally:
+            span.end()
+
+    @contextlib.contextmanager
+    def writing(self, result: Any) -> Iterator[None]:
+        parent = None
+        if result.traceparent:
+            parent = _propagator.extract({"traceparent": result.traceparent})
+        span = self._tracer.start_span(
+            self._name,
+            context=parent,
+            kind=trace.SpanKind.CONSUMER,
+            attributes={
+                "torchstream.source_id": result.source_id,
+                "torchstream.seq": result.seq,
+                "torchstream.content": result.content,
+            },
+        )
+        try:
+            yield
+        finally:
+            span.end()
 
 
 Exporter = Literal["otlp-http", "otlp-grpc", "console"]
@@ -162,7 +223,7 @@ def configure_tracing(
             )
         except ImportError as exc:
             raise MissingDependencyError(
-                "opentelemetry-exporter-otlp-proto-grpc", "telemetry"
+                "opentelemetry-exporter-otlp-proto-grpc", "otlp-grpc"
             ) from exc
         span_exporter = GrpcExporter()
     elif exporter == "console":

@@ -4,10 +4,12 @@ folders and send them (demuxed, not decoded); sink adapters receive results and 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -19,6 +21,7 @@ from torchstream.codecs._pyav import decode_image, demux_packets
 from torchstream.sinks._jsonl import JsonLinesSink
 from torchstream.sinks._video import safe_filename_part
 from torchstream.sources._live import LiveDemuxer, is_live
+from torchstream.transport._adapter_stats import AdapterTracer, ReceiveMonitor, SendMonitor
 from torchstream.transport._channel import Receiver, Sender
 from torchstream.transport._endpoint import Endpoint
 from torchstream.transport._protocol import (
@@ -75,12 +78,17 @@ def send_video(
     read_timeout_seconds: float = 5.0,
     max_reconnects: int | None = None,
     max_lag_seconds: float | None = 1.0,
+    monitor: SendMonitor | None = None,
+    tracer: AdapterTracer | None = None,
 ) -> SendReport:
     """Send the video packets of ``uri`` (a file or stream URL, demuxed by PyAV, never
     decoded here) as ``source_id``, then an end of stream.
 
     ``sync`` paces packets at the stream's own rate (a file behaves like a camera);
     ``loop`` starts over at the end, with timestamps that keep increasing, until ``stop``.
+    ``monitor`` follows the sender's counts (for a metrics endpoint); ``tracer`` wraps each
+    send in a span whose ``traceparent`` the frame message carries, so the module continues
+    the trace.
 
     A live input (:func:`~torchstream.sources.is_live`: RTSP, RTMP, UDP, SRT, HLS, a
     camera) is read by a :class:`~torchstream.sources._live.LiveDemuxer` instead and sent by
@@ -101,10 +109,10 @@ def send_video(
             max_reconnects=max_reconnects, max_lag_seconds=max_lag_seconds, options=options,
             stop_event=stop,
         )
-        return send_live(demuxer, endpoint, stop=stop)
+        return send_live(demuxer, endpoint, stop=stop, monitor=monitor, tracer=tracer)
     sent = 0
     offset = 0  # pts added to each loop, so the stream's clock never goes back
-    with Sender(endpoint) as sender:
+    with Sender(endpoint) as sender, _monitored(monitor, source_id, sender):
         started = time.monotonic()
         while not stop.is_set():
             stamps: list[int] = []
@@ -120,23 +128,25 @@ def send_video(
                     delay = started + float(pts * time_base) - time.monotonic()
                     if delay > 0:
                         stop.wait(delay)
-                sender.send(
-                    FrameMessage(
-                        source_id=source_id,
-                        seq=sent,
-                        keyframe=packet.keyframe,
-                        payload=PacketPayload(
-                            codec=packet.codec,
-                            width=packet.width,
-                            height=packet.height,
-                            time_base=(time_base.numerator, time_base.denominator),
-                            pts=pts,
-                            dts=dts,  # a sink re-muxing the packets needs it (B-frames)
-                            duration=packet.duration,
+                with _sending(tracer, source_id, sent) as traceparent:
+                    sender.send(
+                        FrameMessage(
+                            source_id=source_id,
+                            seq=sent,
+                            keyframe=packet.keyframe,
+                            payload=PacketPayload(
+                                codec=packet.codec,
+                                width=packet.width,
+                                height=packet.height,
+                                time_base=(time_base.numerator, time_base.denominator),
+                                pts=pts,
+                                dts=dts,  # a sink re-muxing the packets needs it (B-frames)
+                                duration=packet.duration,
+                            ),
+                            traceparent=traceparent,
                         ),
-                    ),
-                    packet.data,
-                )
+                        packet.data,
+                    )
                 sent += 1
             if not loop or not stamps:
                 break
@@ -153,13 +163,16 @@ def send_images(
     *,
     source_id: str,
     stop: threading.Event | None = None,
+    monitor: SendMonitor | None = None,
+    tracer: AdapterTracer | None = None,
 ) -> SendReport:
     """Send JPEG and PNG files as the frames of ``source_id`` (the bytes as they are), then
     an end of stream. A file of another type, or one that cannot be read, raises
-    :class:`SourceError` naming it before anything of it is sent."""
+    :class:`SourceError` naming it before anything of it is sent. ``monitor`` and
+    ``tracer``: as for :func:`send_video`."""
     stop = stop or threading.Event()
     sent = 0
-    with Sender(endpoint) as sender:
+    with Sender(endpoint) as sender, _monitored(monitor, source_id, sender):
         for path in paths:
             if stop.is_set():
                 break
@@ -170,17 +183,39 @@ def send_images(
                 data = path.read_bytes()
             except OSError as exc:
                 raise SourceError(source_id, f"cannot read {path}: {exc}") from exc
-            sender.send(
-                FrameMessage(
-                    source_id=source_id,
-                    seq=sent,
-                    payload=ImagePayload(format=image_format),  # type: ignore[arg-type]
-                ),
-                data,
-            )
+            with _sending(tracer, source_id, sent) as traceparent:
+                sender.send(
+                    FrameMessage(
+                        source_id=source_id,
+                        seq=sent,
+                        payload=ImagePayload(format=image_format),  # type: ignore[arg-type]
+                        traceparent=traceparent,
+                    ),
+                    data,
+                )
             sent += 1
         ack = sender.send_eos(source_id, last_seq=sent - 1 if sent else None)
     return SendReport(source_id, sent, ack is not None)
+
+
+@contextlib.contextmanager
+def _monitored(monitor: SendMonitor | None, source_id: str, sender: Sender) -> Iterator[None]:
+    if monitor is None:
+        yield
+        return
+    monitor.started(source_id, sender)
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        monitor.finished(source_id, sender, failed=failed)
+
+
+def _sending(
+    tracer: AdapterTracer | None, source_id: str, seq: int
+) -> AbstractContextManager[str | None]:
+    return nullcontext(None) if tracer is None else tracer.sending(source_id, seq)
 
 
 class ResultWriter:
@@ -331,6 +366,8 @@ def receive_results(
     exit_after_sources: int | None = None,
     idle_timeout_seconds: float | None = None,
     stop: threading.Event | None = None,
+    monitor: ReceiveMonitor | None = None,
+    tracer: AdapterTracer | None = None,
 ) -> ReceiveReport:
     """Receive results on ``endpoint`` (sub or pull) and hand them to ``writers`` until
     ``stop``, until ``exit_after_sources`` sources have ended, or until nothing came for
@@ -339,17 +376,21 @@ def receive_results(
 
     On a router endpoint (the module's ``--out dealer+connect:…``) every result is
     acknowledged once the writers had it, so a module re-sends only what a killed receiver
-    never handled; a result seen again (re-sent) is acknowledged and not written twice."""
+    never handled; a result seen again (re-sent) is acknowledged and not written twice.
+
+    ``monitor`` counts what happens (for a metrics endpoint); ``tracer`` wraps the writers'
+    work on each result in a span continuing the result's ``traceparent``."""
     stop = stop or threading.Event()
-    results = ended = errors = 0
+    counts = monitor or ReceiveMonitor()
     subscribe = list(source_ids) if source_ids else None
     last = time.monotonic()
     seen: collections.OrderedDict[tuple[str, int], None] = collections.OrderedDict()
     with Receiver(endpoint, subscribe=subscribe) as inbox:
+        counts.opened(inbox)
         acknowledging = inbox.endpoint.socket_type == "router"
         try:
             while not stop.is_set():
-                if exit_after_sources is not None and ended >= exit_after_sources:
+                if exit_after_sources is not None and counts.sources_ended >= exit_after_sources:
                     break
                 try:
                     message, content = inbox.recv(0.2)
@@ -360,43 +401,62 @@ def receive_results(
                         break
                     continue
                 last = time.monotonic()
-                if isinstance(message, ResultMessage) and acknowledging:
-                    key = (message.source_id, message.seq)
-                    if key in seen:  # re-sent: already written
-                        _acknowledge(inbox, message)
-                        continue
-                    seen[key] = None
-                    if len(seen) > _DEDUPE_MEMORY:
-                        seen.popitem(last=False)
-                for writer in writers:
-                    try:
-                        if isinstance(message, ResultMessage):
-                            writer.write(message, content)
-                        elif isinstance(message, EndOfStream):
-                            writer.end(message.source_id)
-                    except Exception as exc:
-                        errors += 1
-                        log.warning("sink adapter: %r failed on %r: %s", writer, message, exc)
                 if isinstance(message, ResultMessage):
-                    results += 1
                     if acknowledging:
-                        _acknowledge(inbox, message)
+                        key = (message.source_id, message.seq)
+                        if key in seen:  # re-sent: already written
+                            counts.duplicates += 1
+                            _acknowledge(inbox, message, counts)
+                            continue
+                        seen[key] = None
+                        if len(seen) > _DEDUPE_MEMORY:
+                            seen.popitem(last=False)
+                    with _writing(tracer, message):
+                        _hand_over(writers, message, content, counts)
+                    counts.result(message.source_id)
+                    if acknowledging:
+                        _acknowledge(inbox, message, counts)
                 elif isinstance(message, EndOfStream):
-                    ended += 1
+                    _hand_over(writers, message, None, counts)
+                    counts.sources_ended += 1
         finally:
             for writer in writers:
                 try:
                     writer.close()
                 except Exception as exc:
-                    errors += 1
+                    counts.write_errors += 1
                     log.warning("sink adapter: %r failed to close: %s", writer, exc)
-    return ReceiveReport(results, ended, errors)
+    stats = counts.statistics()
+    return ReceiveReport(sum(stats.results.values()), stats.sources_ended, stats.write_errors)
 
 
+def _hand_over(
+    writers: Sequence[ResultWriter],
+    message: ResultMessage | EndOfStream,
+    content: memoryview | None,
+    counts: ReceiveMonitor,
+) -> None:
+    for writer in writers:
+        try:
+            if isinstance(message, ResultMessage):
+                writer.write(message, content)
+            else:
+                writer.end(message.source_id)
+        except Exception as exc:
+            counts.write_errors += 1
+            log.warning("sink adapter: %r failed on %r: %s", writer, message, exc)
 
-def _acknowledge(inbox: Receiver, result: ResultMessage) -> None:
+
+def _writing(tracer: AdapterTracer | None, result: ResultMessage) -> AbstractContextManager[None]:
+    return nullcontext() if tracer is None else tracer.writing(result)
+
+
+def _acknowledge(inbox: Receiver, result: ResultMessage, counts: ReceiveMonitor) -> None:
     try:
         inbox.reply(ResultAck(source_id=result.source_id, seq=result.seq))
     except (BrokenResourceError, OverloadedError) as exc:  # the module went away or is full
+        counts.acks_failed += 1
         log.warning("sink adapter: cannot acknowledge %s #%d: %s", result.source_id,
                     result.seq, exc)
+    else:
+        counts.acks_sent += 1

@@ -9,11 +9,13 @@ from fractions import Fraction
 from typing import Any, Literal
 
 import av
+import msgspec
 
 from torchstream._errors import SourceError
 from torchstream.frame import Frame
 from torchstream.sources._live import LiveDemuxer, LivePacket, LiveStream
-from torchstream.transport._adapters import SendReport
+from torchstream.transport._adapter_stats import AdapterTracer, SendMonitor
+from torchstream.transport._adapters import SendReport, _monitored, _sending
 from torchstream.transport._channel import Sender
 from torchstream.transport._endpoint import Endpoint
 from torchstream.transport._protocol import (
@@ -146,6 +148,8 @@ def send_live(
     *,
     source_id: str | None = None,
     stop: threading.Event | None = None,
+    monitor: SendMonitor | None = None,
+    tracer: AdapterTracer | None = None,
 ) -> SendReport:
     """Send the packets of a live input (``demuxer``) to a module as ``source_id`` (default:
     the demuxer's), across outages, until ``stop`` is set (give the demuxer the same event
@@ -159,6 +163,10 @@ def send_live(
     ``live.wallclock_seconds`` (when its packet arrived), the first one after an outage
     ``live.gap_seconds``, and timestamps go on increasing across outages (see
     :class:`_Timeline`); a module restarts decoding at that frame.
+
+    ``monitor`` counts what is sent as ``source_id`` (a source that gives up counts as
+    failed); ``tracer`` wraps each frame's send in a span whose ``traceparent`` the frame
+    message carries, as for :func:`~torchstream.transport._adapters.send_video`.
     """
     stop = stop or threading.Event()
     sid = source_id or demuxer.source_id
@@ -166,7 +174,7 @@ def send_live(
     timeline = _Timeline()
     raw: _RawPictures | None = None
     failure: SourceError | None = None
-    with Sender(endpoint) as sender:
+    with Sender(endpoint) as sender, _monitored(monitor, sid, sender):
         packets = demuxer.packets()
         try:
             for item in packets:
@@ -181,7 +189,10 @@ def send_live(
                 except (ValueError, av.error.FFmpegError) as exc:  # a damaged raw picture
                     demuxer.drop_connection(f"unreadable picture from {demuxer}: {exc}")
                     continue
-                sender.send(message, data)
+                with _sending(tracer, sid, sent) as traceparent:
+                    if traceparent is not None:  # the span is this frame's send, no more
+                        message = msgspec.structs.replace(message, traceparent=traceparent)
+                    sender.send(message, data)
                 sent += 1
         except SourceError as exc:  # gave up (max_reconnects) or cannot be fixed by retrying
             failure = exc
@@ -189,8 +200,8 @@ def send_live(
             packets.close()
             demuxer.close()
         ack = sender.send_eos(sid, last_seq=sent - 1 if sent else None) if sent else None
-    if failure is not None:
-        raise failure
+        if failure is not None:
+            raise failure  # after the end of stream; the monitor counts the source as failed
     return SendReport(sid, sent, ack is not None, demuxer.statistics().reconnects)
 
 

@@ -221,7 +221,9 @@ class ResultMessage(_Message, tag="result", frozen=True):
     ``content`` says what the payload part is: ``"none"`` (no part), ``"original"`` (the
     frame's input bytes as they came, described by ``payload``) or ``"image"`` (an encoded
     image made by the pipeline, an annotated picture for example; ``payload`` is an
-    :class:`ImagePayload`). ``traceparent`` is that of the frame's request.
+    :class:`ImagePayload`). ``traceparent`` continues the frame's request: its trace id,
+    and as parent the module's ``frame`` span when the module traced the frame, else the
+    request's own parent.
     """
 
     frame: Frame
