@@ -111,3 +111,32 @@ def test_serve_exits_when_the_pipeline_cannot_start(tmp_path: Path) -> None:
     with _serve(str(pipeline), "--port", str(_free_port()), "--no-metrics") as process:
         assert process.wait(60) == 1
         assert "no weights here" in process.stderr.read().decode()  # type: ignore[union-attr]
+
+
+@pytest.mark.slow
+def test_serve_with_worker_processes(tmp_path: Path) -> None:
+    pipeline = tmp_path / "measure.py"
+    pipeline.write_text(
+        "from torchstream import PipelineSpec\n"
+        "class Size:\n"
+        "    name = 'size'\n"
+        "    def process(self, frames):\n"
+        "        for frame in frames:\n"
+        "            frame.attributes['pixels'] = frame.width * frame.height\n"
+        "def build(config, options):\n"
+        "    return PipelineSpec(stages=[Size()])\n"
+    )
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    body = encode_picture(torch.zeros((30, 40, 3), dtype=torch.uint8), "jpg")
+    with _serve(str(pipeline), "--port", str(port), "--workers", "2") as process:
+        try:
+            _wait_ready(url, process)
+            answers = [httpx.post(f"{url}/v1/infer", content=body, timeout=30,
+                                  headers={"content-type": "image/jpeg"}) for _ in range(6)]
+            assert [a.status_code for a in answers] == [200] * 6
+            assert {a.json()["attributes"]["pixels"] for a in answers} == {1200}
+            assert all(a.json()["source_id"].startswith("http-") for a in answers)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(60) == 0, process.stderr.read().decode()  # type: ignore

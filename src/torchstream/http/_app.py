@@ -7,14 +7,17 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import parse_qs
 
 import msgspec
 from fastapi import Depends, FastAPI, Query, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from torchstream.client._trace import check_traceparent, new_traceparent, trace_id_of
@@ -151,16 +154,25 @@ class _Server:
                 retry_after_seconds=1.0,
             )
 
-    def admit(self, deadline: float) -> None:
-        if not self.admission.try_enter(within_seconds=deadline - self.clock()):
-            seconds = self.admission.retry_after_seconds()
-            raise Problem(
-                429,
-                f"{self.admission.in_flight} requests in flight: more than this server "
-                "finishes before this one's deadline, or its limit; retry later",
-                headers={"Retry-After": self.admission.retry_after_header()},
-                retry_after_seconds=seconds,
-            )
+    def refusal(self) -> Problem:
+        """The 429 of a request the admission refused."""
+        return Problem(
+            429,
+            f"{self.admission.in_flight} requests in flight: more than this server finishes "
+            "before this one's deadline, or its limit; retry later",
+            headers={"Retry-After": self.admission.retry_after_header()},
+            retry_after_seconds=self.admission.retry_after_seconds(),
+        )
+
+    def admitted(self, request: Request) -> tuple[float, float]:
+        """``(arrival, deadline)`` of a request the gate admitted; one it let through
+        unadmitted (the pipeline was not ready) is answered 503 here."""
+        state = request.scope.get("state", {})
+        if "deadline" not in state:
+            self.check_ready()
+            raise Problem(503, "not ready yet", headers={"Retry-After": "1"},
+                          retry_after_seconds=1.0)
+        return state["arrival"], state["deadline"]
 
     def deadline(self, started: float, asked: float | None) -> float:
         seconds = self.config.deadline_seconds if asked is None else min(
@@ -227,6 +239,93 @@ class _Server:
             raise
         finally:
             self.admission.leave(served=served)
+
+
+class _AdmissionGate:
+    """Admits or refuses ``POST /v1/infer`` and ``/v1/jobs`` in plain ASGI, before FastAPI's
+    per-request work (routing, dependencies, validation), so that refusing a burst costs
+    little and is answered at once. It owns the request's slot: released when the answer has
+    gone, unless the route handed it to a job (``request.state.slot = "job"``).
+
+    Requests it cannot judge cheaply pass through unadmitted and the route answers them:
+    without a right API key (401), before the pipeline is ready (503), with a malformed
+    ``deadline_seconds`` (422)."""
+
+    _ROUTES = ("/v1/infer", "/v1/jobs")
+
+    def __init__(self, app: ASGIApp, server: _Server) -> None:
+        self.app = app
+        self.server = server
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = self.server
+        if (
+            scope["type"] != "http" or scope["method"] != "POST"
+            or scope["path"] not in self._ROUTES
+            or (server.keys and not server.keys.accept_header(_header(scope, b"authorization")))
+            or not server.backend.health().ready
+        ):
+            await self.app(scope, receive, send)
+            return
+        asked = _deadline_query(scope.get("query_string", b""))
+        if asked is False:
+            await self.app(scope, receive, send)
+            return
+        arrival = server.clock()
+        deadline = server.deadline(arrival, asked or None)
+        if not server.admission.try_enter(within_seconds=deadline - arrival):
+            problem = server.refusal()
+            await _drain(receive, server.config.max_body_bytes)
+            body = json.dumps(problem.body()).encode()
+            headers = [(b"content-type", b"application/json"),
+                       (b"content-length", str(len(body)).encode())]
+            headers += [(k.lower().encode(), v.encode()) for k, v in problem.headers.items()]
+            await send({"type": "http.response.start", "status": 429, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        state = scope.setdefault("state", {})
+        state["arrival"], state["deadline"] = arrival, deadline
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if state.get("slot") != "job":
+                server.admission.leave(served=bool(state.get("served", False)))
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _deadline_query(query: bytes) -> float | bool | None:
+    """``deadline_seconds`` from a query string: None when absent, False when malformed."""
+    if b"deadline_seconds" not in query:
+        return None
+    values = parse_qs(query.decode("latin-1")).get("deadline_seconds", [])
+    try:
+        value = float(values[-1])
+    except (IndexError, ValueError):
+        return False
+    return value if value > 0 and math.isfinite(value) else False
+
+
+async def _drain(receive: Receive, max_bytes: int) -> None:
+    """Read and drop a request's body (at most ``max_bytes``, for at most a second)."""
+
+    async def drain() -> None:
+        total = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            total += len(message.get("body", b""))
+            if total > max_bytes or not message.get("more_body", False):
+                return
+
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(drain(), 1.0)
 
 
 async def _discard_body(request: Request, max_bytes: int) -> None:
@@ -303,6 +402,7 @@ def create_app(
         responses=_ERRORS,
     )
     app.state.server = server
+    app.add_middleware(_AdmissionGate, server=server)
     app.add_middleware(CountingMiddleware, counters=server.counters, clock=clock)
     if cfg.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -335,24 +435,17 @@ def create_app(
 
         Past `max_in_flight` requests the answer is an immediate `429` with `Retry-After`;
         past the deadline `504`. A W3C `traceparent` header continues the caller's trace."""
-        started = clock()
-        deadline = server.deadline(started, deadline_seconds)
-        server.check_ready()
-        server.admit(deadline)
-        served = False
-        try:
-            image = await server.read_image(request, deadline)
-            traceparent = _traceparent(request.headers.get("traceparent"))
-            future = backend.submit(
-                cfg.infer_source_id, image, deadline_monotonic=deadline, traceparent=traceparent
-            )
-            outcome = await server.wait(future, deadline)
-            served = True
-            return Response(
-                server.result_json(outcome, traceparent, started), media_type="application/json"
-            )
-        finally:
-            server.admission.leave(served=served)
+        started, deadline = server.admitted(request)
+        image = await server.read_image(request, deadline)
+        traceparent = _traceparent(request.headers.get("traceparent"))
+        future = backend.submit(
+            cfg.infer_source_id, image, deadline_monotonic=deadline, traceparent=traceparent
+        )
+        outcome = await server.wait(future, deadline)
+        request.state.served = True
+        return Response(
+            server.result_json(outcome, traceparent, started), media_type="application/json"
+        )
 
     @app.post(
         "/v1/jobs", status_code=202, response_model=schemas.JobAccepted, dependencies=secured,
@@ -363,21 +456,15 @@ def create_app(
     ) -> JSONResponse:
         """Accept one image and answer `202` with a job id at once; `GET /v1/jobs/{id}`
         gives its state and, once done, its result."""
-        started = clock()
-        deadline = server.deadline(started, deadline_seconds)
-        server.check_ready()
-        server.admit(deadline)
-        try:
-            image = await server.read_image(request, deadline)
-            job = server.jobs.create()
-            if job is None:
-                raise Problem(
-                    429, f"{cfg.max_jobs} jobs pending, the most this server keeps",
-                    headers={"Retry-After": server.admission.retry_after_header()},
-                )
-        except BaseException:
-            server.admission.leave(served=False)
-            raise
+        started, deadline = server.admitted(request)
+        image = await server.read_image(request, deadline)
+        job = server.jobs.create()
+        if job is None:
+            raise Problem(
+                429, f"{cfg.max_jobs} jobs pending, the most this server keeps",
+                headers={"Retry-After": server.admission.retry_after_header()},
+            )
+        request.state.slot = "job"  # released when the job is finished, not now
         traceparent = _traceparent(request.headers.get("traceparent"))
         future = backend.submit(
             cfg.infer_source_id, image, deadline_monotonic=deadline, traceparent=traceparent
