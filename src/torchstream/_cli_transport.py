@@ -1,10 +1,10 @@
-"""``torchstream module`` / ``source`` / ``sink``: the pipeline and its adapters as separate
-processes over ZeroMQ (needs ``torchstream[transport]``)."""
+"""``torchstream module`` / ``sink``: the pipeline and its sink adapters as separate processes
+over ZeroMQ (needs ``torchstream[transport]``), and what every adapter shares: endpoints,
+signals, telemetry options (the source adapters: :mod:`torchstream._cli_sources`)."""
 
 from __future__ import annotations
 
 import contextlib
-import glob
 import signal
 import sys
 import threading
@@ -30,8 +30,7 @@ from torchstream._spec import PipelineSpec, RunConfig
 from torchstream._types import Sink
 from torchstream.pipeline import BatchPolicy
 from torchstream.sinks import JsonLinesSink
-from torchstream.sources import IMAGE_SUFFIXES, DecoderChoice
-from torchstream.sources._video import default_source_id
+from torchstream.sources import DecoderChoice
 
 _ENDPOINT_HELP = "<type>+<bind|connect>:<tcp://HOST:PORT | ipc://PATH>"
 
@@ -274,136 +273,6 @@ def _adapter_telemetry(
             server.close()
 
 
-@click.group()
-def source() -> None:
-    """Source adapters: read inputs and send them to a module (demuxed, never decoded)."""
-
-
-@source.command("video")
-@click.argument("inputs", nargs=-1, required=True, metavar="URI...")
-@click.option("--out", "outbound", required=True, metavar="ENDPOINT",
-              help=f"The module's input: {_ENDPOINT_HELP} (dealer+connect, req+connect, "
-                   "push+connect).")
-@click.option("--source-id", default=None, help="Source id (one input only; default: its name).")
-@click.option("--sync", is_flag=True, help="Send at the stream's own frame rate, like a camera.")
-@click.option("--loop", is_flag=True, help="Start over at the end, until interrupted.")
-@click.option("--streams", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Send each input as this many sources (<id>-0, <id>-1, …), for load tests.")
-@_telemetry_options
-def source_video(
-    inputs: tuple[str, ...],
-    outbound: str,
-    source_id: str | None,
-    sync: bool,
-    loop: bool,
-    streams: int,
-    trace_ratio: float | None,
-    trace_exporter: str,
-    metrics_port: int | None,
-    metrics_address: str,
-) -> None:
-    """Send video files or stream URLs to a module, one source each."""
-    transport = _transport()
-    endpoint = _endpoint(transport, outbound, "--out")
-    if source_id and len(inputs) > 1:
-        raise click.UsageError("--source-id names one input; give one input or none")
-    from torchstream.transport._adapter_stats import SendMonitor
-    from torchstream.transport._adapters import send_video
-
-    monitor = SendMonitor()
-    with _adapter_telemetry(
-        monitor, "SourceAdapterCollector", "source video", "torchstream-source",
-        _Telemetry(trace_ratio, trace_exporter, metrics_port, metrics_address),
-    ) as tracer:
-        failures = _send_videos(send_video, inputs, endpoint, source_id, streams,
-                                dict(sync=sync, loop=loop, monitor=monitor, tracer=tracer))
-    for failure in failures:
-        _console.print(f"[red]error[/red] {failure}")
-    if failures:
-        sys.exit(1)
-
-
-def _send_videos(
-    send_video: Any, inputs: tuple[str, ...], endpoint: Any, source_id: str | None,
-    streams: int, options: dict[str, Any],
-) -> list[str]:
-    """Send each input (times ``streams``) on a thread of its own; the failures."""
-
-    stop = threading.Event()
-    _stop_on_signals(stop.set)
-    jobs: list[tuple[str, str]] = []
-    for uri in inputs:
-        base = source_id or default_source_id(uri)
-        ids = [base] if streams == 1 else [f"{base}-{i}" for i in range(streams)]
-        jobs.extend((uri, sid) for sid in ids)
-    failures: list[str] = []
-
-    def send(uri: str, sid: str) -> None:
-        try:
-            report = send_video(uri, endpoint, source_id=sid, stop=stop, **options)
-            _console.print(f"{sid}: {report.frames} packets sent"
-                           + ("" if report.acknowledged or not endpoint.reliable
-                              else " (end of stream not acknowledged)"))
-        except Exception as exc:
-            failures.append(f"{sid}: {exc}")
-
-    threads = [threading.Thread(target=send, args=job, name=f"ts/send/{job[1]}") for job in jobs]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        while thread.is_alive():
-            thread.join(0.2)
-    return failures
-
-
-@source.command("images")
-@click.argument("inputs", nargs=-1, required=True, metavar="PATH...")
-@click.option("--out", "outbound", required=True, metavar="ENDPOINT",
-              help=f"The module's input: {_ENDPOINT_HELP}.")
-@click.option("--source-id", default=None, help="Source id (default: the folder's name).")
-@_telemetry_options
-def source_images(
-    inputs: tuple[str, ...], outbound: str, source_id: str | None, trace_ratio: float | None,
-    trace_exporter: str, metrics_port: int | None, metrics_address: str,
-) -> None:
-    """Send JPEG/PNG files (folders, globs or files, in sorted order) as one source."""
-    transport = _transport()
-    endpoint = _endpoint(transport, outbound, "--out")
-    paths: list[Path] = []
-    for text in inputs:
-        path = Path(text)
-        if path.is_dir():
-            paths.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
-        elif glob.has_magic(text):
-            paths.extend(sorted(Path(p) for p in glob.glob(text)))
-        else:
-            paths.append(path)
-    if not paths:
-        raise click.UsageError("no image files in the inputs")
-    sid = source_id or Path(inputs[0]).name or "images"
-    from torchstream._errors import SourceError
-    from torchstream.transport._adapter_stats import SendMonitor
-    from torchstream.transport._adapters import send_images
-
-    stop = threading.Event()
-    _stop_on_signals(stop.set)
-    monitor = SendMonitor()
-    error: SourceError | None = None
-    with _adapter_telemetry(
-        monitor, "SourceAdapterCollector", "source images", "torchstream-source",
-        _Telemetry(trace_ratio, trace_exporter, metrics_port, metrics_address),
-    ) as tracer:
-        try:
-            report = send_images(paths, endpoint, source_id=sid, stop=stop, monitor=monitor,
-                                 tracer=tracer)
-        except SourceError as exc:
-            error = exc
-    if error is not None:
-        _console.print(f"[red]error[/red] {error}")
-        sys.exit(1)
-    _console.print(f"{sid}: {report.frames} images sent")
-
-
 def _sink_options(function: Any) -> Any:
     function = click.option(
         "--in", "inbound", required=True, metavar="ENDPOINT",
@@ -510,11 +379,8 @@ def sink_video(
              _Telemetry(trace_ratio, trace_exporter, metrics_port, metrics_address))
 
 
-source.add_command(source_video, name="url")  # `source url rtsp://…`: the same adapter
-
-
 def register(group: click.Group) -> None:
-    """Add ``module``, ``source`` and ``sink`` to the ``torchstream`` command."""
+    """Add ``module`` and ``sink`` to the ``torchstream`` command (``source``: see
+    :mod:`torchstream._cli_sources`)."""
     group.add_command(module)
-    group.add_command(source)
     group.add_command(sink)

@@ -1,47 +1,17 @@
-"""Real RTSP servers for the live-source tests: GStreamer's (installed here when running as
-root, as CI does) and a silent one."""
+"""A real clip served by GStreamer's RTSP server for the live-source tests (the server itself
+is set up by tests/conftest.py)."""
 
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from torchstream.testing import (
-    RTSP_SERVER_PACKAGES,
-    RtspTestServer,
-    loop_clip,
-    rtsp_server_missing,
-)
+from torchstream.testing import RtspTestServer, loop_clip
 
 _ASSETS = Path(__file__).resolve().parents[2].parent / "shared" / "assets"
-
-
-def _install_rtsp_server() -> str | None:
-    """None when GStreamer's RTSP server can run, else why not (naming the packages)."""
-    missing = rtsp_server_missing()
-    if missing is None or os.geteuid() != 0:
-        return missing
-    command = ["apt-get", "install", "-y", "--no-install-recommends", *RTSP_SERVER_PACKAGES]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for attempt in range(2):
-        if attempt:  # stale package lists: refresh once
-            subprocess.run(["apt-get", "update"], env=env, capture_output=True, timeout=600)
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-        if done.returncode == 0:
-            return rtsp_server_missing()
-    return f"{missing} (apt-get failed: {done.stderr.strip()[-300:]})"
-
-
-@pytest.fixture(scope="session")
-def rtsp_available() -> None:
-    reason = _install_rtsp_server()
-    if reason is not None:
-        pytest.skip(reason)
 
 
 def real_clip() -> Path | None:
@@ -73,11 +43,4 @@ def clip_ts(clip_mp4: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def rtsp_server(rtsp_available: None, clip_ts: Path) -> Iterator[RtspTestServer]:
     """One server for the tests that do not kill it: /h264, /hevc, /clip."""
     with RtspTestServer(clip=clip_ts) as server:
-        yield server
-
-
-@pytest.fixture
-def own_rtsp_server(rtsp_available: None) -> Iterator[RtspTestServer]:
-    """A server of the test's own, to kill, restart, pause: /h264, /hevc."""
-    with RtspTestServer() as server:
         yield server

@@ -165,8 +165,9 @@ def test_every_adapter_command_takes_the_telemetry_options() -> None:
     from torchstream.cli import main
 
     runner = CliRunner()
-    for command in (["source", "video"], ["source", "url"], ["source", "images"],
-                    ["sink", "json"], ["sink", "images"], ["sink", "video"]):
+    for command in (["source", "video"], ["source", "url"], ["source", "camera"],
+                    ["source", "images"], ["sink", "json"], ["sink", "images"],
+                    ["sink", "video"]):
         result = runner.invoke(main, [*command, "--help"])
         assert result.exit_code == 0, (command, result.output)
         for option in ("--metrics-port", "--metrics-address", "--trace-ratio",

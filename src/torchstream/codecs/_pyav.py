@@ -143,7 +143,8 @@ class PyAVPacketDecoder:
 
     ``codec`` is FFmpeg's name (``h264``, ``hevc``, ``mjpeg``, …); H.264/HEVC packets are
     Annex B or need ``extradata``. ``time_base``: seconds per pts unit. Packets before the
-    first keyframe are skipped; corrupt data raises :class:`SourceError`.
+    first keyframe are skipped; corrupt data raises :class:`SourceError`. ``rawvideo``
+    needs ``width``, ``height`` and ``pixel_format`` (FFmpeg's name: ``yuyv422``, …).
     """
 
     def __init__(
@@ -155,6 +156,9 @@ class PyAVPacketDecoder:
         uri: str,
         extradata: bytes | None = None,
         max_pixels: int = 8192 * 8192,
+        width: int | None = None,
+        height: int | None = None,
+        pixel_format: str | None = None,
     ) -> None:
         self.codec = codec
         self.source_id = source_id
@@ -167,6 +171,16 @@ class PyAVPacketDecoder:
             raise SourceError(source_id, f"unknown codec {codec!r} ({uri})") from exc
         if extradata:
             self._context.extradata = extradata
+        try:
+            context: Any = self._context
+            if width and height:
+                context.width, context.height = width, height
+            if pixel_format:
+                context.pix_fmt = pixel_format
+        except (av.error.FFmpegError, ValueError) as exc:
+            raise SourceError(
+                source_id, f"cannot decode {pixel_format} pictures of {width}x{height} ({uri})"
+            ) from exc
         # PyAV's default slice threading: frame threading would add a frame of latency per
         # thread to a live stream, and (PyAV 18) freeing a frame-threaded context that was not
         # flushed hangs.

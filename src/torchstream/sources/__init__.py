@@ -7,7 +7,8 @@ from pathlib import Path
 
 from torchstream.pipeline._channel import Policy
 from torchstream.sources._images import IMAGE_SUFFIXES, ImageSource
-from torchstream.sources._live import LivePolicy, LiveSource, is_live
+from torchstream.sources._live import is_live
+from torchstream.sources._live_source import LivePolicy, LiveSource
 from torchstream.sources._pushed import PushedSource
 from torchstream.sources._video import (
     LIVE_SCHEMES,

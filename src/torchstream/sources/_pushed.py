@@ -56,7 +56,9 @@ class PushedSource:
     - :meth:`push_packet`: an encoded video packet (``codec`` is FFmpeg's name; H.264/HEVC
       in Annex B, as MPEG-TS, RTSP and torchstream's wire carry them), decoded with NVDEC
       when the pipeline is on CUDA and NVDEC supports the codec, else PyAV (``decoder``
-      forces one, as for :class:`VideoSource`). Decoding starts at a keyframe.
+      forces one, as for :class:`VideoSource`). Decoding starts at a keyframe, and starts
+      again at a keyframe whose pts goes back (a restarted sender) or whose attributes carry
+      ``live.gap_seconds`` (the first after a live input's outage).
     - :meth:`push_image`: an encoded still image (JPEG on the GPU with nvJPEG when possible,
       anything FFmpeg reads otherwise), one frame each.
     - :meth:`push_raw`: a ``uint8 (H, W, 3)`` RGB picture, one frame as it is.
@@ -108,6 +110,9 @@ class PushedSource:
         self._video: NvdecDecoder | PyAVPacketDecoder | None = None
         self._video_key: tuple[str, float | None] | None = None
         self._pending: dict[int | float, _Pushed] = {}  # pts -> push, for frames not out yet
+        # Pushes without a pts (an RTSP connection's first packets), in order: pictures
+        # without a pts come from them, in decode order.
+        self._unstamped: collections.deque[_Pushed] = collections.deque(maxlen=64)
         self._last_pts: int | float | None = None
         self._nvjpeg: NvjpegDecoder | None = None
         self._cpu_images = ImageDecoder(source_id=source_id, max_pixels=max_pixels)
@@ -350,32 +355,31 @@ class PushedSource:
         return self._video
 
     def _packet(self, item: _Pushed) -> Iterator[Frame]:
-        restarted = (
-            item.keyframe
-            and item.pts is not None
-            and self._last_pts is not None
-            and item.pts <= self._last_pts
+        # A keyframe whose pts goes back starts the stream again (a restarted sender), as
+        # does one that comes after an outage of a live input (a source adapter marks it
+        # with live.gap_seconds and keeps its timestamps increasing).
+        restarted = item.keyframe and (
+            (item.pts is not None and self._last_pts is not None and item.pts <= self._last_pts)
+            or "live.gap_seconds" in item.attributes
         )
         if self._video is not None and (
             restarted or self._video_key != (item.codec, item.time_base)
         ):
-            # The stream started again (a restarted sender: a keyframe whose pts goes back)
-            # or changed codec or clock: finish the old decoder's pictures, start afresh.
+            # The stream started again or changed codec or clock: finish the old decoder's
+            # pictures, start afresh.
             log.info("source %s: the stream restarted", self.source_id)
             yield from self._flush_video()
             self._release_video()
         if item.pts is not None:
             self._last_pts = item.pts
         decoder = self._video_decoder(item)
-        if item.pts is not None and (
-            item.attributes
-            or item.traceparent
-            or item.seq is not None
-            or item.original is not None
-        ):
-            self._pending[item.pts] = item
-            if len(self._pending) > 256:  # pts that never came out (dropped before a key)
-                del self._pending[next(iter(self._pending))]
+        if item.attributes or item.traceparent or item.seq is not None or item.original is not None:
+            if item.pts is None:
+                self._unstamped.append(item)
+            else:
+                self._pending[item.pts] = item
+                if len(self._pending) > 256:  # pts that never came out (dropped before a key)
+                    del self._pending[next(iter(self._pending))]
         pts = None if item.pts is None else int(item.pts)
         yield from self._pictures(
             decoder, lambda: decoder.decode(item.data, pts=pts, keyframe=item.keyframe)
@@ -395,8 +399,11 @@ class PushedSource:
 
     def _origin(self, seconds: float | None) -> _Pushed | None:
         """The push whose packet produced the picture at ``seconds`` (for its attributes and
-        trace), matched by pts; None when it carried neither."""
-        if seconds is None or not self._pending or self._video_key is None:
+        trace), matched by pts (a picture without one: the oldest push without one); None
+        when it carried neither."""
+        if seconds is None:
+            return self._unstamped.popleft() if self._unstamped else None
+        if not self._pending or self._video_key is None:
             return None
         time_base = self._video_key[1]
         if not time_base:
@@ -411,6 +418,7 @@ class PushedSource:
     def _release_video(self) -> None:
         decoder, self._video, self._video_key = self._video, None, None
         self._pending.clear()
+        self._unstamped.clear()
         self._last_pts = None
         if isinstance(decoder, NvdecDecoder):
             decoder.close()

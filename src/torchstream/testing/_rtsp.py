@@ -44,7 +44,7 @@ tsdemux in -bad, the RTP payloaders in -good)."""
 _SYSTEM_PYTHON = "/usr/bin/python3"
 
 _ELEMENTS = ("videotestsrc", "x264enc", "x265enc", "rtph264pay", "rtph265pay", "h264parse",
-             "tsdemux")
+             "tsdemux", "jpegenc", "rtpjpegpay", "rtpvrawpay")
 
 # Run by the system Python: argv = port, JSON {mount: [launch line, shared]}. Prints "ready"
 # once listening; exits when its stdin closes (its owner died) or on SIGTERM/SIGKILL.
@@ -115,12 +115,14 @@ class RtspTestServer:
     """GStreamer's RTSP server on ``127.0.0.1``, in a child process run by the system Python.
 
     Mounts: ``/h264`` and ``/hevc`` (live test patterns, ``width`` x ``height`` at ``fps``,
-    one keyframe a second, shared by all clients of a mount) and, with ``clip`` (an MPEG-TS
-    file of H.264, see :func:`loop_clip`), ``/clip``: the clip at its own rate, from its start
-    for each client. :meth:`kill` ends the process with SIGKILL (a crash: clients see their
-    connection drop), :meth:`start` starts it again on the same port; :meth:`pause` /
-    :meth:`resume` stop and continue it with SIGSTOP / SIGCONT (a stall: connections stay
-    open, nothing arrives, new connections are accepted by the kernel but never answered).
+    one keyframe a second, shared by all clients of a mount), ``/mjpeg`` (JPEG pictures, as
+    MJPEG cameras send), ``/raw`` (uncompressed UYVY pictures, RFC 4175) and, with ``clip``
+    (an MPEG-TS file of H.264, see :func:`loop_clip`), ``/clip``: the clip at its own rate,
+    from its start for each client. :meth:`kill` ends the process with SIGKILL (a crash:
+    clients see their connection drop), :meth:`start` starts it again on the same port;
+    :meth:`pause` / :meth:`resume` stop and continue it with SIGSTOP / SIGCONT (a stall:
+    connections stay open, nothing arrives, new connections are accepted by the kernel but
+    never answered).
     Use it as a context manager; ``close`` is idempotent.
     """
 
@@ -141,6 +143,18 @@ class RtspTestServer:
         self._mounts: dict[str, tuple[str, bool]] = {
             "/h264": (_pattern("x264enc", "rtph264pay", "ball", width, height, fps), True),
             "/hevc": (_pattern("x265enc", "rtph265pay", "smpte", width, height, fps), True),
+            "/mjpeg": (
+                f"( videotestsrc is-live=true pattern=ball ! "
+                f"video/x-raw,format=I420,width={width},height={height},framerate={fps}/1 ! "
+                "jpegenc ! rtpjpegpay name=pay0 pt=26 )",  # RTP's JPEG is 4:2:0 (I420)
+                True,
+            ),
+            "/raw": (
+                f"( videotestsrc is-live=true pattern=smpte ! "
+                f"video/x-raw,format=UYVY,width={width},height={height},framerate={fps}/1 ! "
+                "rtpvrawpay name=pay0 pt=96 )",
+                True,
+            ),
         }
         if clip is not None:
             self._mounts["/clip"] = (

@@ -13,12 +13,14 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Literal
 
 from torchstream._errors import BrokenResourceError, OverloadedError, SourceError
 from torchstream.codecs._encode import VideoEncoder
 from torchstream.codecs._pyav import decode_image, demux_packets
 from torchstream.sinks._jsonl import JsonLinesSink
 from torchstream.sinks._video import safe_filename_part
+from torchstream.sources._live import LiveDemuxer, is_live
 from torchstream.transport._adapter_stats import AdapterTracer, ReceiveMonitor, SendMonitor
 from torchstream.transport._channel import Receiver, Sender
 from torchstream.transport._endpoint import Endpoint
@@ -58,6 +60,8 @@ class SendReport:
     """Messages sent (video packets or images)."""
     acknowledged: bool
     """Whether the module acknowledged the end of stream (dealer endpoints)."""
+    reconnects: int = 0
+    """Outages a live input came back from."""
 
 
 def send_video(
@@ -69,6 +73,11 @@ def send_video(
     loop: bool = False,
     stop: threading.Event | None = None,
     options: dict[str, str] | None = None,
+    transport: Literal["tcp", "udp"] = "tcp",
+    open_timeout_seconds: float = 10.0,
+    read_timeout_seconds: float = 5.0,
+    max_reconnects: int | None = None,
+    max_lag_seconds: float | None = 1.0,
     monitor: SendMonitor | None = None,
     tracer: AdapterTracer | None = None,
 ) -> SendReport:
@@ -80,8 +89,27 @@ def send_video(
     ``monitor`` follows the sender's counts (for a metrics endpoint); ``tracer`` wraps each
     send in a span whose ``traceparent`` the frame message carries, so the module continues
     the trace.
+
+    A live input (:func:`~torchstream.sources.is_live`: RTSP, RTMP, UDP, SRT, HLS, a
+    camera) is read by a :class:`~torchstream.sources._live.LiveDemuxer` instead and sent by
+    :func:`~torchstream.transport._live_adapter.send_live`: outages do not end the stream,
+    only ``stop`` does (or ``max_reconnects`` consecutive failed attempts, which raise
+    :class:`SourceError` after the end of stream). ``transport`` (RTSP's), the open and read
+    timeouts and ``max_lag_seconds`` (how far behind the stream sending may fall before it
+    skips to the next keyframe; None: never skip) apply to live inputs only, ``sync`` and
+    ``loop`` to files only.
     """
     stop = stop or threading.Event()
+    if is_live(uri):
+        from torchstream.transport._live_adapter import send_live
+
+        demuxer = LiveDemuxer(
+            uri, source_id=source_id, transport=transport,
+            open_timeout_seconds=open_timeout_seconds, read_timeout_seconds=read_timeout_seconds,
+            max_reconnects=max_reconnects, max_lag_seconds=max_lag_seconds, options=options,
+            stop_event=stop,
+        )
+        return send_live(demuxer, endpoint, stop=stop, monitor=monitor, tracer=tracer)
     sent = 0
     offset = 0  # pts added to each loop, so the stream's clock never goes back
     with Sender(endpoint) as sender, _monitored(monitor, source_id, sender):
