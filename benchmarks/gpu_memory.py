@@ -14,15 +14,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import _paths  # noqa: F401  (first: this folder's http.py must not shadow the stdlib's)
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
 from decode import make_clip
 
 from torchstream import BatchPolicy, Frame, Pipeline

@@ -18,6 +18,7 @@ import datetime
 import time
 from collections.abc import Callable
 
+import _paths  # noqa: F401  (first: this folder's http.py must not shadow the stdlib's)
 import torch
 import torch.nn.functional as F
 from _report import report

@@ -22,9 +22,8 @@ import random
 import sys
 import threading
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+import _paths  # noqa: F401  (first: this folder's http.py must not shadow the stdlib's)
 from _report import report
 
 from torchstream import BatchPolicy, Pipeline

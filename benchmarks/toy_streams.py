@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import _paths  # noqa: F401  (first: this folder's http.py must not shadow the stdlib's)
 import av
 import torch
 

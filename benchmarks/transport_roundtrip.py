@@ -22,6 +22,7 @@ import threading
 import time
 from pathlib import Path
 
+import _paths  # noqa: F401  (first: this folder's http.py must not shadow the stdlib's)
 import numpy as np
 import torch
 from _report import report
