@@ -159,3 +159,17 @@ def test_end_of_stream_carries_the_last_seq_and_restarts_numbering(jpeg: bytes) 
     assert (eos.sent.seq, eos.sent.end_of_stream) == (1, True)
     assert requests.image("cam", jpeg).sent.seq == 0
     assert requests.end_of_stream("never-sent").sent.seq is None
+
+
+def test_new_traces_are_sampled_for_the_configured_share() -> None:
+    import pytest
+
+    from torchstream.client._requests import Requests
+
+    never = Requests(trace_sample_ratio=0.0)
+    always = Requests()
+    for seq in range(20):
+        assert never.end_of_stream("a", traceparent=None).sent.traceparent.endswith("-00"), seq
+        assert always.end_of_stream("a", traceparent=None).sent.traceparent.endswith("-01"), seq
+    with pytest.raises(ValueError, match="trace_sample_ratio"):
+        Requests(trace_sample_ratio=1.5)

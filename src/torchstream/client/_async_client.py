@@ -45,10 +45,12 @@ class AsyncClient:
         max_pending: int = 1024,
         options: SocketOptions = _OPTIONS,
         send_timeout_seconds: float | None = None,
+        trace_sample_ratio: float = 1.0,
     ) -> None:
         self.matcher = AsyncMatcher(max_pending=max_pending, timeout_seconds=timeout_seconds)
         self.source = AsyncSource(
-            source_endpoint, options=options, send_timeout_seconds=send_timeout_seconds
+            source_endpoint, options=options, send_timeout_seconds=send_timeout_seconds,
+            trace_sample_ratio=trace_sample_ratio,
         )
         try:
             self.sink = AsyncSink(sink_endpoint, options=options)

@@ -60,6 +60,7 @@ class AsyncSource:
         *,
         options: SocketOptions = _OPTIONS,
         send_timeout_seconds: float | None = None,
+        trace_sample_ratio: float = 1.0,
         context: zmq.asyncio.Context | None = None,
     ) -> None:
         check_timeout("send_timeout_seconds", send_timeout_seconds)
@@ -74,7 +75,7 @@ class AsyncSource:
             self._socket.setsockopt(zmq.SNDTIMEO, round(send_timeout_seconds * 1000))
         self._timeout = send_timeout_seconds
         self._hwm = options.high_water_mark
-        self._requests = Requests()
+        self._requests = Requests(trace_sample_ratio=trace_sample_ratio)
         self._inbox = Inbox(str(self.endpoint), limits=limits, routed=False, acks_wanted=True)
         self._acks: dict[_AckKey, list[asyncio.Future[EndOfStreamAck]]] = {}
         self._reading = asyncio.Lock()

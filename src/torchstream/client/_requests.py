@@ -155,10 +155,17 @@ class Requests:
     reject (unknown image bytes, wrong pixel shape, a bad ``traceparent``), before a seq is
     used. A seq is used once built, whether or not the send then succeeds: seqs of a source
     may have gaps, never repeats. An end-of-stream restarts its source's numbering at 0.
+    ``trace_sample_ratio``: the share of new traces (requests sent outside an OpenTelemetry
+    span) marked sampled, so that a pipeline tracing "parent-based" traces that share.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, trace_sample_ratio: float = 1.0) -> None:
+        if not 0.0 <= trace_sample_ratio <= 1.0:
+            raise ValueError(
+                f"trace_sample_ratio must be between 0 and 1, got {trace_sample_ratio!r}"
+            )
         self._next_seq: dict[str, int] = {}
+        self._sample_ratio = trace_sample_ratio
 
     def image(
         self,
@@ -239,7 +246,10 @@ class Requests:
 
     def end_of_stream(self, source_id: str, *, traceparent: str | None = None) -> Outgoing:
         check_source_id(source_id)
-        traceparent = new_traceparent() if traceparent is None else check_traceparent(traceparent)
+        traceparent = (
+            new_traceparent(sample_ratio=self._sample_ratio) if traceparent is None
+            else check_traceparent(traceparent)
+        )
         last = self._next_seq.get(source_id, 0) - 1
         message = EndOfStream(
             source_id=source_id, last_seq=last if last >= 0 else None, traceparent=traceparent
@@ -273,7 +283,10 @@ class Requests:
         check_source_id(source_id)
         if pts_seconds is not None and not math.isfinite(pts_seconds):
             raise ValueError(f"pts_seconds must be finite or None, got {pts_seconds}")
-        traceparent = new_traceparent() if traceparent is None else check_traceparent(traceparent)
+        traceparent = (
+            new_traceparent(sample_ratio=self._sample_ratio) if traceparent is None
+            else check_traceparent(traceparent)
+        )
         seq = self._next_seq.get(source_id, 0)
         metadata = None
         if attributes:

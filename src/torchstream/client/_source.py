@@ -46,8 +46,10 @@ class Source:
     and numbered from seq 0.
 
     Every send returns a :class:`SendResult` with the trace id the request started (the
-    active OpenTelemetry span's trace, if any; a new one otherwise, or ``traceparent=`` to
-    continue a trace you were given). Input the module would reject raises ``ValueError``
+    active OpenTelemetry span's trace, if any; a new one otherwise — marked sampled for
+    ``trace_sample_ratio`` of them, so a module tracing at 1 % is not made to trace every
+    request —, or ``traceparent=`` to continue a trace you were given). Input the module
+    would reject raises ``ValueError``
     before anything is sent. When the module does not keep up, a send blocks (up to
     ``send_timeout_seconds``, None: indefinitely), then raises
     :class:`~torchstream.OverloadedError` with nothing sent (req: or unanswered, see
@@ -64,6 +66,7 @@ class Source:
         *,
         options: SocketOptions = _OPTIONS,
         send_timeout_seconds: float | None = None,
+        trace_sample_ratio: float = 1.0,
         context: zmq.Context[Any] | None = None,
     ) -> None:
         check_timeout("send_timeout_seconds", send_timeout_seconds)
@@ -72,7 +75,7 @@ class Source:
             parsed, context=context, options=options, send_timeout_seconds=send_timeout_seconds
         )
         self.endpoint = self._sender.endpoint
-        self._requests = Requests()
+        self._requests = Requests(trace_sample_ratio=trace_sample_ratio)
         self._sent = 0
         self._ended = 0
         self._closed = False
