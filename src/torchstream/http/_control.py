@@ -13,8 +13,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from torchstream._types import Source
-from torchstream.http._app import Problem
 from torchstream.http._auth import Keys
+from torchstream.http._server import Problem
 from torchstream.pipeline import Pipeline, SourceStatistics
 
 __all__ = ["SourceRequest", "create_control_app"]
