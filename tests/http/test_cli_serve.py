@@ -131,7 +131,8 @@ def test_serve_with_worker_processes(tmp_path: Path) -> None:
     body = encode_picture(torch.zeros((30, 40, 3), dtype=torch.uint8), "jpg")
     with _serve(str(pipeline), "--port", str(port), "--workers", "2") as process:
         try:
-            _wait_ready(url, process)
+            for _ in range(6):  # each worker warms up on its own: ask on new connections
+                _wait_ready(url, process)
             answers = [httpx.post(f"{url}/v1/infer", content=body, timeout=30,
                                   headers={"content-type": "image/jpeg"}) for _ in range(6)]
             assert [a.status_code for a in answers] == [200] * 6
