@@ -113,6 +113,18 @@ def test_serve_exits_when_the_pipeline_cannot_start(tmp_path: Path) -> None:
         assert "no weights here" in process.stderr.read().decode()  # type: ignore[union-attr]
 
 
+def _infer_when_ready(url: str, body: bytes) -> httpx.Response:
+    """POST, honouring 503 + Retry-After as a client should: each worker warms up on its own,
+    so the first worker ready does not make the others ready."""
+    deadline = time.monotonic() + 60
+    while True:
+        reply = httpx.post(f"{url}/v1/infer", content=body, timeout=30,
+                           headers={"content-type": "image/jpeg"})
+        if reply.status_code != 503 or time.monotonic() > deadline:
+            return reply
+        time.sleep(0.1)
+
+
 @pytest.mark.slow
 def test_serve_with_worker_processes(tmp_path: Path) -> None:
     pipeline = tmp_path / "measure.py"
@@ -131,10 +143,8 @@ def test_serve_with_worker_processes(tmp_path: Path) -> None:
     body = encode_picture(torch.zeros((30, 40, 3), dtype=torch.uint8), "jpg")
     with _serve(str(pipeline), "--port", str(port), "--workers", "2") as process:
         try:
-            for _ in range(6):  # each worker warms up on its own: ask on new connections
-                _wait_ready(url, process)
-            answers = [httpx.post(f"{url}/v1/infer", content=body, timeout=30,
-                                  headers={"content-type": "image/jpeg"}) for _ in range(6)]
+            _wait_ready(url, process)
+            answers = [_infer_when_ready(url, body) for _ in range(6)]
             assert [a.status_code for a in answers] == [200] * 6
             assert {a.json()["attributes"]["pixels"] for a in answers} == {1200}
             assert all(a.json()["source_id"].startswith("http-") for a in answers)
