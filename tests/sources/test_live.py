@@ -18,7 +18,7 @@ import av
 import pytest
 import torch
 
-from torchstream import Frame, Pipeline, Session
+from torchstream import Frame, Pipeline, Session, SourceError
 from torchstream.sinks import CallbackSink
 from torchstream.sources import LiveSource, open_source
 from torchstream.testing import RtspTestServer, SilentTcpServer
@@ -374,3 +374,21 @@ def test_a_decoder_that_cannot_keep_up_skips_to_keyframes_and_lag_stays_bounded(
     assert stats.lag_seconds_p99 is not None and stats.lag_seconds_p99 < 1.5
     print(f"skipped {stats.live.frames_skipped}; lag p50 {stats.lag_seconds_p50:.2f} s, "
           f"p99 {stats.lag_seconds_p99:.2f} s")
+
+
+def test_refused_access_is_retried_not_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A soak run lost cameras for good when a restarting RTSP server's answer came back from
+    # FFmpeg as EPERM: refused access is an outage like any other.
+    attempts: list[float] = []
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        attempts.append(time.monotonic())
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(av, "open", refuse)
+    source = LiveSource("rtsp://127.0.0.1:9/cam", source_id="cam", max_reconnects=2,
+                        backoff_initial_seconds=0.01, backoff_max_seconds=0.02)
+    with pytest.raises(SourceError, match="gave up after 2 reconnect attempts: access refused"):
+        list(source.frames())
+    assert len(attempts) == 3
+    assert "check the credentials" in source.errors[-1]

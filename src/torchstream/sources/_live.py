@@ -59,7 +59,7 @@ def _reason(exc: BaseException) -> str:
 
 
 class Fatal(SourceError):
-    """A failure that retrying cannot fix (unknown protocol, refused credentials)."""
+    """A failure that retrying cannot fix (an unsupported protocol, no video stream)."""
 
 
 @dataclass(frozen=True)
@@ -112,8 +112,8 @@ class LiveDemuxer:
     (:meth:`drop_connection`). It goes on forever unless ``max_reconnects`` is set: after
     that many consecutive failed attempts :meth:`packets` raises
     :class:`~torchstream.SourceError`. Only what retrying cannot fix raises at once: an
-    unsupported protocol, refused credentials, a stream without video. Every outage is
-    logged (warning) and kept in ``errors``.
+    unsupported protocol, a stream without video (refused access is retried: restarting
+    servers answer so too). Every outage is logged (warning) and kept in ``errors``.
 
     **Falling behind.** With ``max_lag_seconds``, when the consumer takes packets more than
     that much later than the stream delivers them, packets are skipped up to the next
@@ -280,7 +280,15 @@ class LiveDemuxer:
             raise Fatal(self.source_id, f"cannot read {where}: {_reason(exc)}") from exc
         except (av.error.HTTPUnauthorizedError, av.error.HTTPForbiddenError,
                 PermissionError) as exc:
-            raise Fatal(self.source_id, f"access refused to {where}: {_reason(exc)}") from exc
+            # Retried like an outage, not fatal: FFmpeg reports some transient RTSP answers
+            # of a restarting server as EPERM too (a soak run lost 2 of 8 cameras for good
+            # to it), and a camera whose credentials were changed comes back once they are
+            # fixed. The reason stays visible in errors and live statistics.
+            raise SourceError(
+                self.source_id,
+                f"access refused to {where}: {_reason(exc)} (retrying; if this goes on, "
+                "check the credentials in the URL)",
+            ) from exc
         except (av.error.FFmpegError, OSError) as exc:
             # An interrupted open surfaces as whatever the protocol made of it (RTSP:
             # "invalid data"), so the clock says whether it was the timeout.

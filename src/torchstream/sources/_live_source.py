@@ -46,8 +46,9 @@ class LiveSource:
     treated the same way. It goes on forever unless ``max_reconnects`` is set: after that
     many consecutive failed attempts the source fails with :class:`~torchstream.SourceError`
     (its session ends with ``error``). A camera that is down at start-up is retried like any
-    outage; only what retrying cannot fix fails at once: an unsupported protocol, refused
-    credentials, a stream without video (bad URL forms are refused by the constructor).
+    outage; only what retrying cannot fix fails at once: an unsupported protocol, a stream
+    without video (bad URL forms are refused by the constructor). Refused access is retried
+    (a restarting server can answer so) and named in ``errors``.
     While retrying, ``live_statistics().last_error`` names the URL and FFmpeg's reason.
 
     **Sessions.** Reconnecting does not end the session: ``seq`` goes on, stages keep their
