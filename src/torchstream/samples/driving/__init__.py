@@ -4,7 +4,7 @@
 
 One model is available now, chosen with ``--model``:
 
-- ``twinlitenet`` (the default): TwinLiteNet (Che Quang Huy et al., 2023, arXiv:2307.10705),
+- ``twinlitenet`` (the default): TwinLiteNet (Quang-Huy Che et al., 2023, arXiv:2307.10705),
   a 0.44 M-parameter segmentation network trained on BDD100K, as one batched stage
   (:class:`TwinLiteNetSegmentation`). The network is our own definition; its trained weights
   (``twinlitenet_best.pth``, MIT licence, from the TwinLiteNet project) are a file you pass

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from torchstream.frame import Mask
-from torchstream.models._boxes import Letterbox
+from torchstream.models import Letterbox, crop_letterbox
 from torchstream.pipeline._batcher import BatchPolicy
 from torchstream.pipeline._model_stage import Crop, ModelStage
 from torchstream.samples.driving._twinlitenet import load_twinlitenet
@@ -104,8 +104,8 @@ class TwinLiteNetSegmentation(ModelStage):
         confidence = (margin.sigmoid() * masks).sum(dim=(2, 3)) / found.clamp(min=1)
         results = []
         for index, crop in enumerate(crops):
-            rows, columns = _fit(crop.frame.width, crop.frame.height).content_slices()
-            results.append((masks[index, :, rows, columns], confidence[index]))
+            content = crop_letterbox(masks[index], _fit(crop.frame.width, crop.frame.height))
+            results.append((content, confidence[index]))
         return results
 
     def attach(self, crop: Crop, result: tuple[torch.Tensor, torch.Tensor]) -> None:

@@ -1,6 +1,6 @@
 """TwinLiteNet: drivable-area and lane-line segmentation in one small network.
 
-Our own definition, written from the paper (Che Quang Huy et al., "TwinLiteNet: An Efficient
+Our own definition, written from the paper (Quang-Huy Che et al., "TwinLiteNet: An Efficient
 and Lightweight Model for Driveable Area and Lane Segmentation in Self-Driving Cars",
 arXiv:2307.10705) and from the names and shapes of its published trained weights
 (``twinlitenet_best.pth``, MIT), so that every key of that state dict loads strictly.
@@ -41,6 +41,8 @@ from torch import nn
 
 __all__ = ["TwinLiteNet", "load_twinlitenet"]
 
+# ESPNet's batch-norm epsilon. The trained weights depend on it: several channels have a
+# running variance of ~0, and torch's default 1e-5 turns the masks into noise.
 _BN_EPS = 1e-3
 
 
