@@ -74,8 +74,8 @@ class Options:
     weights: str = field(
         default="",
         metadata={
-            "help": "trained state dict of the model; default "
-            "../shared/assets/driving/twinlitenet_best.pth (from the working directory)"
+            "help": "trained state dict of the model (empty: the model's file in "
+            "../shared/assets/driving/, from the working directory)"
         },
     )
 
