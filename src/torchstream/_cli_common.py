@@ -16,7 +16,10 @@ import click
 import torch
 from rich.console import Console
 
-BUNDLED = {"faces": "torchstream.samples.faces"}
+BUNDLED = {
+    "driving": "torchstream.samples.driving",
+    "faces": "torchstream.samples.faces",
+}
 
 _console = Console(stderr=True, highlight=False)
 
