@@ -314,6 +314,11 @@ def test_twenty_sources_come_and_go_while_two_run(rtsp_server: RtspTestServer) -
             cycle([f"cam-{round_}-{i}" for i in range(5)])
         ended = time.monotonic()
         gc.collect()
+        # FFmpeg's own threads (slice decoding, network) may outlive a closed source by a
+        # moment on a loaded machine: "back to baseline" is judged within 5 s.
+        settle = time.monotonic() + 5.0
+        while _os_threads() > threads + 1 and time.monotonic() < settle:
+            time.sleep(0.05)
         threads_after, rss_after = _os_threads(), _rss_bytes()
         assert sorted(pipeline.sources()) == ["steady-h264", "steady-hevc"]
         stats = pipeline.statistics()
