@@ -104,15 +104,5 @@ async def _drain(receive: Receive, max_bytes: int) -> None:
 
 
 async def discard_body(request: Request, max_bytes: int) -> None:
-    """Read and drop what is left of the body (at most ``max_bytes``, for at most a
-    second: past that the connection is closed instead)."""
-
-    async def drain() -> None:
-        total = 0
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > max_bytes:
-                return
-
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(drain(), 1.0)
+    """:func:`_drain` for a route's request whose body nothing has read yet."""
+    await _drain(request.receive, max_bytes)
