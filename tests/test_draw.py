@@ -13,8 +13,6 @@ PERSON_COLOR = (255, 100, 200)
 BARE = AnnotationStyle(boxes=False, labels=False, masks=False, keypoints=False)
 
 
-
-
 def make_frame(device: torch.device, *, height: int = 120, width: int = 160) -> Frame:
     frame = Frame(source_id="cam", seq=0, width=width, height=height)
     frame.surface = torch.full((height, width, 3), 40, dtype=torch.uint8, device=device)
@@ -154,6 +152,22 @@ def test_mask_blends_only_inside_the_mask(device: torch.device) -> None:
     assert torch.allclose(blended, (40 + color) / 2, atol=1)
 
 
+def test_mask_only_labels_get_their_mask_and_no_box_or_label(device: torch.device) -> None:
+    frame = make_frame(device)
+    road = torch.zeros(12, 16, dtype=torch.bool)
+    road[6:] = True  # the bottom half of the frame
+    frame.add_object(
+        label="road", confidence=0.9, box=[0, 0, 160, 120], mask=Mask.from_tensor(road)
+    )
+    frame.add_object(label="car", confidence=0.9, box=[10, 10, 50, 40])
+    canvas = annotate(frame, AnnotationStyle(mask_only_labels={"road"}))  # type: ignore[arg-type]
+    drawn = changed(pixels(frame), canvas)
+    assert drawn[60:, :].all() and not drawn[:60, 60:].any()  # the road: its mask, no outline
+    assert drawn[10, 10:50].any() and not drawn[25, 20:40].any()  # the car: outline (+ label)
+    everything = changed(pixels(frame), annotate(frame, AnnotationStyle()))
+    assert everything[0, 60:].any()  # without the option, the road's box is outlined too
+
+
 def test_mask_of_a_box_partly_outside_is_clipped(device: torch.device) -> None:
     frame = make_frame(device)
     bits = torch.ones(10, 10, dtype=torch.bool)
@@ -228,6 +242,7 @@ def test_frame_without_surface_is_an_error() -> None:
         ({"font_scale": True}, "font_scale"),
         ({"blur_labels": "face"}, "blur_labels"),
         ({"blur_labels": {1, 2}}, "blur_labels"),
+        ({"mask_only_labels": "road"}, "mask_only_labels"),
         ({"boxes": 1}, "boxes"),
     ],
 )

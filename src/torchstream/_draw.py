@@ -59,6 +59,8 @@ class AnnotationStyle:
     ``keypoints``: a dot of radius ``line_width`` at every keypoint with a positive score.
     ``blur_labels``: objects with these labels have their whole box blurred beyond recognition
     (anonymisation) before anything is drawn on top.
+    ``mask_only_labels``: objects with these labels get their mask drawn and nothing else (no
+    box, no label): regions such as a road surface whose box is the whole frame.
     ``font_scale``: label text is 7 * ``font_scale`` pixels tall (2 suits 1080p).
 
     Colours come from a fixed palette, chosen by a stable hash of the label, so a label has
@@ -70,6 +72,7 @@ class AnnotationStyle:
     masks: bool = True
     keypoints: bool = True
     blur_labels: frozenset[str] = field(default_factory=frozenset)
+    mask_only_labels: frozenset[str] = field(default_factory=frozenset)
     line_width: int = 2
     font_scale: int = 1
 
@@ -82,14 +85,15 @@ class AnnotationStyle:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
                 raise ValueError(f"{name} must be an integer in [1, {limit}], got {value!r}")
-        labels: object = self.blur_labels
-        if isinstance(labels, str) or not isinstance(labels, Iterable):
-            raise ValueError(f"blur_labels must be a collection of label strings, got {labels!r}")
-        labels = frozenset(labels)
-        if not all(isinstance(label, str) for label in labels):
-            raise ValueError(f"blur_labels must contain only strings, got {self.blur_labels!r}")
-        # Accept any collection (a set, a list) but store the frozen, hashable form.
-        object.__setattr__(self, "blur_labels", labels)
+        for name in ("blur_labels", "mask_only_labels"):
+            labels: object = getattr(self, name)
+            if isinstance(labels, str) or not isinstance(labels, Iterable):
+                raise ValueError(f"{name} must be a collection of label strings, got {labels!r}")
+            labels = frozenset(labels)
+            if not all(isinstance(label, str) for label in labels):
+                raise ValueError(f"{name} must contain only strings, got {getattr(self, name)!r}")
+            # Accept any collection (a set, a list) but store the frozen, hashable form.
+            object.__setattr__(self, name, labels)
 
 
 def label_color(label: str) -> tuple[int, int, int]:
@@ -137,13 +141,14 @@ def annotate(frame: Frame, style: AnnotationStyle) -> torch.Tensor:
         for obj, box, color in placed:
             if obj.mask is not None:
                 _blend_mask(canvas, box, obj.mask, palette[color])
+    outlined = [item for item in placed if item[0].label not in style.mask_only_labels]
     if style.boxes:
-        for _, box, color in placed:
+        for _, box, color in outlined:
             _draw_outline(canvas, box, style.line_width, palette[color])
     if style.keypoints:
         _draw_keypoints(canvas, frame.objects, style.line_width, palette)
     if style.labels:
-        for obj, box, color in placed:
+        for obj, box, color in outlined:
             _draw_label(canvas, obj, box, style.font_scale, palette, color)
     return canvas
 

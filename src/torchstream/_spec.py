@@ -10,17 +10,22 @@ import torch
 from torchstream._draw import AnnotationStyle
 from torchstream._types import Stage
 from torchstream.pipeline._batcher import BatchPolicy
+from torchstream.pipeline._model_stage import CompileMode
 
 __all__ = ["PipelineSpec", "RunConfig"]
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """The run-wide settings a pipeline's ``build`` function receives."""
+    """The run-wide settings a pipeline's ``build`` function receives; the last four are the
+    speed options of :class:`~torchstream.pipeline.ModelStage`, for its model stages."""
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     batch_policy: BatchPolicy = field(default_factory=BatchPolicy)
     half: bool = False
+    channels_last: bool = False
+    cuda_graphs: bool = False
+    compile_mode: CompileMode | None = None
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from torchstream._cli_common import (
 from torchstream._logging import configure_logging
 from torchstream._spec import PipelineSpec, RunConfig
 from torchstream._types import Sink
-from torchstream.pipeline import BatchPolicy, Pipeline, PipelineStatistics
+from torchstream.pipeline import BatchPolicy, CompileMode, Pipeline, PipelineStatistics
 from torchstream.sinks import JsonLinesSink, VideoSink
 from torchstream.sources import DecoderChoice, open_source
 
@@ -89,6 +89,17 @@ def _table(stats: PipelineStatistics, elapsed: float, final: bool = False) -> Ta
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=10.0, show_default=True,
               help="Longest a frame waits for its batch to fill.")
 @click.option("--half", is_flag=True, help="Half precision on CUDA.")
+@click.option("--channels-last", is_flag=True,
+              help="Model weights in NHWC order (faster convolutions on CUDA). This and the "
+                   "next two reach the stages of pipelines that pass RunConfig's speed options "
+                   "on (driving does).")
+@click.option("--cuda-graphs", is_flag=True,
+              help="Replay each model's forward pass as a CUDA graph (pads batches to "
+                   "--batch-size).")
+@click.option("--compile", "compile_mode", default=None,
+              type=click.Choice(["default", "reduce-overhead", "max-autotune",
+                                 "max-autotune-no-cudagraphs"]),
+              help="torch.compile the models with this mode (the first batch compiles).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="Log lines on stderr: text, or JSON objects for collectors.")
@@ -128,6 +139,9 @@ def run(
     batch_size: int,
     max_wait_ms: float,
     half: bool,
+    channels_last: bool,
+    cuda_graphs: bool,
+    compile_mode: CompileMode | None,
     quiet: bool,
     log_format: str,
     log_level: str,
@@ -156,10 +170,20 @@ def run(
     options = parse_options(module, ctx.args)
     if not inputs and control_port is None:
         raise click.UsageError("give at least one --input (or --control-port)")
+    if cuda_graphs and compile_mode is not None:
+        raise click.UsageError(
+            "--cuda-graphs and --compile do not go together (--compile reduce-overhead "
+            "captures CUDA graphs itself)"
+        )
     config = RunConfig(
         device=_device(device),
-        batch_policy=BatchPolicy(max_size=batch_size, max_wait_seconds=max_wait_ms / 1000),
+        batch_policy=BatchPolicy(
+            max_size=batch_size, max_wait_seconds=max_wait_ms / 1000, pad_to_max_size=cuda_graphs
+        ),
         half=half,
+        channels_last=channels_last,
+        cuda_graphs=cuda_graphs,
+        compile_mode=compile_mode,
     )
     spec: PipelineSpec = module.build(config, options)
     for target in (output, meta):

@@ -3,14 +3,19 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from torchstream.frame import Mask
 from torchstream.models import (
     Letterbox,
     argmax_masks,
     crop_letterbox,
+    mask_runs,
     resize_masks,
     threshold_masks,
 )
+from torchstream.pipeline import to_host
 
 
 def test_threshold_is_strict(device: str) -> None:
@@ -83,3 +88,37 @@ def test_crop_then_resize_gives_frame_sized_mask(device: str) -> None:
     expected = torch.zeros(1, 32, 64, dtype=torch.bool)
     expected[0, :, :32] = True
     assert torch.equal(frame_masks.cpu(), expected)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    masks=st.integers(1, 4).flatmap(
+        lambda count: st.integers(1, 9).flatmap(
+            lambda height: st.integers(1, 9).flatmap(
+                lambda width: st.lists(
+                    st.booleans(), min_size=count * height * width, max_size=count * height * width
+                ).map(lambda bits: torch.tensor(bits).view(count, height, width))
+            )
+        )
+    )
+)
+def test_mask_runs_encode_like_mask_from_tensor(masks: torch.Tensor) -> None:
+    runs = to_host(mask_runs(masks))
+    for index in range(masks.shape[0]):
+        mask = runs.mask(index)
+        assert mask == Mask.from_tensor(masks[index])
+        assert torch.equal(mask.to_tensor(), masks[index])
+
+
+def test_mask_runs_on_the_device_match_and_check_their_input(device: str) -> None:
+    generator = torch.Generator().manual_seed(3)
+    masks = torch.rand(5, 36, 64, generator=generator) > 0.7
+    masks[1] = True  # a mask with one run of ones (first pixel set)
+    masks[2] = False  # and an empty one
+    runs = mask_runs(masks.to(device))
+    assert runs.position.device.type == torch.device(device).type
+    host = to_host(runs)
+    assert [host.mask(i) for i in range(5)] == [Mask.from_tensor(m) for m in masks]
+    assert host.mask(1).counts == [0, 36 * 64] and host.mask(2).counts == [36 * 64]
+    with pytest.raises(ValueError, match=r"masks must have shape \(N, H, W\)"):
+        mask_runs(masks[0])

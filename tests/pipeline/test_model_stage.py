@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import NamedTuple
+
 import pytest
 import torch
 
-from torchstream.pipeline import to_host
+from torchstream.frame import Frame
+from torchstream.pipeline import BatchPolicy, Crop, ModelStage, to_host
 
 
 def test_to_host_keeps_structure_and_values(device: str) -> None:
@@ -23,3 +27,77 @@ def test_to_host_handles_empty_and_scalar_tensors(device: str) -> None:
     empty, scalar = torch.zeros(0, 4).to(device), torch.tensor(2.5).to(device)
     host = to_host([empty, scalar])
     assert host[0].shape == (0, 4) and host[1].item() == pytest.approx(2.5)
+
+
+class _Pair(NamedTuple):
+    values: torch.Tensor
+    name: str
+
+
+def test_to_host_moves_a_shared_tensor_once_and_keeps_named_tuples(device: str) -> None:
+    shared = torch.arange(6).to(device)
+    host = to_host([_Pair(shared, "a"), _Pair(shared, "b")])
+    assert [type(item) for item in host] == [_Pair, _Pair]
+    assert [item.name for item in host] == ["a", "b"]
+    assert host[0].values is host[1].values  # one copy, not one per reference
+    assert torch.equal(host[0].values, torch.arange(6))
+
+
+def test_speed_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="compile_mode must be one of default, reduce-overhead"):
+        ModelStage(compile_mode="fast")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="cuda_graphs and compile_mode do not go together"):
+        ModelStage(cuda_graphs=True, compile_mode="default")
+
+
+class _Convs(ModelStage):
+    input_size = (32, 48)
+
+    def load_model(self) -> torch.nn.Module:
+        torch.manual_seed(0)
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 2, 1)
+        )
+
+    def postprocess(self, outputs: torch.Tensor, crops: Sequence[Crop]) -> list[torch.Tensor]:
+        return list(outputs[: len(crops)].mean(dim=(2, 3)))
+
+    def attach(self, crop: Crop, result: torch.Tensor) -> None:
+        crop.frame.attributes["out"] = result.tolist()
+
+
+def _frames(device: str, count: int) -> list[Frame]:
+    frames = []
+    for index in range(count):
+        frame = Frame(source_id=f"s{index}", seq=0, width=64, height=48)
+        generator = torch.Generator().manual_seed(index)
+        frame.surface = torch.randint(0, 256, (48, 64, 3), dtype=torch.uint8, generator=generator)
+        frame.surface = frame.surface.to(device)
+        frames.append(frame)
+    return frames
+
+
+def test_channels_last_computes_the_same(device: str) -> None:
+    results = []
+    for channels_last in (False, True):
+        stage = _Convs(channels_last=channels_last)
+        stage.setup(torch.device(device))
+        frames = _frames(device, 3)
+        stage.process(frames)
+        results.append([f.attributes["out"] for f in frames])
+    torch.testing.assert_close(torch.tensor(results[1]), torch.tensor(results[0]))
+
+
+@pytest.mark.gpu
+def test_cuda_graphs_give_what_eager_gives_on_every_batch() -> None:
+    eager = _Convs()
+    eager.setup(torch.device("cuda"))
+    graphed = _Convs(cuda_graphs=True, batch_policy=BatchPolicy(max_size=4, pad_to_max_size=True))
+    graphed.setup(torch.device("cuda"))
+    for count in (3, 4, 1, 4):  # every batch padded to 4 rows: one graph, replayed
+        expected, got = _frames("cuda", count), _frames("cuda", count)
+        eager.process(expected)
+        graphed.process(got)
+        for a, b in zip(expected, got, strict=True):
+            assert a.attributes["out"] == pytest.approx(b.attributes["out"], abs=1e-5)
+    assert graphed._graphs is not None and graphed._graphs.shapes == [(4, 3, 32, 48)]

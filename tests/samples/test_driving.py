@@ -190,8 +190,9 @@ def test_a_missing_weights_file_names_the_option(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere.pth"
     with pytest.raises(ValueError, match=r"weights: no file at .*nowhere\.pth.*--weights PATH"):
         Options(weights=str(missing))
-    with pytest.raises(ValueError, match="model must be one of twinlitenet"):
-        Options(model="yolop", weights=str(missing))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="model must be one of twinlitenet, yolop, yolop-arch"):
+        Options(model="yolox", weights=str(missing))  # type: ignore[arg-type]
+    Options(model="yolop-arch", weights=str(missing))  # only TwinLiteNet reads weights
     result = CliRunner().invoke(
         main, ["run", "driving", "--input", "x.jpg", "--weights", str(missing)]
     )
@@ -207,7 +208,9 @@ def test_default_weights_are_the_shared_assets_beside_the_checkout(
     assert options.weights_path().resolve() == WEIGHTS.resolve()
     spec = build(RunConfig(), options)
     assert [type(s) for s in spec.stages] == [TwinLiteNetSegmentation]
-    assert spec.annotation.masks and not spec.annotation.boxes
+    # Masks only for the two regions (their boxes are the whole frame); vehicles get boxes.
+    assert spec.annotation.masks and spec.annotation.boxes
+    assert spec.annotation.mask_only_labels == {DRIVABLE_AREA, LANE_LINE}
 
 
 @needs_still

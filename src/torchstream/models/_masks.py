@@ -8,13 +8,23 @@ rows and columns that were padding) -> :func:`resize_masks` to the frame's size.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from torchstream.frame import Mask
 from torchstream.models._boxes import Letterbox
 
-__all__ = ["argmax_masks", "crop_letterbox", "resize_masks", "threshold_masks"]
+__all__ = [
+    "MaskRuns",
+    "argmax_masks",
+    "crop_letterbox",
+    "mask_runs",
+    "resize_masks",
+    "threshold_masks",
+]
 
 
 def threshold_masks(logits_or_probs: Tensor, *, threshold: float) -> Tensor:
@@ -65,6 +75,58 @@ def crop_letterbox(masks: Tensor, letterbox: Letterbox) -> Tensor:
     rows = _rescale_slice(rows, masks.shape[-2], letterbox.target_height)
     columns = _rescale_slice(columns, masks.shape[-1], letterbox.target_width)
     return masks[..., rows, columns]
+
+
+class MaskRuns(NamedTuple):
+    """Where each of N same-sized binary masks changes value, row-major: the run-length
+    encoding of a batch of masks, computed on their device (:func:`mask_runs`).
+
+    ``first`` (N,) is each mask's first pixel; ``mask_index`` and ``position`` (K,) list every
+    change, ascending: mask ``mask_index[k]`` differs at flat pixel ``position[k]`` from the
+    pixel before it. Small: a mask costs one entry per run, not one per pixel, so the whole
+    batch crosses to the host in one copy (:func:`~torchstream.pipeline.to_host` moves the
+    tuple).
+    :meth:`mask` then builds each :class:`~torchstream.frame.Mask` on the host.
+    """
+
+    first: Tensor
+    mask_index: Tensor
+    position: Tensor
+    height: int
+    width: int
+
+    def mask(self, i: int) -> Mask:
+        """Mask ``i`` as a :class:`~torchstream.frame.Mask` (host tensors: after ``to_host``)."""
+        lo, hi = np.searchsorted(self.mask_index.numpy(), [i, i + 1])
+        edges = np.concatenate(
+            ([0], self.position.numpy()[lo:hi].astype(np.int64), [self.height * self.width])
+        )
+        counts = np.diff(edges).tolist()
+        if bool(self.first[i]):
+            counts.insert(0, 0)  # runs start with zeros, even when there are none
+        return Mask(height=self.height, width=self.width, counts=counts)
+
+
+def mask_runs(masks: Tensor) -> MaskRuns:
+    """Run-length boundaries of (N, H, W) binary masks (bool or 0/1), on their device, in
+    a handful of kernels and one synchronisation (the number of changes is data-dependent).
+
+    The usual end of a segmentation postprocess: ``mask_runs(masks)`` in ``postprocess``,
+    ``runs.mask(i)`` in ``attach``. Downloading runs instead of pixels moves about 0.5-2 %
+    of the bytes for road and lane masks, and saves a per-mask host loop.
+    """
+    if masks.dim() != 3:
+        raise ValueError(f"masks must have shape (N, H, W), got {tuple(masks.shape)}")
+    count, height, width = (int(n) for n in masks.shape)
+    flat = masks.reshape(count, height * width).bool()
+    changes = (flat[:, 1:] != flat[:, :-1]).nonzero()
+    return MaskRuns(
+        first=flat[:, 0] if flat.shape[1] else flat.new_zeros(count),
+        mask_index=changes[:, 0].to(torch.int32),
+        position=(changes[:, 1] + 1).to(torch.int32),
+        height=height,
+        width=width,
+    )
 
 
 def _nearest_indices(size_in: int, size_out: int, device: torch.device) -> Tensor:

@@ -2,7 +2,8 @@
 
 from torchstream.pipeline._batcher import Batcher, BatcherStatistics, BatchPolicy
 from torchstream.pipeline._channel import Channel, ChannelStatistics, EndOfChannel, Policy
-from torchstream.pipeline._model_stage import Crop, ModelStage, to_host
+from torchstream.pipeline._graphs import CudaGraphs
+from torchstream.pipeline._model_stage import CompileMode, Crop, ModelStage, to_host
 from torchstream.pipeline._pipeline import Pipeline
 from torchstream.pipeline._session import EndReason, Session
 from torchstream.pipeline._statistics import (
@@ -21,7 +22,9 @@ __all__ = [
     "BatcherStatistics",
     "Channel",
     "ChannelStatistics",
+    "CompileMode",
     "Crop",
+    "CudaGraphs",
     "EndOfChannel",
     "EndReason",
     "FrameTracer",

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
 from torchstream.frame import Frame, ObjectMeta
 from torchstream.pipeline._batcher import BatchPolicy
+from torchstream.pipeline._graphs import CudaGraphs
 
-__all__ = ["Crop", "ModelStage", "to_host"]
+__all__ = ["CompileMode", "Crop", "ModelStage", "to_host"]
+
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+"""``torch.compile`` modes a model stage accepts."""
+COMPILE_MODES: tuple[CompileMode, ...] = get_args(CompileMode)
 
 
 @dataclass(frozen=True, eq=False)
@@ -34,17 +39,18 @@ class Crop:
 def to_host(value: Any) -> Any:
     """Copy every tensor in a nested list/tuple/dict to the host, with one synchronisation.
 
-    Device tensors are gathered by dtype and each group crosses the bus as one flat copy into
-    pinned memory (``non_blocking=True``, on the current stream), then is split back into
-    views: a batch of small results costs one transfer per dtype, not one per tensor. The
-    current stream is synchronised once at the end: the only point where the host waits.
+    Device tensors are gathered by dtype (a tensor that appears in many places moves once) and
+    each group crosses the bus as one flat copy into pinned memory (``non_blocking=True``, on
+    the current stream), then is split back into views: a batch of small results costs one
+    transfer per dtype, not one per tensor. The current stream is synchronised once at the end:
+    the only point where the host waits.
     """
-    found: list[torch.Tensor] = []
+    found: dict[int, torch.Tensor] = {}  # by id: a tensor shared by many results moves once
 
     def collect(item: Any) -> None:
         if isinstance(item, torch.Tensor):
             if item.device.type != "cpu":
-                found.append(item)
+                found.setdefault(id(item), item)
         elif isinstance(item, (list, tuple)):
             for v in item:
                 collect(v)
@@ -57,7 +63,7 @@ def to_host(value: Any) -> Any:
         return value
     copies: dict[int, torch.Tensor] = {}
     groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
-    for tensor in found:
+    for tensor in found.values():
         groups.setdefault((tensor.dtype, tensor.device), []).append(tensor)
     cuda_seen = False
     for (dtype, device), tensors in groups.items():
@@ -82,7 +88,9 @@ def to_host(value: Any) -> Any:
         if isinstance(item, list):
             return [rebuild(v) for v in item]
         if isinstance(item, tuple):
-            return tuple(rebuild(v) for v in item)
+            values = [rebuild(v) for v in item]
+            # A NamedTuple keeps its type (and its non-tensor fields).
+            return type(item)(*values) if hasattr(item, "_fields") else tuple(values)
         if isinstance(item, dict):
             return {k: rebuild(v) for k, v in item.items()}
         return item
@@ -113,6 +121,21 @@ class ModelStage:
     in chunks of at most ``max_crops_per_forward`` (None: all at once). With
     ``batch_policy.pad_to_max_size`` a tensor batch is padded with zeros to a multiple of
     ``max_size`` rows, so the model only ever sees fixed shapes.
+
+    Speed options, for CUDA (each is measured in ``benchmarks/video.py``; all are off by
+    default because each has a cost somewhere):
+
+    - ``half``: the model and its input in float16 (CPU keeps float32).
+    - ``channels_last``: the model's weights in NHWC memory order, so convolutions run on
+      tensor cores without layout conversions (most convolutional nets gain on CUDA).
+    - ``cuda_graphs``: :meth:`forward` is captured once per input shape and replayed
+      (:class:`~torchstream.pipeline.CudaGraphs`): one launch per batch instead of one per
+      layer. Needs fixed shapes (``pad_to_max_size``; other shapes past 4 run eagerly), a
+      forward pass without host synchronisations, and costs a few seconds and the graph's
+      memory at the first batch of each shape. CPU ignores it.
+    - ``compile_mode``: ``torch.compile`` the model with that mode (fused kernels; the first
+      batch of each shape compiles, which takes from seconds to minutes). Not with
+      ``cuda_graphs`` (``"reduce-overhead"`` captures graphs itself).
     """
 
     name: str = "model"
@@ -127,11 +150,28 @@ class ModelStage:
         batch_policy: BatchPolicy | None = None,
         half: bool = False,
         max_crops_per_forward: int | None = None,
+        channels_last: bool = False,
+        cuda_graphs: bool = False,
+        compile_mode: CompileMode | None = None,
     ) -> None:
         if max_crops_per_forward is not None and max_crops_per_forward < 1:
             raise ValueError(
                 f"max_crops_per_forward must be >= 1 or None, got {max_crops_per_forward}"
             )
+        if compile_mode is not None and compile_mode not in COMPILE_MODES:
+            raise ValueError(
+                f"compile_mode must be one of {', '.join(COMPILE_MODES)} or None, "
+                f"got {compile_mode!r}"
+            )
+        if compile_mode is not None and cuda_graphs:
+            raise ValueError(
+                "cuda_graphs and compile_mode do not go together: use compile_mode="
+                "'reduce-overhead' for compiled code in CUDA graphs"
+            )
+        self.channels_last = channels_last
+        self.cuda_graphs = cuda_graphs
+        self.compile_mode: CompileMode | None = compile_mode
+        self._graphs: CudaGraphs | None = None
         if name is not None:
             self.name = name
         self.batch_policy = batch_policy or BatchPolicy()
@@ -154,7 +194,13 @@ class ModelStage:
         model = self.load_model()
         if model is not None:
             model = model.to(device=device, dtype=self.dtype).eval()
+            if self.channels_last:
+                model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            if self.compile_mode is not None:
+                compiled: Any = torch.compile(model, mode=self.compile_mode, dynamic=False)
+                model = compiled
         self.model = model
+        self._graphs = CudaGraphs() if self.cuda_graphs and device.type == "cuda" else None
 
     # -- 2. select --------------------------------------------------------------------------
     def select(self, frame: Frame) -> list[Crop]:
@@ -173,9 +219,7 @@ class ModelStage:
         for frame, frame_crops in _group_by_frame(crops):
             surface = frame.require_surface(f"stage {self.name!r}")
             boxes = torch.tensor([c.box for c in frame_crops], dtype=torch.float32)
-            parts.append(
-                crop_resize(surface, boxes.to(surface.device), height=height, width=width)
-            )
+            parts.append(crop_resize(surface, boxes.to(surface.device), height=height, width=width))
         batch = torch.cat(parts).to(self.device)
         mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
@@ -205,7 +249,10 @@ class ModelStage:
             for start in range(0, len(crops), step):
                 chunk = crops[start : start + step]
                 batch = self._pad(self.preprocess(chunk))
-                outputs = self.forward(batch)
+                if self._graphs is not None and isinstance(batch, torch.Tensor):
+                    outputs = self._graphs(self.forward, batch)
+                else:
+                    outputs = self.forward(batch)
                 results = self.postprocess(outputs, chunk)
                 if len(results) != len(chunk):
                     raise RuntimeError(
@@ -236,4 +283,3 @@ def _group_by_frame(crops: Sequence[Crop]) -> list[tuple[Frame, list[Crop]]]:
         else:
             groups.append((crop.frame, [crop]))
     return groups
-
