@@ -46,6 +46,12 @@ VARIANTS = (
     Variant("fp16 channels-last", channels_last=True),
     Variant("fp16 channels-last CUDA graphs", channels_last=True, cuda_graphs=True),
     Variant("fp16 channels-last compile default", channels_last=True, compile_mode="default"),
+    Variant(
+        "fp16 channels-last compile default CUDA graphs",
+        channels_last=True,
+        compile_mode="default",
+        cuda_graphs=True,
+    ),
 )
 """The speed options measured, at batch 32. (``max-autotune`` modes were left out: their
 autotuning takes minutes of the GPU machine's short lease.)"""
@@ -112,8 +118,8 @@ def stage_alone(
         compile_mode=variant.compile_mode,  # type: ignore[arg-type]
     )
     options = driving.Options(model=model, weights=str(weights or ""))  # type: ignore[arg-type]
-    (stage,) = driving.build(config, options).stages
-    stage.setup(torch.device("cuda"))  # type: ignore[attr-defined]
+    stage = driving.build(config, options).stages[0].stage  # type: ignore[attr-defined]
+    stage.setup(torch.device("cuda"))
     generator = torch.Generator(device="cuda").manual_seed(0)
     surfaces = [
         torch.randint(0, 256, (1080, 1920, 3), dtype=torch.uint8, device="cuda",

@@ -23,6 +23,10 @@ OUT=${OUT:-/tmp/ts-gpu-out}
 mkdir -p "$OUT" /tmp/site
 tar -xJf .gpu-pack/site.tar.xz -C /tmp/site
 export PYTHONPATH=/tmp/site:$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+if ls .gpu-pack/whl/py_spy-*.whl >/dev/null 2>&1; then  # the profiler, for --profile-dir
+  python3 -m pip install -q --no-deps --no-index --target /tmp/pyspy .gpu-pack/whl/py_spy-*.whl \
+    && export PATH=/tmp/pyspy/bin:$PATH
+fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 python3 -c 'import torch, av, msgspec; print("torch", torch.__version__, "av", av.__version__)' | tee -a "$OUT/gpu.txt"
 status=0

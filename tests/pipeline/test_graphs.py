@@ -44,3 +44,19 @@ def test_outputs_are_the_graphs_own_tensors() -> None:
         second = graphs(lambda x: x * 2, torch.full((3,), 5.0, device="cuda"))
     assert second is first  # overwritten by the next replay: read before the next call
     assert kept.tolist() == [2.0, 2.0, 2.0] and second.tolist() == [10.0, 10.0, 10.0]
+
+
+@pytest.mark.gpu
+def test_a_forward_pass_that_cannot_be_captured_runs_eagerly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        return batch + torch.tensor([1.0]).to(batch.device)  # a host copy: not capturable
+
+    graphs = CudaGraphs()
+    with torch.inference_mode():
+        for _ in range(2):
+            out = graphs(forward, torch.zeros(3, device="cuda"))
+            assert out.tolist() == [1.0, 1.0, 1.0]
+    assert graphs.shapes == [] and graphs.eager_batches == 2
+    assert "cannot capture the forward pass" in caplog.text

@@ -30,7 +30,8 @@ class CudaGraphs:
     model, instead of one per layer, so the host no longer paces small-batch inference.
     Graphs of all shapes share one memory pool. Past ``max_shapes`` shapes, batches run
     eagerly (``eager_batches`` counts them): fix the shapes with
-    ``BatchPolicy(pad_to_max_size=True)``.
+    ``BatchPolicy(pad_to_max_size=True)``. A forward pass that cannot be captured (it copies
+    from the host or synchronises) is logged once as a warning and runs eagerly.
 
     The returned outputs are the graph's own tensors, overwritten by the next replay: read
     them (postprocess, copy to the host) before the next call. One caller thread at a time.
@@ -44,6 +45,7 @@ class CudaGraphs:
         self.max_shapes = max_shapes
         self.eager_batches = 0
         self._captured: dict[tuple[Any, ...], _Captured] = {}
+        self._uncapturable: set[tuple[Any, ...]] = set()
         self._pool: Any = None
 
     @property
@@ -51,16 +53,45 @@ class CudaGraphs:
         """The input shapes captured so far."""
         return [key[0] for key in self._captured]
 
+    def output_storages(self) -> set[int]:
+        """Data pointers of the storages of every captured graph's output tensors."""
+        found: set[int] = set()
+
+        def collect(item: Any) -> None:
+            if isinstance(item, torch.Tensor):
+                found.add(item.untyped_storage().data_ptr())
+            elif isinstance(item, (list, tuple)):
+                for value in item:
+                    collect(value)
+            elif isinstance(item, dict):
+                for value in item.values():
+                    collect(value)
+
+        for captured in self._captured.values():
+            collect(captured.output)
+        return found
+
     def __call__(self, forward: Callable[[torch.Tensor], Any], batch: torch.Tensor) -> Any:
         if batch.device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA batch, got one on {batch.device}")
         key = (tuple(batch.shape), batch.dtype, batch.device, batch.stride())
         captured = self._captured.get(key)
         if captured is None:
-            if len(self._captured) >= self.max_shapes:
+            if len(self._captured) >= self.max_shapes or key in self._uncapturable:
                 self.eager_batches += 1
                 return forward(batch)
-            captured = self._capture(forward, batch)
+            try:
+                captured = self._capture(forward, batch)
+            except Exception as exc:  # the model, not the batch, is at fault
+                # A forward pass that synchronises or copies from the host cannot be captured;
+                # it still works eagerly, so the batch (and the next ones) run that way.
+                self._uncapturable.add(key)
+                logger.warning(
+                    "cannot capture the forward pass as a CUDA graph (%r); running it eagerly",
+                    exc,
+                )
+                self.eager_batches += 1
+                return forward(batch)
             self._captured[key] = captured
         captured.input.copy_(batch)
         captured.graph.replay()

@@ -8,6 +8,7 @@ from typing import Any, Literal, get_args
 
 import torch
 
+from torchstream._types import Stage
 from torchstream.frame import Frame, ObjectMeta
 from torchstream.pipeline._batcher import BatchPolicy
 from torchstream.pipeline._graphs import CudaGraphs
@@ -134,8 +135,12 @@ class ModelStage:
       forward pass without host synchronisations, and costs a few seconds and the graph's
       memory at the first batch of each shape. CPU ignores it.
     - ``compile_mode``: ``torch.compile`` the model with that mode (fused kernels; the first
-      batch of each shape compiles, which takes from seconds to minutes). Not with
-      ``cuda_graphs`` (``"reduce-overhead"`` captures graphs itself).
+      batch of each shape compiles, which takes from seconds to minutes). ``"default"``
+      combines with ``cuda_graphs`` (the compiled model is captured); ``"reduce-overhead"``
+      and ``"max-autotune"`` capture graphs themselves and do not.
+
+    :meth:`split` turns the stage into two pipeline stages (GPU work, then host work) so the
+    GPU never waits while the host synchronises.
     """
 
     name: str = "model"
@@ -163,10 +168,10 @@ class ModelStage:
                 f"compile_mode must be one of {', '.join(COMPILE_MODES)} or None, "
                 f"got {compile_mode!r}"
             )
-        if compile_mode is not None and cuda_graphs:
+        if cuda_graphs and compile_mode in ("reduce-overhead", "max-autotune"):
             raise ValueError(
-                "cuda_graphs and compile_mode do not go together: use compile_mode="
-                "'reduce-overhead' for compiled code in CUDA graphs"
+                f"cuda_graphs and compile_mode={compile_mode!r} do not go together: that mode "
+                "captures CUDA graphs itself"
             )
         self.channels_last = channels_last
         self.cuda_graphs = cuda_graphs
@@ -235,6 +240,16 @@ class ModelStage:
     def postprocess(self, outputs: Any, crops: Sequence[Crop]) -> list[Any]:
         raise NotImplementedError(f"{type(self).__name__} must implement postprocess()")
 
+    def finalize(self, results: list[Any], crops: Sequence[Crop]) -> list[Any]:
+        """Optional end of step 5 for work that must wait for the GPU (NMS, ``nonzero``,
+        anything whose output size depends on the data). Default: nothing.
+
+        After :meth:`split`, :meth:`postprocess` runs on the first thread and should not
+        synchronise with the device; this runs on the second, which may. Without ``split``
+        the two simply run one after the other.
+        """
+        return results
+
     # -- 6. attach --------------------------------------------------------------------------
     def attach(self, crop: Crop, result: Any) -> None:
         raise NotImplementedError(f"{type(self).__name__} must implement attach()")
@@ -248,19 +263,48 @@ class ModelStage:
         with torch.inference_mode():
             for start in range(0, len(crops), step):
                 chunk = crops[start : start + step]
-                batch = self._pad(self.preprocess(chunk))
-                if self._graphs is not None and isinstance(batch, torch.Tensor):
-                    outputs = self._graphs(self.forward, batch)
-                else:
-                    outputs = self.forward(batch)
-                results = self.postprocess(outputs, chunk)
-                if len(results) != len(chunk):
-                    raise RuntimeError(
-                        f"{type(self).__name__}.postprocess returned {len(results)} results "
-                        f"for {len(chunk)} crops"
-                    )
-                for crop, result in zip(chunk, to_host(list(results)), strict=True):
-                    self.attach(crop, result)
+                self.finish(chunk, self.infer(chunk))
+
+    def infer(self, crops: Sequence[Crop]) -> list[Any]:
+        """Steps 3-5a on one chunk of crops: preprocess, forward (replayed as a CUDA graph
+        with ``cuda_graphs``), postprocess. One result per crop, on the device."""
+        batch = self._pad(self.preprocess(crops))
+        if self._graphs is not None and isinstance(batch, torch.Tensor):
+            outputs = self._graphs(self.forward, batch)
+        else:
+            outputs = self.forward(batch)
+        results = self.postprocess(outputs, crops)
+        if len(results) != len(crops):
+            raise RuntimeError(
+                f"{type(self).__name__}.postprocess returned {len(results)} results "
+                f"for {len(crops)} crops"
+            )
+        return list(results)
+
+    def finish(self, crops: Sequence[Crop], results: list[Any]) -> None:
+        """Steps 5b-6: :meth:`finalize`, one copy to the host, :meth:`attach` per crop."""
+        results = self.finalize(results, crops)
+        for crop, result in zip(crops, to_host(list(results)), strict=True):
+            self.attach(crop, result)
+
+    def split(self) -> tuple[Stage, Stage]:
+        """This stage as two pipeline stages, so the GPU never waits for the host.
+
+        The first runs steps 1-5a (:meth:`infer`) and hands the frames on with their
+        results still on the device; the second (named ``NAME.results``) waits for that work
+        on its own CUDA stream, then runs :meth:`finalize`, the copy to the host and
+        :meth:`attach`. While the second waits for one batch's results, the first is already
+        queueing the next batch's kernels: for a model whose postprocess needs host
+        synchronisations (NMS, masks), the GPU stays busy instead of idling at each.
+
+        ``postprocess`` must then return tensors of its own, not views of the model's
+        outputs: with ``cuda_graphs`` the next replay overwrites those (views of graph
+        outputs are copied, to be safe). Put the pair in a pipeline where the stage would
+        go: ``Pipeline([*detector.split(), tracker], sinks)``.
+        """
+        from torchstream.pipeline._split import split_model_stage
+
+        return split_model_stage(self)
 
     def _pad(self, batch: Any) -> Any:
         if not (self.batch_policy.pad_to_max_size and isinstance(batch, torch.Tensor)):

@@ -143,7 +143,8 @@ class Options:
 
 
 def build(config: RunConfig, options: Options) -> PipelineSpec:
-    """One model stage, batched by ``config.batch_policy``, with the run's speed options."""
+    """One model stage, batched by ``config.batch_policy``, with the run's speed options,
+    split in two (:meth:`~torchstream.pipeline.ModelStage.split`)."""
     stage: TwinLiteNetSegmentation | YolopPerception
     if options.model == "twinlitenet":
         stage = TwinLiteNetSegmentation(
@@ -168,7 +169,8 @@ def build(config: RunConfig, options: Options) -> PipelineSpec:
             compile_mode=config.compile_mode,
         )
     return PipelineSpec(
-        stages=[stage],
+        # Two threads: one queues the GPU work, the other waits for the results (NMS, masks).
+        stages=list(stage.split()),
         annotation=AnnotationStyle(
             keypoints=False, mask_only_labels=frozenset({DRIVABLE_AREA, LANE_LINE})
         ),

@@ -6,6 +6,11 @@ argmax of each head's two classes at the network's resolution, cropped to the fr
 (never scaled up to the frame: they are stretched over it when drawn) and run-length encoded
 on the device; detections are thresholded, suppressed (NMS) and mapped back to frame pixels
 there too. The host receives one small copy per batch (:func:`~torchstream.pipeline.to_host`).
+
+``postprocess`` never waits for the GPU; what must (NMS, the run-length encoding, whose sizes
+depend on the data) is in ``finalize``, so the sample runs each stage split in two
+(:meth:`~torchstream.pipeline.ModelStage.split`): one thread keeps the GPU fed while the
+other waits for results.
 """
 
 from __future__ import annotations
@@ -64,26 +69,44 @@ class _Masks(NamedTuple):
     confidence: torch.Tensor
 
 
-def _masks_per_crop(
-    foreground: torch.Tensor, probability: torch.Tensor, fits: Sequence[Letterbox]
-) -> list[_Masks]:
-    """(B, K, H, W) foreground masks at the network's resolution -> per frame, its K masks
-    cropped to its letterboxed content and run-length encoded on the device. ``probability``
-    (B, K, H, W) is each pixel's foreground probability: a mask's confidence is its mean over
-    the mask (0 for an empty mask)."""
+class _Segmentation(NamedTuple):
+    """One frame's share of a batch's segmentation, still on the device: the batch's
+    (B, K, H, W) foreground masks at the network's resolution, their (B, K) confidences,
+    and the frame's row."""
+
+    foreground: torch.Tensor
+    confidence: torch.Tensor
+    row: int
+
+
+def _segmentation(foreground: torch.Tensor, probability: torch.Tensor) -> list[_Segmentation]:
+    """Per frame, its share of (B, K, H, W) foreground masks; ``probability`` is each pixel's
+    foreground probability: a mask's confidence is its mean over the mask (0 for an empty
+    mask). No host synchronisation."""
     found = foreground.sum(dim=(2, 3))
     confidence = (probability * foreground).sum(dim=(2, 3)) / found.clamp(min=1)
-    groups: dict[Letterbox, list[int]] = {}
-    for index, fit in enumerate(fits):
-        groups.setdefault(fit, []).append(index)
-    kinds = int(foreground.shape[1])
-    result: list[_Masks | None] = [None] * len(fits)
-    for fit, rows in groups.items():
-        selected = foreground if len(groups) == 1 else foreground[rows]
-        content = crop_letterbox(selected, fit)
+    return [_Segmentation(foreground, confidence, row) for row in range(foreground.shape[0])]
+
+
+def _encode_masks(parts: Sequence[_Segmentation], fits: Sequence[Letterbox]) -> list[_Masks]:
+    """Each frame's masks cropped to its letterboxed content and run-length encoded on the
+    device: one ``nonzero`` (one synchronisation) per group of frames of the same batch and
+    the same size."""
+    groups: dict[tuple[int, Letterbox], list[int]] = {}
+    for index, (part, fit) in enumerate(zip(parts, fits, strict=True)):
+        groups.setdefault((id(part.foreground), fit), []).append(index)
+    result: list[_Masks | None] = [None] * len(parts)
+    for (_, fit), indices in groups.items():
+        foreground = parts[indices[0]].foreground
+        rows = [parts[index].row for index in indices]
+        if rows != list(range(foreground.shape[0])):
+            foreground = foreground[torch.tensor(rows, device=foreground.device)]
+        content = crop_letterbox(foreground, fit)
+        kinds = int(content.shape[1])
         runs = mask_runs(content.reshape(-1, *content.shape[-2:]))
-        for position, index in enumerate(rows):
-            result[index] = _Masks(runs, position * kinds, confidence[index])
+        for position, index in enumerate(indices):
+            part = parts[index]
+            result[index] = _Masks(runs, position * kinds, part.confidence[part.row])
     return [masks for masks in result if masks is not None]
 
 
@@ -175,15 +198,17 @@ class TwinLiteNetSegmentation(_DrivingStage):
 
     def postprocess(
         self, outputs: tuple[torch.Tensor, torch.Tensor], crops: Sequence[Crop]
-    ) -> list[_Masks]:
+    ) -> list[_Segmentation]:
         count = len(crops)  # a padded batch has extra rows at the end
         # (B, 2 heads, 2 classes, H, W) -> foreground minus background logit per head.
         logits = torch.stack([head[:count] for head in outputs], dim=1)
         margin = (logits[:, :, 1] - logits[:, :, 0]).float()
         # The argmax of two classes (a tie goes to background, as argmax would have it);
         # the softmax probability of the foreground is the sigmoid of the margin.
-        fits = [self.fit(crop.frame) for crop in crops]
-        return _masks_per_crop(margin > 0, margin.sigmoid(), fits)
+        return _segmentation(margin > 0, margin.sigmoid())
+
+    def finalize(self, results: list[_Segmentation], crops: Sequence[Crop]) -> list[_Masks]:
+        return _encode_masks(results, [self.fit(crop.frame) for crop in crops])
 
     def attach(self, crop: Crop, result: _Masks) -> None:
         _add_masks(crop.frame, self.fit(crop.frame), result)
@@ -192,12 +217,21 @@ class TwinLiteNetSegmentation(_DrivingStage):
 YolopNetwork = Literal["yolop", "yolop-arch"]
 
 
+class _Candidates(NamedTuple):
+    """One frame's share of a batch's best detections before NMS, on the device: (B, C)
+    scores and (B, C, 4) boxes (centre x, y, width, height in input pixels), and its row."""
+
+    scores: torch.Tensor
+    boxes: torch.Tensor
+    row: int
+
+
 class _Detections(NamedTuple):
-    """The batch's detections, shared by its frames: rows of (frame index, x1, y1, x2, y2,
-    score) in frame pixels, and which frame of the batch this result is for."""
+    """Detections of a group of frames, shared by them: rows of (frame position in the group,
+    x1, y1, x2, y2, score) in frame pixels, and which position this result is for."""
 
     rows: torch.Tensor
-    frame_index: int
+    position: int
 
 
 class YolopPerception(_DrivingStage):
@@ -279,26 +313,47 @@ class YolopPerception(_DrivingStage):
             torch.manual_seed(0)
             return fuse_batch_norms(YOLOP().eval())
 
-    def postprocess(self, outputs: Any, crops: Sequence[Crop]) -> list[tuple[Any, _Masks]]:
+    def postprocess(
+        self, outputs: Any, crops: Sequence[Crop]
+    ) -> list[tuple[_Candidates, _Segmentation]]:
         detections, drivable, lanes = outputs
         if isinstance(detections, (tuple, list)):  # (decoded, raw maps) in evaluation mode
             detections = detections[0]
         count = len(crops)
-        fits = [self.fit(crop.frame) for crop in crops]
-        rows = self._detections(detections[:count].float(), fits)
-        heads = torch.stack([drivable[:count], lanes[:count]], dim=1).float()  # (B, 2, 2, H, W)
-        # Each head scores background and foreground (after a sigmoid): the argmax is the
-        # mask (a tie goes to background), the foreground score the probability.
-        masks = _masks_per_crop(heads[:, :, 1] > heads[:, :, 0], heads[:, :, 1], fits)
-        return [(_Detections(rows, index), masks[index]) for index in range(count)]
-
-    def _detections(self, predictions: torch.Tensor, fits: Sequence[Letterbox]) -> torch.Tensor:
-        """(B, N, 6) decoded predictions -> (M, 6) rows (frame, x1, y1, x2, y2, score) in
-        frame pixels, after the threshold and NMS per frame."""
+        predictions = detections[:count].float()
         scores = predictions[..., 4] * predictions[..., 5]
         best, order = scores.topk(min(_MAX_CANDIDATES, scores.shape[1]), dim=1)
         boxes = predictions[..., :4].gather(1, order.unsqueeze(-1).expand(-1, -1, 4))
-        frame = torch.arange(len(fits), device=scores.device).view(-1, 1).expand_as(best)
+        heads = torch.stack([drivable[:count], lanes[:count]], dim=1).float()  # (B, 2, 2, H, W)
+        # Each head scores background and foreground (after a sigmoid): the argmax is the
+        # mask (a tie goes to background), the foreground score the probability.
+        masks = _segmentation(heads[:, :, 1] > heads[:, :, 0], heads[:, :, 1])
+        return [(_Candidates(best, boxes, row), masks[row]) for row in range(count)]
+
+    def finalize(
+        self, results: list[tuple[_Candidates, _Segmentation]], crops: Sequence[Crop]
+    ) -> list[tuple[_Detections, _Masks]]:
+        fits = [self.fit(crop.frame) for crop in crops]
+        detections: list[_Detections | None] = [None] * len(results)
+        groups: dict[int, list[int]] = {}
+        for index, (candidates, _) in enumerate(results):
+            groups.setdefault(id(candidates.scores), []).append(index)
+        for indices in groups.values():
+            rows = self._detections([results[i][0] for i in indices], [fits[i] for i in indices])
+            for position, index in enumerate(indices):
+                detections[index] = _Detections(rows, position)
+        masks = _encode_masks([segmentation for _, segmentation in results], fits)
+        return [(d, m) for d, m in zip(detections, masks, strict=True) if d is not None]
+
+    def _detections(
+        self, candidates: Sequence[_Candidates], fits: Sequence[Letterbox]
+    ) -> torch.Tensor:
+        """The candidates of frames of one batch -> (M, 6) rows (position, x1, y1, x2, y2,
+        score) in frame pixels, after the threshold and NMS per frame."""
+        first = candidates[0]
+        index = torch.tensor([c.row for c in candidates], device=first.scores.device)
+        best, boxes = first.scores[index], first.boxes[index]
+        frame = torch.arange(len(fits), device=best.device).view(-1, 1).expand_as(best)
         keep = best > self.confidence_threshold
         best, boxes, frame = best[keep], boxes[keep], frame[keep]
         centre, size = boxes[:, :2], boxes[:, 2:]
@@ -312,7 +367,7 @@ class YolopPerception(_DrivingStage):
                 for fit in fits
             ],
             dtype=torch.float32,
-        ).to(scores.device, non_blocking=True)[frame]
+        ).to(best.device)[frame]
         pad, scale, limit = geometry[:, 0:2].repeat(1, 2), geometry[:, 2:3], geometry[:, 3:5]
         corners = (corners - pad) / scale
         corners = torch.minimum(corners.clamp(min=0), limit.repeat(1, 2))
@@ -322,7 +377,7 @@ class YolopPerception(_DrivingStage):
         detections, masks = result
         frame = crop.frame
         rows: np.ndarray = detections.rows.numpy()
-        for row in rows[rows[:, 0] == detections.frame_index]:
+        for row in rows[rows[:, 0] == detections.position]:
             box = [float(v) for v in row[1:5]]
             frame.add_object(label=VEHICLE, confidence=float(row[5]), box=box)
         _add_masks(frame, self.fit(frame), masks)

@@ -33,6 +33,8 @@ must be multiples of 32. 7.9 M parameters.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
@@ -140,6 +142,16 @@ class _Detect(nn.Module):
         self.outputs = classes + 5
         self.m = nn.ModuleList(nn.Conv2d(c, 3 * self.outputs, 1) for c in channels)
         self.register_buffer("anchors", torch.tensor(ANCHORS, dtype=torch.float32))
+        # YOLO's prior for an untrained head: about 8 objects per 640x640 image, spread over
+        # the cells of each scale, and an even class score. Without it random weights say
+        # "object" (sigmoid(0) x sigmoid(0) = 0.25) in half of the 15k cells, and NMS, not
+        # the network, dominates the cost of a random-weight run.
+        with torch.no_grad():
+            for head, stride in zip(self.m, _STRIDES, strict=True):
+                assert isinstance(head, nn.Conv2d) and head.bias is not None
+                bias = head.bias.view(3, self.outputs)
+                bias[:, 4] += math.log(8 / (640 / stride) ** 2)
+                bias[:, 5:] += math.log(0.6 / max(classes - 0.99, 0.01))
 
     def forward(self, maps: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         decoded, raw = [], []
