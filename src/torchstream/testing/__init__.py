@@ -287,6 +287,12 @@ from torchstream.testing._conformance import (  # noqa: E402 - uses the classes 
     check_sink,
     check_source,
 )
+from torchstream.testing._nats import (  # noqa: E402 - grouped with the other test servers
+    NatsCluster,
+    NatsServer,
+    nats_server_missing,
+)
+from torchstream.testing._proxy import TcpProxy  # noqa: E402
 from torchstream.testing._rtsp import (  # noqa: E402 - grouped with the other test servers
     RTSP_SERVER_PACKAGES,
     RtspTestServer,
@@ -294,9 +300,3 @@ from torchstream.testing._rtsp import (  # noqa: E402 - grouped with the other t
     loop_clip,
     rtsp_server_missing,
 )
-from torchstream.testing._nats import (  # noqa: E402 - grouped with the other test servers
-    NatsCluster,
-    NatsServer,
-    nats_server_missing,
-)
-from torchstream.testing._proxy import TcpProxy  # noqa: E402

@@ -163,10 +163,12 @@ class NatsServer:
             process = self._process
             if process is None or process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited during start-up:\n{self.log_tail()}")
-            with contextlib.suppress(OSError, urllib.error.URLError):
-                with urllib.request.urlopen(f"{self.monitor_url}/healthz", timeout=1) as reply:
-                    if reply.status == 200:
-                        return
+            with (
+                contextlib.suppress(OSError, urllib.error.URLError),
+                urllib.request.urlopen(f"{self.monitor_url}/healthz", timeout=1) as reply,
+            ):
+                if reply.status == 200:
+                    return
             if time.monotonic() > deadline:
                 raise TimeoutError(
                     f"{self.name} not healthy after {timeout_seconds} s:\n{self.log_tail()}"
