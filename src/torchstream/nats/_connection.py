@@ -46,7 +46,8 @@ async def connect(
         log.debug("nats: %s", error)
 
     async def disconnected() -> None:
-        log.warning("nats: disconnected from %s", ", ".join(servers))
+        if not connection.is_closed:  # closing on purpose disconnects too
+            log.warning("nats: disconnected from %s", ", ".join(servers))
 
     async def reconnected() -> None:
         log.info("nats: reconnected")
