@@ -15,6 +15,12 @@ NATS_HELP = (
 )
 
 
+async def close_quietly(connection: Any) -> None:
+    from torchstream.nats._connection import close_quietly as close
+
+    await close(connection)
+
+
 def _nats() -> Any:
     try:
         import torchstream.nats as nats_layer
@@ -84,7 +90,7 @@ def nats_init(
         try:
             return await nats_layer.init_layout(connection, layout)
         finally:
-            await connection.close()
+            await close_quietly(connection)
 
     try:
         report = asyncio.run(run())

@@ -105,7 +105,7 @@ def test_live_limits_discard_the_oldest(server: NatsServer) -> None:
         connection = await connect(server.url)
         await init_layout(connection, layout)
         js = connection.jetstream()
-        for seq in range(80):
+        for _ in range(80):
             await js.publish(layout.input_subject("cam"), b"\x00" * 20_000)
         info = await JetStreamApi(connection).stream_info(layout.input_stream)
         assert info is not None
@@ -130,7 +130,7 @@ def test_unreachable_server_is_a_clear_error() -> None:
 
 
 def test_layout_checks_its_settings() -> None:
-    with pytest.raises(ValueError, match="partitions must be in 1..1024, got 0"):
+    with pytest.raises(ValueError, match=r"partitions must be in 1\.\.1024, got 0"):
         Layout(partitions=0)
     with pytest.raises(ValueError, match="ack_wait_seconds"):
         Layout(pin_timeout_seconds=5.0, ack_wait_seconds=2.0)
@@ -138,7 +138,7 @@ def test_layout_checks_its_settings() -> None:
         Layout(prefix="ts.*")
     with pytest.raises(ValueError, match="replicas must be 1, 3 or 5"):
         Layout(replicas=2)
-    with pytest.raises(ValueError, match="partition must be in 0..3"):
+    with pytest.raises(ValueError, match=r"partition must be in 0\.\.3"):
         Layout(partitions=4).consumer_name(4)
     for bad in ("a.b", "", "cam 1", "*", ">", "x" * 257):
         with pytest.raises(ValueError, match="cannot travel over NATS"):

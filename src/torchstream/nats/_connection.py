@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import urllib.parse
 
-import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 
+import nats
 from torchstream.nats._errors import NatsUnavailableError
 
-__all__ = ["connect"]
+__all__ = ["close_quietly", "connect"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ async def connect(
     async def reconnected() -> None:
         log.info("nats: reconnected")
 
+    await _probe(servers, connect_timeout_seconds)
     connection = NATS()
     try:
         await asyncio.wait_for(
@@ -73,3 +75,31 @@ async def connect(
             f"cannot reach NATS at {', '.join(servers)}: {exc or type(exc).__name__}"
         ) from exc
     return connection
+
+
+async def _probe(servers: list[str], timeout_seconds: float) -> None:
+    """Fail at once when no server accepts a TCP connection (nats-py, told to reconnect
+    forever, would retry a refused first connection until our timeout)."""
+    problems = []
+    for url in servers:
+        parsed = urllib.parse.urlsplit(url if "://" in url else f"nats://{url}")
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(parsed.hostname or "127.0.0.1", parsed.port or 4222),
+                timeout_seconds,
+            )
+        except (OSError, asyncio.TimeoutError, ValueError) as exc:
+            problems.append(f"{url}: {exc or type(exc).__name__}")
+            continue
+        writer.close()
+        return
+    raise NatsUnavailableError(f"cannot reach NATS at {', '.join(servers)}: {'; '.join(problems)}")
+
+
+async def close_quietly(connection: NATS) -> None:
+    """Close ``connection``; a link already lost (nats-py then raises from its final flush)
+    is not an error here."""
+    try:
+        await connection.close()
+    except (OSError, asyncio.TimeoutError, nats.errors.Error) as exc:
+        log.debug("nats: closing a lost connection: %r", exc)

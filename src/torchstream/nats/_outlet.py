@@ -10,7 +10,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from torchstream._errors import ClosedResourceError
-from torchstream.nats._connection import connect
+from torchstream.nats._connection import close_quietly, connect
 from torchstream.nats._layout import Layout
 from torchstream.nats._publish import Publisher, PublisherStatistics
 from torchstream.transport._channel import SenderStatistics
@@ -85,7 +85,7 @@ class NatsOutlet:
         self._closed = True
         try:
             self._run(self.publisher.close())
-            self._run(self._connection.close(), timeout=10)
+            self._run(close_quietly(self._connection), timeout=10)
         finally:
             self._stop_loop()
 
