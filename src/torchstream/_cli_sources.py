@@ -3,16 +3,20 @@ send them to a module over ZeroMQ, demuxed, never decoded (needs ``torchstream[t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import glob
+import re
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import click
 
 from torchstream._cli_common import _console
+from torchstream._cli_nats import NATS_HELP, open_outlet
 from torchstream._cli_transport import (
     _ENDPOINT_HELP,
     _adapter_telemetry,
@@ -75,6 +79,43 @@ def _send_all(jobs: list[tuple[str, Any]], *, reliable: bool) -> list[str]:
     return failures
 
 
+def _nats_options(function: Any) -> Any:
+    """``--nats URL`` (instead of ``--out``) and the layout's ``--prefix``."""
+    function = click.option(
+        "--prefix", default="ts", show_default=True,
+        help="With --nats: the subject prefix (publishes to <prefix>.in.<source id>).",
+    )(function)
+    function = click.option(
+        "--nats", "nats_url", default=None, metavar="URL",
+        help="Publish to NATS JetStream instead of --out (run `torchstream nats init` "
+             "first). " + NATS_HELP,
+    )(function)
+    return function
+
+
+@contextlib.contextmanager
+def _destination(
+    outbound: str | None, nats_url: str | None, prefix: str
+) -> Iterator[tuple[Any, bool]]:
+    """Where to send: a ZeroMQ endpoint (``--out``) or a NATS outlet (``--nats``, closed at
+    the end, after its acks), and whether ends of stream are acknowledged."""
+    if outbound is not None and nats_url is None:
+        endpoint = _endpoint(_transport(), outbound, "--out")
+        yield endpoint, endpoint.reliable
+    elif nats_url is not None and outbound is None:
+        with open_outlet(nats_url, prefix) as outlet:
+            yield outlet, True
+    else:
+        raise click.UsageError("give one of --out ENDPOINT (ZeroMQ) and --nats URL")
+
+
+def _nats_source_id(text: str, nats_url: str | None) -> str:
+    """Over NATS a source id is one subject token: other characters become ``_``."""
+    if nats_url is None:
+        return text
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_")[:256] or "source"
+
+
 def _exit_on(failures: list[str]) -> None:
     for failure in failures:
         _console.print(f"[red]error[/red] {failure}")
@@ -84,7 +125,7 @@ def _exit_on(failures: list[str]) -> None:
 
 @source.command("video")
 @click.argument("inputs", nargs=-1, required=True, metavar="URI...")
-@click.option("--out", "outbound", required=True, metavar="ENDPOINT",
+@click.option("--out", "outbound", default=None, metavar="ENDPOINT",
               help=f"The module's input: {_ENDPOINT_HELP} (dealer+connect, req+connect, "
                    "push+connect).")
 @click.option("--source-id", default=None, help="Source id (one input only; default: its name).")
@@ -96,10 +137,11 @@ def _exit_on(failures: list[str]) -> None:
 @click.option("--transport", type=click.Choice(["tcp", "udp"]), default="tcp",
               show_default=True, help="RTSP inputs: how packets travel.")
 @_live_options
+@_nats_options
 @_telemetry_options
 def source_video(
     inputs: tuple[str, ...],
-    outbound: str,
+    outbound: str | None,
     source_id: str | None,
     sync: bool,
     loop: bool,
@@ -108,19 +150,20 @@ def source_video(
     open_timeout: float,
     read_timeout: float,
     max_reconnects: int | None,
+    nats_url: str | None,
+    prefix: str,
     trace_ratio: float | None,
     trace_exporter: str,
     metrics_port: int | None,
     metrics_address: str,
 ) -> None:
-    """Send video files or stream URLs to a module, one source each.
+    """Send video files or stream URLs to a module (--out) or to NATS JetStream (--nats),
+    one source each.
 
     Live inputs (rtsp://, rtmp://, udp://, srt://, HLS .m3u8) reconnect after outages with
     backoff, in the same session (the first frame after an outage carries
     live.gap_seconds, timestamps go on increasing); they end on SIGINT/SIGTERM (or after
     --max-reconnects failed attempts), then send their end of stream."""
-    zmq_transport = _transport()
-    endpoint = _endpoint(zmq_transport, outbound, "--out")
     if source_id and len(inputs) > 1:
         raise click.UsageError("--source-id names one input; give one input or none")
     from torchstream.sources import is_live
@@ -130,13 +173,13 @@ def source_video(
     stop = threading.Event()
     _stop_on_signals(stop.set)
     monitor = SendMonitor()
-    with _adapter_telemetry(
+    with _destination(outbound, nats_url, prefix) as (endpoint, reliable), _adapter_telemetry(
         monitor, "SourceAdapterCollector", "source video", "torchstream-source",
         _Telemetry(trace_ratio, trace_exporter, metrics_port, metrics_address),
     ) as tracer:
         jobs: list[tuple[str, Any]] = []
         for uri in inputs:
-            base = source_id or default_source_id(uri)
+            base = _nats_source_id(source_id or default_source_id(uri), nats_url)
             ids = [base] if streams == 1 else [f"{base}-{i}" for i in range(streams)]
             live = is_live(uri)
             for sid in ids:
@@ -146,7 +189,7 @@ def source_video(
                     open_timeout_seconds=open_timeout, read_timeout_seconds=read_timeout,
                     max_reconnects=max_reconnects, monitor=monitor, tracer=tracer,
                 )))
-        failures = _send_all(jobs, reliable=endpoint.reliable)
+        failures = _send_all(jobs, reliable=reliable)
     _exit_on(failures)
 
 
@@ -219,17 +262,18 @@ def source_camera(
 
 @source.command("images")
 @click.argument("inputs", nargs=-1, required=True, metavar="PATH...")
-@click.option("--out", "outbound", required=True, metavar="ENDPOINT",
+@click.option("--out", "outbound", default=None, metavar="ENDPOINT",
               help=f"The module's input: {_ENDPOINT_HELP}.")
 @click.option("--source-id", default=None, help="Source id (default: the folder's name).")
+@_nats_options
 @_telemetry_options
 def source_images(
-    inputs: tuple[str, ...], outbound: str, source_id: str | None, trace_ratio: float | None,
+    inputs: tuple[str, ...], outbound: str | None, source_id: str | None,
+    nats_url: str | None, prefix: str, trace_ratio: float | None,
     trace_exporter: str, metrics_port: int | None, metrics_address: str,
 ) -> None:
-    """Send JPEG/PNG files (folders, globs or files, in sorted order) as one source."""
-    transport = _transport()
-    endpoint = _endpoint(transport, outbound, "--out")
+    """Send JPEG/PNG files (folders, globs or files, in sorted order) as one source, to a
+    module (--out) or to NATS JetStream (--nats; images over 1 MiB via its object store)."""
     paths: list[Path] = []
     for text in inputs:
         path = Path(text)
@@ -241,7 +285,7 @@ def source_images(
             paths.append(path)
     if not paths:
         raise click.UsageError("no image files in the inputs")
-    sid = source_id or Path(inputs[0]).name or "images"
+    sid = _nats_source_id(source_id or Path(inputs[0]).name or "images", nats_url)
     from torchstream._errors import SourceError
     from torchstream.transport._adapter_stats import SendMonitor
     from torchstream.transport._adapters import send_images
@@ -250,7 +294,7 @@ def source_images(
     _stop_on_signals(stop.set)
     monitor = SendMonitor()
     error: SourceError | None = None
-    with _adapter_telemetry(
+    with _destination(outbound, nats_url, prefix) as (endpoint, _), _adapter_telemetry(
         monitor, "SourceAdapterCollector", "source images", "torchstream-source",
         _Telemetry(trace_ratio, trace_exporter, metrics_port, metrics_address),
     ) as tracer:

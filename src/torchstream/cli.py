@@ -286,6 +286,7 @@ def run(
 
 
 # The multi-process commands (module, source and sink) and the HTTP front end (serve).
+from torchstream._cli_nats import register as register_nats  # noqa: E402
 from torchstream._cli_serve import register as register_serve  # noqa: E402
 from torchstream._cli_sources import register as register_sources  # noqa: E402
 from torchstream._cli_transport import register  # noqa: E402
@@ -293,6 +294,7 @@ from torchstream._cli_transport import register  # noqa: E402
 register(main)
 register_sources(main)
 register_serve(main)
+register_nats(main)
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,7 @@
 """Test helpers shipped with torchstream: synthetic sources and videos with known content, a
-toy detector that finds them exactly, and real RTSP servers (GStreamer's, and a silent one)
-to test live inputs against. Use them to test your own stages, sinks and sources.
+toy detector that finds them exactly, real RTSP servers (GStreamer's, and a silent one) to
+test live inputs against, real NATS servers (one, or a cluster of three) and a TCP proxy that
+black-holes connections. Use them to test your own stages, sinks and sources.
 
 >>> from torchstream.testing import SyntheticVideo
 >>> video = SyntheticVideo(width=320, height=240)
@@ -28,14 +29,18 @@ __all__ = [
     "RTSP_SERVER_PACKAGES",
     "ConformanceError",
     "MovingRect",
+    "NatsCluster",
+    "NatsServer",
     "RectangleDetector",
     "RtspTestServer",
     "SilentTcpServer",
     "SyntheticSource",
     "SyntheticVideo",
+    "TcpProxy",
     "check_sink",
     "check_source",
     "loop_clip",
+    "nats_server_missing",
     "rtsp_server_missing",
     "write_video",
 ]
@@ -282,6 +287,12 @@ from torchstream.testing._conformance import (  # noqa: E402 - uses the classes 
     check_sink,
     check_source,
 )
+from torchstream.testing._nats import (  # noqa: E402 - grouped with the other test servers
+    NatsCluster,
+    NatsServer,
+    nats_server_missing,
+)
+from torchstream.testing._proxy import TcpProxy  # noqa: E402
 from torchstream.testing._rtsp import (  # noqa: E402 - grouped with the other test servers
     RTSP_SERVER_PACKAGES,
     RtspTestServer,

@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 from torchstream._errors import BrokenResourceError, OverloadedError, SourceError
 from torchstream.codecs._encode import VideoEncoder
@@ -66,7 +66,7 @@ class SendReport:
 
 def send_video(
     uri: str,
-    endpoint: Endpoint | str,
+    endpoint: Endpoint | str | Outlet,
     *,
     source_id: str,
     sync: bool = False,
@@ -112,7 +112,7 @@ def send_video(
         return send_live(demuxer, endpoint, stop=stop, monitor=monitor, tracer=tracer)
     sent = 0
     offset = 0  # pts added to each loop, so the stream's clock never goes back
-    with Sender(endpoint) as sender, _monitored(monitor, source_id, sender):
+    with open_sender(endpoint) as sender, _monitored(monitor, source_id, sender):
         started = time.monotonic()
         while not stop.is_set():
             stamps: list[int] = []
@@ -159,7 +159,7 @@ def send_video(
 
 def send_images(
     paths: Iterable[Path],
-    endpoint: Endpoint | str,
+    endpoint: Endpoint | str | Outlet,
     *,
     source_id: str,
     stop: threading.Event | None = None,
@@ -172,7 +172,7 @@ def send_images(
     ``tracer``: as for :func:`send_video`."""
     stop = stop or threading.Event()
     sent = 0
-    with Sender(endpoint) as sender, _monitored(monitor, source_id, sender):
+    with open_sender(endpoint) as sender, _monitored(monitor, source_id, sender):
         for path in paths:
             if stop.is_set():
                 break
@@ -198,8 +198,23 @@ def send_images(
     return SendReport(source_id, sent, ack is not None)
 
 
+class Outlet(Protocol):
+    """Somewhere other than a ZeroMQ endpoint that source adapters can send to (a NATS
+    publisher: :class:`torchstream.nats._outlet.NatsOutlet`): it opens, for each source, a
+    sender with ``Sender``'s ``send``, ``send_eos`` and ``statistics``."""
+
+    def open_sender(self) -> Any: ...
+
+
+def open_sender(endpoint: Endpoint | str | Outlet) -> Any:
+    """A sender for ``endpoint``: a ZeroMQ :class:`Sender`, or the outlet's own."""
+    if isinstance(endpoint, (Endpoint, str)):
+        return Sender(endpoint)
+    return endpoint.open_sender()
+
+
 @contextlib.contextmanager
-def _monitored(monitor: SendMonitor | None, source_id: str, sender: Sender) -> Iterator[None]:
+def _monitored(monitor: SendMonitor | None, source_id: str, sender: Any) -> Iterator[None]:
     if monitor is None:
         yield
         return

@@ -15,8 +15,13 @@ from torchstream._errors import SourceError
 from torchstream.frame import Frame
 from torchstream.sources._live import LiveDemuxer, LivePacket, LiveStream
 from torchstream.transport._adapter_stats import AdapterTracer, SendMonitor
-from torchstream.transport._adapters import SendReport, _monitored, _sending
-from torchstream.transport._channel import Sender
+from torchstream.transport._adapters import (
+    Outlet,
+    SendReport,
+    _monitored,
+    _sending,
+    open_sender,
+)
 from torchstream.transport._endpoint import Endpoint
 from torchstream.transport._protocol import (
     FrameMessage,
@@ -144,7 +149,7 @@ class _RawPictures:
 
 def send_live(
     demuxer: LiveDemuxer,
-    endpoint: Endpoint | str,
+    endpoint: Endpoint | str | Outlet,
     *,
     source_id: str | None = None,
     stop: threading.Event | None = None,
@@ -174,7 +179,7 @@ def send_live(
     timeline = _Timeline()
     raw: _RawPictures | None = None
     failure: SourceError | None = None
-    with Sender(endpoint) as sender, _monitored(monitor, sid, sender):
+    with open_sender(endpoint) as sender, _monitored(monitor, sid, sender):
         packets = demuxer.packets()
         try:
             for item in packets:

@@ -45,7 +45,9 @@ __all__ = [
     "ResultAck",
     "ResultMessage",
     "Shutdown",
+    "check_payload",
     "decode",
+    "decode_header",
     "encode",
     "topic_of",
 ]
@@ -447,7 +449,43 @@ def decode(
         raise ProtocolError(
             "parts", f"a message has 2 or 3 parts (topic, header, payload?), got {len(parts)}"
         )
-    topic, header = memoryview(parts[0]), memoryview(parts[1])
+    message = decode_header(parts[0], parts[1], limits=limits)
+    envelope_kind = _kind(message)
+    description = _payload_of(message)
+    if description is None:
+        if len(parts) == 3:
+            raise ProtocolError(
+                "parts", f"a {envelope_kind} message without payload has 2 parts, got 3"
+            )
+        return message, None
+    if len(parts) == 2:
+        raise ProtocolError(
+            "parts",
+            f"the header describes a {_kind(description)} payload, but there is no part",
+        )
+    payload = memoryview(parts[2])
+    if payload.format != "B" or payload.ndim != 1:
+        payload = payload.cast("B")
+    if payload.nbytes > limits.max_payload_bytes:
+        raise ProtocolError(
+            "payload_too_large",
+            f"payload of {payload.nbytes} bytes, the limit is {limits.max_payload_bytes}",
+        )
+    problem = _payload_problem(description, payload)
+    if problem is not None:
+        raise ProtocolError("payload_mismatch", problem)
+    return message, payload
+
+
+def decode_header(
+    topic: bytes | memoryview, header: bytes | memoryview, *, limits: Limits = Limits()
+) -> Message:
+    """Validate and decode a header part and check it against its topic, without the payload
+    part (:func:`decode` does both). For carriers that bring the payload another way (a NATS
+    message whose image waits in an object store): check it later with :func:`check_payload`.
+    Raises :class:`~torchstream.ProtocolError`, and nothing else.
+    """
+    topic, header = memoryview(topic), memoryview(header)
     if header.nbytes > limits.max_header_bytes:
         raise ProtocolError(
             "header_too_large",
@@ -478,27 +516,15 @@ def decode(
             "topic_mismatch",
             f"topic {bytes(topic[:64])!r} is not the header's source id {expected_topic!r}",
         )
+    return message
+
+
+def check_payload(message: Message, payload: memoryview) -> None:
+    """Raise :class:`~torchstream.ProtocolError` (``payload_mismatch``) when ``payload``
+    contradicts what ``message`` says of it."""
     description = _payload_of(message)
     if description is None:
-        if len(parts) == 3:
-            raise ProtocolError(
-                "parts", f"a {envelope.kind} message without payload has 2 parts, got 3"
-            )
-        return message, None
-    if len(parts) == 2:
-        raise ProtocolError(
-            "parts",
-            f"the header describes a {_kind(description)} payload, but there is no part",
-        )
-    payload = memoryview(parts[2])
-    if payload.format != "B" or payload.ndim != 1:
-        payload = payload.cast("B")
-    if payload.nbytes > limits.max_payload_bytes:
-        raise ProtocolError(
-            "payload_too_large",
-            f"payload of {payload.nbytes} bytes, the limit is {limits.max_payload_bytes}",
-        )
+        raise ProtocolError("parts", f"a {_kind(message)} message describes no payload")
     problem = _payload_problem(description, payload)
     if problem is not None:
         raise ProtocolError("payload_mismatch", problem)
-    return message, payload

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from torchstream.testing import NatsCluster, NatsServer, nats_server_missing
+
+pytest.importorskip("nats", reason="nats-py is not installed: pip install 'torchstream[nats]'")
+
+_MISSING = nats_server_missing()
+
+
+@pytest.fixture
+def server() -> Iterator[NatsServer]:
+    """A fresh single-node nats-server with JetStream and its own file store."""
+    if _MISSING:
+        pytest.skip(_MISSING)
+    with NatsServer() as running:
+        yield running
+
+
+@pytest.fixture
+def cluster() -> Iterator[NatsCluster]:
+    """A fresh 3-node cluster on loopback."""
+    if _MISSING:
+        pytest.skip(_MISSING)
+    with NatsCluster() as running:
+        yield running
