@@ -1,0 +1,1 @@
+"""Scale-out on NATS JetStream: cameras pinned to GPU workers, with failover."""
