@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 __all__ = ["Claim", "Fence", "FenceStatistics", "Stall", "StallWatchdog"]
 
@@ -39,21 +40,29 @@ class FenceStatistics:
     admitted: int
     fenced: int
     """Results dropped: an older epoch than the newest claim, or a rival claim's epoch."""
+    duplicates: int
+    """Results dropped: their seq was at or below the last admitted for their source."""
 
 
 class Fence:
     """The newest claim seen per partition, and the check of each result against it.
 
     A result is admitted when its epoch is newer than the newest claim seen for its
-    partition (it becomes the newest), or equal to it from the same worker. It is fenced
+    partition (it becomes the newest), or equal to it from the same worker. It is ``fenced``
     when its epoch is older, or equal but from another worker (two claims with one epoch:
     the first one seen wins; with compare-and-set claims this does not happen).
+
+    Given ``source_id`` and ``seq`` too (a sink does), a result at or below the last seq
+    admitted for its source is a ``duplicate``: a stale owner whose result raced ahead of
+    the new owner's first one cannot make the new owner's copy a second result.
     """
 
     def __init__(self) -> None:
         self._claims: dict[int, Claim] = {}
+        self._last_seq: dict[str, int] = {}
         self._admitted = 0
         self._fenced = 0
+        self._duplicates = 0
 
     def observe_claim(self, claim: Claim) -> bool:
         """Learn a claim without a result (from watching the claims). Returns False, and
@@ -64,23 +73,43 @@ class Fence:
         self._claims[claim.partition] = claim
         return True
 
-    def admit(self, *, partition: int, epoch: int, worker_id: str) -> bool:
-        """True: emit or accept the result. False: drop it and count it ``fenced``."""
+    def check(
+        self,
+        *,
+        partition: int,
+        epoch: int,
+        worker_id: str,
+        source_id: str | None = None,
+        seq: int | None = None,
+    ) -> Literal["fenced", "duplicate"] | None:
+        """None: emit or accept the result (and remember it). Else why to drop it, counted."""
         known = self._claims.get(partition)
+        if known is not None and (
+            epoch < known.epoch or (epoch == known.epoch and worker_id != known.worker_id)
+        ):
+            self._fenced += 1
+            return "fenced"
+        if source_id is not None and seq is not None:
+            last = self._last_seq.get(source_id)
+            if last is not None and seq <= last:
+                self._duplicates += 1
+                return "duplicate"
+            self._last_seq[source_id] = seq
         if known is None or epoch > known.epoch:
             self._claims[partition] = Claim(partition, epoch, worker_id)
-        elif epoch < known.epoch or worker_id != known.worker_id:
-            self._fenced += 1
-            return False
         self._admitted += 1
-        return True
+        return None
+
+    def admit(self, *, partition: int, epoch: int, worker_id: str) -> bool:
+        """The epoch check alone: True to emit the result, False to drop it (``fenced``)."""
+        return self.check(partition=partition, epoch=epoch, worker_id=worker_id) is None
 
     def current(self, partition: int) -> Claim | None:
         """The newest claim seen for ``partition``, or None."""
         return self._claims.get(partition)
 
     def statistics(self) -> FenceStatistics:
-        return FenceStatistics(self._admitted, self._fenced)
+        return FenceStatistics(self._admitted, self._fenced, self._duplicates)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,12 @@ How a new owner starts (the *handover*):
 - The frames between ``handover_seq`` and ``F`` that it did not replay form the *takeover
   window*: the broker redelivers the dead owner's unacknowledged frames only after their ack
   wait, after newer ones, so they can no longer be placed in order and are dropped once each
-  as ``failover_inflight``.
+  as ``failover_inflight``. Those that never come back are counted by
+  :meth:`StreamLedger.close_window`, an ack wait after the takeover.
+
+``handover_seq`` None means *unknown* (the lookup failed): nothing below the first live
+frame can then be placed or counted except redeliveries. A source that never had a result
+has a known handover point: one below its first seq (-1 when seqs start at 0).
 """
 
 from __future__ import annotations
@@ -218,20 +223,7 @@ class StreamLedger:
             # Without a handover point the replay only decoded: nothing in the window was
             # decided, so a late redelivery is still counted as `failover_inflight`.
             return ()
-        start = max(self._replay_first, low + 1)
-        records: list[DropRecord] = []
-        run: list[int] = []
-        for seq in range(start, high):
-            if seq in self._window_done:
-                continue
-            self._window_done.add(seq)
-            if run and seq != run[-1] + 1:
-                records.append(self._count_range(run[0], run[-1], "gap"))
-                run = []
-            run.append(seq)
-        if run:
-            records.append(self._count_range(run[0], run[-1], "gap"))
-        return tuple(records)
+        return self._count_missing(max(self._replay_first, low + 1), high, "gap")
 
     def on_delivery(self, message: Delivery, *, stream_first_seq: int | None = None) -> Verdict:
         """Decide for a message delivered by the partition's consumer.
@@ -279,6 +271,23 @@ class StreamLedger:
         self._last_processed = seq
         return Verdict(Action.PROCESS, None, tuple(records))
 
+    def close_window(self) -> tuple[DropRecord, ...]:
+        """Count the takeover window's seqs that never arrived as ``failover_inflight`` and
+        treat any later arrival there as a ``duplicate``. Call once the dead owner's frames
+        can no longer come back: an ack wait plus a pin timeout after the takeover. They were
+        in flight at the previous owner and its acknowledgement was the last we heard of
+        them, or the broker discarded them. Counts nothing while the handover point is
+        unknown (the window has no lower end) or before the first live frame."""
+        if self._window is None or not self._live:
+            return ()
+        low, high = self._window
+        if low is None:
+            return ()
+        records = self._count_missing(low + 1, high, "failover_inflight")
+        self._window = None
+        self._window_done.clear()
+        return records
+
     def statistics(self) -> LedgerStatistics:
         return LedgerStatistics(self._processed, self._decoded_only, dict(self._dropped))
 
@@ -287,6 +296,21 @@ class StreamLedger:
             return False
         low, high = self._window
         return (low is None or seq > low) and seq < high
+
+    def _count_missing(self, start: int, stop: int, reason: str) -> tuple[DropRecord, ...]:
+        """Count the seqs in ``start .. stop - 1`` not yet decided in the window, by runs."""
+        records = []
+        run_start: int | None = None
+        for seq in range(start, stop + 1):
+            missing = seq < stop and seq not in self._window_done
+            if missing:
+                self._window_done.add(seq)
+                if run_start is None:
+                    run_start = seq
+            elif run_start is not None:
+                records.append(self._count_range(run_start, seq - 1, reason))
+                run_start = None
+        return tuple(records)
 
     def _drop(self, seq: int, reason: str) -> Verdict:
         return Verdict(Action.DROP, reason, (self._count_range(seq, seq, reason),))
