@@ -9,7 +9,9 @@ no result is counted under a reason (see :data:`FRAME_LOSS_REASONS`).
 How a new owner starts (the *handover*):
 
 - It learns ``handover_seq``, the last seq the previous owner produced a result for (the
-  last message of ``ts.out.<source>``), or None when unknown.
+  last message of ``ts.out.<source>``), or None when unknown. If workers publish their drop
+  records beside their results, the last seq *decided* (result or drop) is better still:
+  fewer frames are then counted twice.
 - It holds the first live delivery, ``F``. If the source's last keyframe at or before ``F``
   is still in the stream, it *replays* from that keyframe up to ``F - 1`` straight from the
   stream (:meth:`StreamLedger.begin_replay`, :meth:`~StreamLedger.on_replay`,
