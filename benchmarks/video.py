@@ -150,9 +150,10 @@ def torchstream_run(
     )
     options = driving.Options(model=model, weights=str(weights or ""))  # type: ignore[arg-type]
     spec = driving.build(config, options)
+    stages = list(spec.stages) if args.split else [spec.stages[0].stage]  # type: ignore[attr-defined]
     decoder = "nvdec" if device.type == "cuda" else "pyav"
     kind = Paced if paced else Unpaced
-    with Pipeline(spec.stages, [CallbackSink(on_frame)], device=device) as pipeline:
+    with Pipeline(stages, [CallbackSink(on_frame)], device=device) as pipeline:
         # Warm-up: model loading, graph capture or compilation happen before any camera.
         pipeline.add_source(Unpaced(warm_clip, source_id="warm-up", decoder=decoder))
         with lock:  # every warm-up frame through the sink (compilation may take minutes)
@@ -191,7 +192,8 @@ def torchstream_run(
         stop - start
     )
     result: dict[str, Any] = {
-        "model": model, "streams": streams, "paced": paced, "variant": variant.name,
+        "model": model, "streams": streams, "paced": paced,
+        "variant": variant.name + ("" if args.split else ", one thread"),
         "fps": len(inside) / args.seconds,
         "slowest_stream_fps": min(per_stream.values()) / args.seconds,
         "p50_ms": float(np.percentile(latencies, 50)) if len(latencies) else None,
@@ -227,6 +229,10 @@ def main() -> None:
     parser.add_argument("--peer-streams", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--parts", default="all")
     parser.add_argument("--variant", default=None, help="force a speed option by name")
+    parser.add_argument("--split", action=argparse.BooleanOptionalAction, default=True,
+                        help="the model stage split in two threads (the sample's default)")
+    parser.add_argument("--contention-streams", type=int, default=64,
+                        help="part 'contention': NVDEC streams decoding beside the stage")
     parser.add_argument("--frames", type=int, default=900)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--warmup-seconds", type=float, default=3.0)
@@ -291,6 +297,14 @@ def main() -> None:
         model: next(v for v in VARIANTS if v.name == args.variant) if args.variant
         else best.get(model, next(v for v in VARIANTS if v.cuda_graphs)) for model in args.models
     }
+    if "contention" in parts and cuda:
+        from _video_contention import contention
+
+        for model in args.models:
+            for row in contention(clip, model, args.weights, chosen[model],
+                                  args.contention_streams):
+                results["runs"].append({"part": "contention", "model": model, **row})
+                print(json.dumps(row), flush=True)
     if "nvdec" in parts and cuda:
         for n in sorted(set(args.max_streams) | {32}):
             loop = pynvvideocodec_rate([clip] * n)
@@ -358,6 +372,14 @@ def _table(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
                   "| model | speed option | batch | frames/s |", "|---|---|---|---|"]
         lines += [f"| {r['model']} | {r['variant']} | {r['batch']} | {r['fps']:,.0f} |"
                   for r in stage_runs]
+        lines.append("")
+    contention_runs = [r for r in runs if r["part"] == "contention"]
+    if contention_runs:
+        lines += ["The model stage alone with NVDEC decoding beside it:", "",
+                  "| model | speed option | decoders | stage (frames/s) | decode (frames/s) |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['variant']} | {r['decoders']} | {r['stage_fps']:,.0f} | "
+                  f"{_fmt(r['decode_fps'])} |" for r in contention_runs]
         lines.append("")
     nvdec_runs = [r for r in runs if r["part"] == "nvdec"]
     if nvdec_runs:

@@ -48,9 +48,13 @@ if [ "${HTTP:-0}" = 1 ]; then
     --json "$OUT/http.json" ${HTTP_ARGS:-} 2>&1 | tee "$OUT/http.log" || status=1
 fi
 if [ "${VIDEO:-0}" = 1 ]; then
-  python3 benchmarks/video.py --source .gpu-pack/solidWhiteRight.mp4 \
-    --weights .gpu-pack/twinlitenet_best.pth --json "$OUT/video.json" ${VIDEO_ARGS:-} 2>&1 \
-    | tee "$OUT/video.log" || status=1
+  # VIDEO_ARGS: one set of options per run of the benchmark, runs separated by '|'.
+  IFS='|' read -ra video_runs <<< "${VIDEO_ARGS:- }"
+  for i in "${!video_runs[@]}"; do
+    python3 benchmarks/video.py --source .gpu-pack/solidWhiteRight.mp4 \
+      --weights .gpu-pack/twinlitenet_best.pth ${video_runs[$i]} 2>&1 \
+      | tee "$OUT/video-$i.log" || status=1
+  done
 fi
 if [ -f .gpu-pack/solidWhiteRight.mp4 ] && [ "${BENCH:-1}" = 1 ] && [ "${SKIP_BENCH:-0}" != 1 ]; then
   python3 benchmarks/preprocess.py 2>&1 | tee "$OUT/preprocess.log" || status=1
