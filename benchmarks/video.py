@@ -228,7 +228,8 @@ def main() -> None:
                         help="stream counts of the unpaced (throughput) runs")
     parser.add_argument("--peer-streams", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--parts", default="all")
-    parser.add_argument("--variant", default=None, help="force a speed option by name")
+    parser.add_argument("--variant", default=None,
+                        help="force a speed option by name (spaces may be written as '-')")
     parser.add_argument("--split", action=argparse.BooleanOptionalAction, default=True,
                         help="the model stage split in two threads (the sample's default)")
     parser.add_argument("--contention-streams", type=int, default=64,
@@ -294,7 +295,8 @@ def main() -> None:
                                         "variant": variant.name, "batch": 32, "fps": fps})
                 print(f"stage alone {model} {variant.name} b32: {fps:,.0f}", flush=True)
     chosen = {
-        model: next(v for v in VARIANTS if v.name == args.variant) if args.variant
+        model: next(v for v in VARIANTS if args.variant in (v.name, v.name.replace(" ", "-")))
+        if args.variant
         else best.get(model, next(v for v in VARIANTS if v.cuda_graphs)) for model in args.models
     }
     if "contention" in parts and cuda:
