@@ -118,8 +118,8 @@ def stage_alone(
         compile_mode=variant.compile_mode,  # type: ignore[arg-type]
     )
     options = driving.Options(model=model, weights=str(weights or ""))  # type: ignore[arg-type]
-    stage = driving.build(config, options).stages[0].stage  # type: ignore[attr-defined]
-    stage.setup(torch.device("cuda"))
+    (stage,) = driving.build(config, options).stages
+    stage.setup(torch.device("cuda"))  # type: ignore[attr-defined]
     generator = torch.Generator(device="cuda").manual_seed(0)
     surfaces = [
         torch.randint(0, 256, (1080, 1920, 3), dtype=torch.uint8, device="cuda",

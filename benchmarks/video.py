@@ -35,6 +35,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -150,10 +151,9 @@ def torchstream_run(
     )
     options = driving.Options(model=model, weights=str(weights or ""))  # type: ignore[arg-type]
     spec = driving.build(config, options)
-    stages = list(spec.stages) if args.split else [spec.stages[0].stage]  # type: ignore[attr-defined]
     decoder = "nvdec" if device.type == "cuda" else "pyav"
     kind = Paced if paced else Unpaced
-    with Pipeline(stages, [CallbackSink(on_frame)], device=device) as pipeline:
+    with Pipeline(spec.stages, [CallbackSink(on_frame)], device=device) as pipeline:
         # Warm-up: model loading, graph capture or compilation happen before any camera.
         pipeline.add_source(Unpaced(warm_clip, source_id="warm-up", decoder=decoder))
         with lock:  # every warm-up frame through the sink (compilation may take minutes)
@@ -193,7 +193,8 @@ def torchstream_run(
     )
     result: dict[str, Any] = {
         "model": model, "streams": streams, "paced": paced,
-        "variant": variant.name + ("" if args.split else ", one thread"),
+        "variant": variant.name,
+        "switch_interval_ms": sys.getswitchinterval() * 1000,
         "fps": len(inside) / args.seconds,
         "slowest_stream_fps": min(per_stream.values()) / args.seconds,
         "p50_ms": float(np.percentile(latencies, 50)) if len(latencies) else None,
@@ -230,8 +231,8 @@ def main() -> None:
     parser.add_argument("--parts", default="all")
     parser.add_argument("--variant", default=None,
                         help="force a speed option by name (spaces may be written as '-')")
-    parser.add_argument("--split", action=argparse.BooleanOptionalAction, default=True,
-                        help="the model stage split in two threads (the sample's default)")
+    parser.add_argument("--switch-interval-ms", type=float, default=None,
+                        help="sys.setswitchinterval for the run (Python's default: 5 ms)")
     parser.add_argument("--contention-streams", type=int, default=64,
                         help="part 'contention': NVDEC streams decoding beside the stage")
     parser.add_argument("--frames", type=int, default=900)
@@ -246,6 +247,8 @@ def main() -> None:
                         help="py-spy the unpaced runs' measured window into this folder")
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
+    if args.switch_interval_ms is not None:
+        sys.setswitchinterval(args.switch_interval_ms / 1000)
     parts = {"model", "nvdec", "torchstream", "peers"} if args.parts == "all" else set(
         args.parts.split(",")
     )
@@ -351,7 +354,8 @@ def _table(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
         f"### Driving perception, 1080p30 H.264 cameras — {results['card']} — {results['date']}",
         "",
         f"torch {results['torch']}, PyAV {results['av']}; batch {args.batch_size}, "
-        f"max wait {args.max_wait_ms} ms; {args.seconds} s measured after {args.warmup_seconds} s.",
+        f"max wait {args.max_wait_ms} ms; {args.seconds} s measured after {args.warmup_seconds} s; "
+        f"Python switch interval {sys.getswitchinterval() * 1000:g} ms.",
         f"Command: `python3 benchmarks/video.py --source solidWhiteRight.mp4 --weights "
         f"twinlitenet_best.pth --models {' '.join(args.models)} --streams "
         f"{' '.join(map(str, args.streams))} --max-streams {' '.join(map(str, args.max_streams))} "
@@ -377,7 +381,8 @@ def _table(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
         lines.append("")
     contention_runs = [r for r in runs if r["part"] == "contention"]
     if contention_runs:
-        lines += ["The model stage alone with NVDEC decoding beside it:", "",
+        lines += ["The model stage alone with NVDEC decoding beside it (Python switch interval "
+                  f"{sys.getswitchinterval() * 1000:g} ms):", "",
                   "| model | speed option | decoders | stage (frames/s) | decode (frames/s) |",
                   "|---|---|---|---|---|"]
         lines += [f"| {r['model']} | {r['variant']} | {r['decoders']} | {r['stage_fps']:,.0f} | "

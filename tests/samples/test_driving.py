@@ -207,9 +207,7 @@ def test_default_weights_are_the_shared_assets_beside_the_checkout(
     options = Options()
     assert options.weights_path().resolve() == WEIGHTS.resolve()
     spec = build(RunConfig(), options)
-    first, second = spec.stages  # the stage split in two: GPU work, then results
-    assert isinstance(first.stage, TwinLiteNetSegmentation)  # type: ignore[attr-defined]
-    assert second.name == "driving.twinlitenet.results"
+    assert [type(s) for s in spec.stages] == [TwinLiteNetSegmentation]
     # Masks only for the two regions (their boxes are the whole frame); vehicles get boxes.
     assert spec.annotation.masks and spec.annotation.boxes
     assert spec.annotation.mask_only_labels == {DRIVABLE_AREA, LANE_LINE}

@@ -181,7 +181,7 @@ def test_options_are_checked() -> None:
     with pytest.raises(ValueError, match="confidence_threshold"):
         Options(model="yolop", confidence_threshold=1.5)
     spec = build(RunConfig(half=True, channels_last=True), Options(model="yolop-arch"))
-    stage = spec.stages[0].stage  # type: ignore[attr-defined]
+    (stage,) = spec.stages
     assert isinstance(stage, YolopPerception) and stage.network == "yolop-arch"
     assert stage.half and stage.channels_last and not stage.cuda_graphs
 

@@ -53,24 +53,6 @@ class CudaGraphs:
         """The input shapes captured so far."""
         return [key[0] for key in self._captured]
 
-    def output_storages(self) -> set[int]:
-        """Data pointers of the storages of every captured graph's output tensors."""
-        found: set[int] = set()
-
-        def collect(item: Any) -> None:
-            if isinstance(item, torch.Tensor):
-                found.add(item.untyped_storage().data_ptr())
-            elif isinstance(item, (list, tuple)):
-                for value in item:
-                    collect(value)
-            elif isinstance(item, dict):
-                for value in item.values():
-                    collect(value)
-
-        for captured in self._captured.values():
-            collect(captured.output)
-        return found
-
     def __call__(self, forward: Callable[[torch.Tensor], Any], batch: torch.Tensor) -> Any:
         if batch.device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA batch, got one on {batch.device}")
@@ -109,7 +91,9 @@ class CudaGraphs:
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        # thread_local: the capture must not make other threads' CUDA calls fail (NVDEC
+        # decoders of the same process run on, and error out under the default "global").
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             output = forward(static)
         logger.info("captured a CUDA graph for input %s %s", tuple(batch.shape), batch.dtype)
         return _Captured(graph=graph, input=static, output=output)

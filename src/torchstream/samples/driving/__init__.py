@@ -143,8 +143,7 @@ class Options:
 
 
 def build(config: RunConfig, options: Options) -> PipelineSpec:
-    """One model stage, batched by ``config.batch_policy``, with the run's speed options,
-    split in two (:meth:`~torchstream.pipeline.ModelStage.split`)."""
+    """One model stage, batched by ``config.batch_policy``, with the run's speed options."""
     stage: TwinLiteNetSegmentation | YolopPerception
     if options.model == "twinlitenet":
         stage = TwinLiteNetSegmentation(
@@ -169,8 +168,7 @@ def build(config: RunConfig, options: Options) -> PipelineSpec:
             compile_mode=config.compile_mode,
         )
     return PipelineSpec(
-        # Two threads: one queues the GPU work, the other waits for the results (NMS, masks).
-        stages=list(stage.split()),
+        stages=[stage],
         annotation=AnnotationStyle(
             keypoints=False, mask_only_labels=frozenset({DRIVABLE_AREA, LANE_LINE})
         ),

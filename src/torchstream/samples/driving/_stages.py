@@ -8,9 +8,7 @@ on the device; detections are thresholded, suppressed (NMS) and mapped back to f
 there too. The host receives one small copy per batch (:func:`~torchstream.pipeline.to_host`).
 
 ``postprocess`` never waits for the GPU; what must (NMS, the run-length encoding, whose sizes
-depend on the data) is in ``finalize``, so the sample runs each stage split in two
-(:meth:`~torchstream.pipeline.ModelStage.split`): one thread keeps the GPU fed while the
-other waits for results.
+depend on the data) is in ``finalize``.
 """
 
 from __future__ import annotations
