@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gc
 import json
 import os
 import platform
@@ -154,17 +153,13 @@ def torchstream_run(
     spec = driving.build(config, options)
     decoder = "nvdec" if device.type == "cuda" else "pyav"
     kind = Paced if paced else Unpaced
-    stages = list(spec.stages[0].split()) if args.split else list(spec.stages)  # type: ignore[attr-defined]
-    with Pipeline(stages, [CallbackSink(on_frame)], device=device) as pipeline:
+    with Pipeline(spec.stages, [CallbackSink(on_frame)], device=device) as pipeline:
         # Warm-up: model loading, graph capture or compilation happen before any camera.
         pipeline.add_source(Unpaced(warm_clip, source_id="warm-up", decoder=decoder))
         with lock:  # every warm-up frame through the sink (compilation may take minutes)
             if not lock.wait_for(lambda: warmed >= 3 * args.batch_size, timeout=600):
                 raise RuntimeError(f"warm-up: {warmed} of {3 * args.batch_size} frames")
         torch.cuda.reset_peak_memory_stats() if device.type == "cuda" else None
-        if args.gc_freeze:
-            gc.collect()
-            gc.freeze()
         for index in range(streams):
             pipeline.add_source(kind(clip, source_id=f"cam{index}", decoder=decoder))
             time.sleep(1.0 / streams)
@@ -198,8 +193,7 @@ def torchstream_run(
     )
     result: dict[str, Any] = {
         "model": model, "streams": streams, "paced": paced,
-        "variant": variant.name + (", split" if args.split else "")
-        + (", gc frozen" if args.gc_freeze else ""),
+        "variant": variant.name,
         "switch_interval_ms": sys.getswitchinterval() * 1000,
         "fps": len(inside) / args.seconds,
         "slowest_stream_fps": min(per_stream.values()) / args.seconds,
@@ -237,10 +231,6 @@ def main() -> None:
     parser.add_argument("--parts", default="all")
     parser.add_argument("--variant", default=None,
                         help="force a speed option by name (spaces may be written as '-')")
-    parser.add_argument("--split", action="store_true",
-                        help="run the model stage split in two threads (ModelStage.split)")
-    parser.add_argument("--gc-freeze", action="store_true",
-                        help="gc.freeze() after each warm-up (older objects leave collections)")
     parser.add_argument("--switch-interval-ms", type=float, default=None,
                         help="sys.setswitchinterval for the run (Python's default: 5 ms)")
     parser.add_argument("--contention-streams", type=int, default=64,

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import pytest
@@ -102,80 +102,3 @@ def test_cuda_graphs_give_what_eager_gives_on_every_batch() -> None:
         for a, b in zip(expected, got, strict=True):
             assert a.attributes["out"] == pytest.approx(b.attributes["out"], abs=1e-5)
     assert graphed._graphs is not None and graphed._graphs.shapes == [(4, 3, 32, 48)]
-
-
-class _Sums(ModelStage):
-    """Postprocess without host synchronisation; finalize with one (a data-dependent size)."""
-
-    input_size = (8, 8)
-
-    def load_model(self) -> torch.nn.Module:
-        return torch.nn.Identity()
-
-    def postprocess(self, outputs: torch.Tensor, crops: Sequence[Crop]) -> list[torch.Tensor]:
-        return [outputs[row] for row in range(len(crops))]  # views of the outputs
-
-    def finalize(self, results: list[torch.Tensor], crops: Sequence[Crop]) -> list[torch.Tensor]:
-        return [(result > 0.5).nonzero() for result in results]
-
-    def attach(self, crop: Crop, result: torch.Tensor) -> None:
-        crop.frame.attributes["bright"] = len(result)
-
-
-def _bright_frames(device: str, count: int) -> list[Frame]:
-    frames = []
-    for index in range(count):
-        frame = Frame(source_id="cam", seq=index, width=8, height=8)
-        surface = torch.zeros(8, 8, 3, dtype=torch.uint8)
-        surface.view(-1, 3)[: 3 * (index + 1)] = 255  # frame i has 3 * (i + 1) white pixels
-        frame.surface = surface.to(device)
-        frames.append(frame)
-    return frames
-
-
-class _Listed:
-    """A source of ready-made frames."""
-
-    source_id = "cam"
-    policy = "block"
-
-    def __init__(self, frames: list[Frame]) -> None:
-        self._frames = frames
-
-    def open(self) -> None:
-        pass
-
-    def frames(self) -> Iterator[Frame]:
-        yield from self._frames
-
-    def close(self) -> None:
-        pass
-
-
-@pytest.mark.parametrize("graphs", [False, pytest.param(True, marks=pytest.mark.gpu)])
-def test_a_split_stage_gives_what_the_whole_stage_gives(device: str, graphs: bool) -> None:
-    from torchstream import Pipeline
-    from torchstream.sinks import CallbackSink
-
-    if graphs and device != "cuda":
-        pytest.skip("CUDA graphs need CUDA")
-    policy = BatchPolicy(max_size=4, max_wait_seconds=0.05, pad_to_max_size=graphs)
-    whole, split = _Sums(batch_policy=policy), _Sums(batch_policy=policy, cuda_graphs=graphs)
-    first, second = split.split()
-    assert (first.name, second.name) == ("model", "model.results")
-    results: dict[str, list[int]] = {"whole": [], "split": []}
-    for name, stages in (("whole", [whole]), ("split", [first, second])):
-        frames = _bright_frames(device, 10)
-        sink = CallbackSink(lambda f, name=name: results[name].append(f.attributes["bright"]))
-        with Pipeline(stages, [sink], device=device) as pipeline:  # type: ignore[arg-type]
-            pipeline.add_source(_Listed(frames))
-            pipeline.wait()
-        assert all("_model_results" not in f.__dict__ for f in frames)
-    # 3 channels of 3 * (i + 1) white pixels, in order
-    assert results["whole"] == results["split"] == [9 * (i + 1) for i in range(10)]
-
-
-def test_the_second_half_alone_says_what_is_missing() -> None:
-    _, second = _Sums().split()
-    with pytest.raises(RuntimeError, match=r"has no results of stage 'model'.*next to each other"):
-        second.process(_bright_frames("cpu", 1))

@@ -53,24 +53,6 @@ class CudaGraphs:
         """The input shapes captured so far."""
         return [key[0] for key in self._captured]
 
-    def output_storages(self) -> set[int]:
-        """Data pointers of the storages of every captured graph's output tensors."""
-        found: set[int] = set()
-
-        def collect(item: Any) -> None:
-            if isinstance(item, torch.Tensor):
-                found.add(item.untyped_storage().data_ptr())
-            elif isinstance(item, (list, tuple)):
-                for value in item:
-                    collect(value)
-            elif isinstance(item, dict):
-                for value in item.values():
-                    collect(value)
-
-        for captured in self._captured.values():
-            collect(captured.output)
-        return found
-
     def __call__(self, forward: Callable[[torch.Tensor], Any], batch: torch.Tensor) -> Any:
         if batch.device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA batch, got one on {batch.device}")

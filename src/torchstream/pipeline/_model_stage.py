@@ -8,7 +8,6 @@ from typing import Any, Literal, get_args
 
 import torch
 
-from torchstream._types import Stage
 from torchstream.frame import Frame, ObjectMeta
 from torchstream.pipeline._batcher import BatchPolicy
 from torchstream.pipeline._graphs import CudaGraphs
@@ -283,25 +282,6 @@ class ModelStage:
         results = self.finalize(results, crops)
         for crop, result in zip(crops, to_host(list(results)), strict=True):
             self.attach(crop, result)
-
-    def split(self) -> tuple[Stage, Stage]:
-        """This stage as two pipeline stages, so the GPU never waits for the host.
-
-        The first runs steps 1-5a (:meth:`infer`) and hands the frames on with their
-        results still on the device; the second (named ``NAME.results``) waits for that work
-        on its own CUDA stream, then runs :meth:`finalize`, the copy to the host and
-        :meth:`attach`. While the second waits for one batch's results, the first is already
-        queueing the next batch's kernels: for a model whose postprocess needs host
-        synchronisations (NMS, masks), the GPU stays busy instead of idling at each.
-
-        ``postprocess`` must then return tensors of its own, not views of the model's
-        outputs: with ``cuda_graphs`` the next replay overwrites those (views of graph
-        outputs are copied, to be safe). Put the pair in a pipeline where the stage would
-        go: ``Pipeline([*detector.split(), tracker], sinks)``.
-        """
-        from torchstream.pipeline._split import split_model_stage
-
-        return split_model_stage(self)
 
     def _pad(self, batch: Any) -> Any:
         if not (self.batch_policy.pad_to_max_size and isinstance(batch, torch.Tensor)):
