@@ -231,8 +231,9 @@ def main() -> None:
     parser.add_argument("--parts", default="all")
     parser.add_argument("--variant", default=None,
                         help="force a speed option by name (spaces may be written as '-')")
-    parser.add_argument("--switch-interval-ms", type=float, default=None,
-                        help="sys.setswitchinterval for the run (Python's default: 5 ms)")
+    parser.add_argument("--switch-interval-ms", type=float, default=0.2,
+                        help="sys.setswitchinterval for the run, as `torchstream run` sets it "
+                             "(Python's own default: 5 ms)")
     parser.add_argument("--contention-streams", type=int, default=64,
                         help="part 'contention': NVDEC streams decoding beside the stage")
     parser.add_argument("--frames", type=int, default=900)
