@@ -43,6 +43,16 @@ def test_to_host_moves_a_shared_tensor_once_and_keeps_named_tuples(device: str) 
     assert torch.equal(host[0].values, torch.arange(6))
 
 
+def test_to_host_can_give_numpy_arrays(device: str) -> None:
+    import numpy as np
+
+    shared, local = torch.arange(6).to(device), torch.ones(2)
+    host = to_host([_Pair(shared, "a"), _Pair(shared, "b"), {"x": local}], as_numpy=True)
+    assert isinstance(host[0].values, np.ndarray) and host[0].values is host[1].values
+    assert host[0].values.tolist() == list(range(6))
+    assert isinstance(host[2]["x"], np.ndarray) and host[2]["x"].tolist() == [1.0, 1.0]
+
+
 def test_speed_options_are_checked() -> None:
     with pytest.raises(ValueError, match="compile_mode must be one of default, reduce-overhead"):
         ModelStage(compile_mode="fast")  # type: ignore[arg-type]

@@ -96,11 +96,12 @@ class MaskRuns(NamedTuple):
     width: int
 
     def mask(self, i: int) -> Mask:
-        """Mask ``i`` as a :class:`~torchstream.frame.Mask` (host tensors: after ``to_host``)."""
-        lo, hi = np.searchsorted(self.mask_index.numpy(), [i, i + 1])
-        edges = np.concatenate(
-            ([0], self.position.numpy()[lo:hi].astype(np.int64), [self.height * self.width])
-        )
+        """Mask ``i`` as a :class:`~torchstream.frame.Mask` (host tensors or arrays: after
+        ``to_host``)."""
+        # np.asarray: the fields may already be arrays (to_host(..., as_numpy=True)).
+        lo, hi = np.searchsorted(np.asarray(self.mask_index), [i, i + 1])
+        positions = np.asarray(self.position)[lo:hi].astype(np.int64)
+        edges = np.concatenate(([0], positions, [self.height * self.width]))
         counts = np.diff(edges).tolist()
         if bool(self.first[i]):
             counts.insert(0, 0)  # runs start with zeros, even when there are none

@@ -36,7 +36,7 @@ class Crop:
         return cls(frame, (0.0, 0.0, float(frame.width), float(frame.height)))
 
 
-def to_host(value: Any) -> Any:
+def to_host(value: Any, *, as_numpy: bool = False) -> Any:
     """Copy every tensor in a nested list/tuple/dict to the host, with one synchronisation.
 
     Device tensors are gathered by dtype (a tensor that appears in many places moves once) and
@@ -44,6 +44,11 @@ def to_host(value: Any) -> Any:
     the current stream), then is split back into views: a batch of small results costs one
     transfer per dtype, not one per tensor. The current stream is synchronised once at the end:
     the only point where the host waits.
+
+    ``as_numpy``: every tensor comes back as a NumPy array (a view of the host copy; a tensor
+    shared by many results becomes one array). Host code that then reads the results touches
+    no torch function, each of which hands the GIL over and back: per frame, in a busy
+    process, that hand-over is what costs.
     """
     found: dict[int, torch.Tensor] = {}  # by id: a tensor shared by many results moves once
 
@@ -59,9 +64,9 @@ def to_host(value: Any) -> Any:
                 collect(v)
 
     collect(value)
-    if not found:
+    if not found and not as_numpy:
         return value
-    copies: dict[int, torch.Tensor] = {}
+    copies: dict[int, Any] = {}
     groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
     for tensor in found.values():
         groups.setdefault((tensor.dtype, tensor.device), []).append(tensor)
@@ -81,10 +86,15 @@ def to_host(value: Any) -> Any:
             offset += count
     if cuda_seen:
         torch.cuda.current_stream().synchronize()
+    if as_numpy:
+        copies = {key: copy.numpy() for key, copy in copies.items()}
 
     def rebuild(item: Any) -> Any:
         if isinstance(item, torch.Tensor):
-            return copies.get(id(item), item)
+            found = copies.get(id(item))
+            if found is None and as_numpy:
+                found = copies[id(item)] = item.numpy()
+            return item if found is None else found
         if isinstance(item, list):
             return [rebuild(v) for v in item]
         if isinstance(item, tuple):
@@ -141,6 +151,8 @@ class ModelStage:
     """
 
     name: str = "model"
+    results_as_numpy: bool = False
+    """:meth:`attach` receives NumPy arrays instead of host tensors (see :func:`to_host`)."""
     input_size: tuple[int, int] | None = None
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
@@ -278,9 +290,11 @@ class ModelStage:
         return list(results)
 
     def finish(self, crops: Sequence[Crop], results: list[Any]) -> None:
-        """Steps 5b-6: :meth:`finalize`, one copy to the host, :meth:`attach` per crop."""
+        """Steps 5b-6: :meth:`finalize`, one copy to the host, :meth:`attach` per crop (with
+        NumPy arrays instead of tensors when the class sets ``results_as_numpy``)."""
         results = self.finalize(results, crops)
-        for crop, result in zip(crops, to_host(list(results)), strict=True):
+        host = to_host(list(results), as_numpy=self.results_as_numpy)
+        for crop, result in zip(crops, host, strict=True):
             self.attach(crop, result)
 
     def _pad(self, batch: Any) -> Any:

@@ -60,11 +60,13 @@ def _fit(width: int, height: int, input_width: int, input_height: int) -> Letter
 
 class _Masks(NamedTuple):
     """One frame's share of a batch's masks: ``runs`` of the frame's group of same-sized
-    masks, the index of its first mask there, and the confidence of each of its masks."""
+    masks, the index of its first mask there, the batch's (B, K) mask confidences and the
+    frame's row in them."""
 
     runs: MaskRuns
     first: int
     confidence: torch.Tensor
+    row: int
 
 
 class _Segmentation(NamedTuple):
@@ -104,7 +106,7 @@ def _encode_masks(parts: Sequence[_Segmentation], fits: Sequence[Letterbox]) -> 
         runs = mask_runs(content.reshape(-1, *content.shape[-2:]))
         for position, index in enumerate(indices):
             part = parts[index]
-            result[index] = _Masks(runs, position * kinds, part.confidence[part.row])
+            result[index] = _Masks(runs, position * kinds, part.confidence, part.row)
     return [masks for masks in result if masks is not None]
 
 
@@ -116,14 +118,17 @@ def _add_masks(frame: Frame, fit: Letterbox, masks: _Masks) -> None:
         min(fit.content_width / fit.scale, float(frame.width)),
         min(fit.content_height / fit.scale, float(frame.height)),
     ]
-    scores = masks.confidence.tolist()
+    scores = np.asarray(masks.confidence)[masks.row].tolist()
     for offset, (label, score) in enumerate(zip(_MASK_LABELS, scores, strict=True)):
         mask = masks.runs.mask(masks.first + offset)
         frame.add_object(label=label, confidence=score, box=box, mask=mask)
 
 
 class _DrivingStage(ModelStage):
-    """What both networks share: a fixed input size, one letterbox kernel per batch."""
+    """What both networks share: a fixed input size, one letterbox kernel per batch, results
+    read on the host as NumPy arrays (no torch call per frame)."""
+
+    results_as_numpy = True
 
     input_height = 384
     input_width = 640
@@ -374,7 +379,7 @@ class YolopPerception(_DrivingStage):
     def attach(self, crop: Crop, result: tuple[_Detections, _Masks]) -> None:
         detections, masks = result
         frame = crop.frame
-        rows: np.ndarray = detections.rows.numpy()
+        rows = np.asarray(detections.rows)
         for row in rows[rows[:, 0] == detections.position]:
             box = [float(v) for v in row[1:5]]
             frame.add_object(label=VEHICLE, confidence=float(row[5]), box=box)
