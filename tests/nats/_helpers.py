@@ -163,6 +163,8 @@ class Collector:
     results: list[tuple[float, ResultRecord]] = field(default_factory=list)
     drops: list[DropRecord] = field(default_factory=list)
     fenced: int = 0
+    ready: set[str] = field(default_factory=set)
+    """Workers whose last heartbeat said ready."""
 
     def __post_init__(self) -> None:
         from torchstream.nats._fence import Fence
@@ -179,7 +181,7 @@ class Collector:
         return self
 
     def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(10)
 
@@ -222,6 +224,14 @@ class Collector:
             self.drops.append(record)
             self.accounting.drop(record)
 
+        async def on_heartbeat(message: object) -> None:
+            beat = json.loads(message.data)  # type: ignore[attr-defined]
+            if beat["ready"]:
+                self.ready.add(beat["worker"])
+            else:
+                self.ready.discard(beat["worker"])
+
+        await connection.subscribe(f"{prefix}.workers.heartbeat", cb=on_heartbeat)
         await connection.subscribe(f"{prefix}.out.*", cb=on_result)
         await connection.subscribe(f"{prefix}.drop.*", cb=on_drop)
         await connection.flush()
@@ -253,26 +263,13 @@ def start_worker(
 ) -> subprocess.Popen[bytes]:
     """``torchstream worker`` as a subprocess (stopped by the caller, by pid)."""
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2] / "src"))
-    out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "torchstream.cli",
-            "worker",
-            str(pipeline),
-            "--nats",
-            url,
-            "--worker-id",
-            worker_id,
-            "--log-level",
-            "info",
-            *extra,
-        ],
-        env=env,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-    )
+    command = [sys.executable, "-m", "torchstream.cli", "worker", str(pipeline), "--nats", url,
+               "--worker-id", worker_id, "--log-level", "info", *extra]
+    if log is None:
+        return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.STDOUT)
+    with open(log, "ab") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 def stop_process(

@@ -189,7 +189,7 @@ class OwnedPartition:
         handover = await self._handover_seq(source_id)
         ledger = worker.ledger.stream(source_id, handover_seq=handover)
         self.ledgers[source_id] = ledger
-        keyframe = await self._keyframe_stream_seq(source_id)
+        keyframe = await self._keyframe_stream_seq(source_id, first_stream_seq)
         if (
             keyframe is not None
             and keyframe < first_stream_seq
@@ -221,18 +221,23 @@ class OwnedPartition:
             return None
         return last.seq if isinstance(last, ResultMessage) else -1
 
-    async def _keyframe_stream_seq(self, source_id: str) -> int | None:
+    async def _keyframe_stream_seq(self, source_id: str, before: int) -> int | None:
+        """The stream sequence of the camera's last recorded keyframe at or before ``before``
+        (the newest one first, then the bucket's history), None if none is known."""
+        keyframes = self.worker.keyframes
         try:
-            entry = await self.worker.keyframes.get(source_id)
-        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            newest = _position(await keyframes.get(source_id))
+            if newest is None or newest <= before:
+                return newest
+            history = await keyframes.history(source_id)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError,
+                nats.js.errors.NoKeysError):
             return None
         except (nats.errors.Error, asyncio.TimeoutError) as exc:
             log.warning("worker: keyframe of %s unknown: %r", source_id, exc)
             return None
-        try:
-            return decode_keyframe_position(entry.value or b"").stream_seq
-        except ProtocolError:
-            return None
+        older = [p for p in map(_position, history) if p is not None and p <= before]
+        return max(older, default=None)
 
     async def _replay(
         self, ledger: StreamLedger, until_seq: int, from_stream_seq: int, stop_stream_seq: int
@@ -279,6 +284,13 @@ class OwnedPartition:
             replayed,
             ledger.handover_seq,
         )
+
+
+def _position(entry: Any) -> int | None:
+    try:
+        return decode_keyframe_position(entry.value or b"").stream_seq
+    except ProtocolError:
+        return None
 
 
 async def _ack(message: Msg) -> None:
