@@ -55,8 +55,9 @@ class Deployment:
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
         self.replayer: Replayer | None = None
 
-    def add(self, worker_id: str, *extra: str) -> subprocess.Popen[bytes]:
-        process = start_worker(self.url, self.pipeline, worker_id, *extra,
+    def add(self, worker_id: str, *extra: str, url: str | None = None
+            ) -> subprocess.Popen[bytes]:
+        process = start_worker(url or self.url, self.pipeline, worker_id, *extra,
                                log=self.tmp_path / f"{worker_id}.log")
         self.workers[worker_id] = process
         assert wait_for(lambda: worker_id in self.collector.ready, 60), self.log(worker_id)
@@ -186,3 +187,42 @@ def test_sigstop_a_worker_for_3_seconds(deployment: Deployment) -> None:
     print(report, "fenced at the sink:", deployment.collector.fenced)
     assert report.ok, str(report)
     assert "stalled" in deployment.log(victim)
+
+
+@pytest.mark.slow
+def test_restart_the_server_with_its_file_store(
+    server: NatsServer, deployment: Deployment
+) -> None:
+    deployment.add("w1")
+    deployment.add("w2")
+    deployment.replay()
+    time.sleep(1.0)
+    server.restart()
+    assert wait_for(lambda: deployment.collector.ready >= {"w1", "w2"}, 20)
+    time.sleep(LAYOUT.ack_wait_seconds + 2.0)
+    deployment.finish()
+    report = deployment.accounting.report()
+    print(report)
+    assert report.ok, str(report)
+    assert all(s.processed > 0 for s in report.sources)
+
+
+def test_blackhole_between_a_worker_and_the_server(
+    server: NatsServer, deployment: Deployment
+) -> None:
+    from torchstream.testing import TcpProxy
+
+    with TcpProxy("127.0.0.1", server.port) as proxy:
+        deployment.add("w1", url=f"nats://{proxy.address}")
+        deployment.add("w2")
+        deployment.replay()
+        time.sleep(1.0)
+        proxy.blackhole()
+        time.sleep(3.0)
+        proxy.heal()
+        time.sleep(LAYOUT.ack_wait_seconds + 3.0)
+        deployment.finish()
+    report = deployment.accounting.report()
+    print(report, "fenced at the sink:", deployment.collector.fenced)
+    assert report.ok, str(report)
+    assert all(s.processed > 0 for s in report.sources)

@@ -329,6 +329,11 @@ class Worker:
         now = time.monotonic()
         if not self.check_progress() or now < self._settle_until:
             return
+        if self._owned and self.worker_id not in self._membership.owners(now):
+            # Its own heartbeats stopped coming back (a cut link): the others have taken or
+            # will take its partitions; what it holds must not go out after their results.
+            self._fence("lost its link to the group")
+            return
         wanted = self._membership.owned_by(self.worker_id, now)
         lost = [p for p in self._owned if p not in wanted]
         gained = [p for p in sorted(wanted) if p not in self._owned]
@@ -386,21 +391,23 @@ class Worker:
         if stall is None and self._watchdog.stalled is None:
             return True
         if stall is not None:
-            log.warning(
-                "worker %s: stalled %.2f s: dropping its partitions",
-                self.worker_id,
-                stall.stalled_seconds,
-            )
             self._counts["stalls"] += 1
-            for owned in list(self._owned.values()):
-                owned.cancel()
-                closing = asyncio.ensure_future(owned.puller.close())
-                self._closing.add(closing)
-                closing.add_done_callback(self._closing.discard)
-                self._forget(owned, "fenced")
+            self._fence(f"stalled {stall.stalled_seconds:.2f} s")
             self._watchdog.recover(now)
-            self._settle_until = now + 2 * self._interval
         return False
+
+    def _fence(self, why: str) -> None:
+        """Give up every partition at once: nothing it holds goes out (counted ``fenced``),
+        nothing is acknowledged; it joins again after hearing the group."""
+        log.warning("worker %s: %s: dropping its partitions", self.worker_id, why)
+        self._counts["fences"] += 1
+        for owned in list(self._owned.values()):
+            owned.cancel()
+            closing = asyncio.ensure_future(owned.puller.close())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+            self._forget(owned, "fenced")
+        self._settle_until = time.monotonic() + 2 * self._interval
 
     # -- frames in and out --------------------------------------------------------------
 
