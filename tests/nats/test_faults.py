@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ from tests.nats._helpers import (
 from torchstream.nats import Layout, connect, init_layout
 from torchstream.nats._accounting import Accounting
 from torchstream.nats._connection import close_quietly
-from torchstream.testing import NatsServer
+from torchstream.testing import NatsCluster, NatsServer
 
 PIN_TIMEOUT_SECONDS = 0.5
 LAYOUT = Layout(partitions=8, pin_timeout_seconds=PIN_TIMEOUT_SECONDS, ack_wait_seconds=2.0)
@@ -45,13 +46,14 @@ def _init(url: str | list[str], layout: Layout = LAYOUT) -> None:
 class Deployment:
     """Workers (subprocesses), a collector and a replayer around one server."""
 
-    def __init__(self, url: str | list[str], tmp_path: Path) -> None:
+    def __init__(self, url: str | list[str], tmp_path: Path, *,
+                 collector_url: str | None = None) -> None:
         self.url = url if isinstance(url, str) else ",".join(url)
         self.tmp_path = tmp_path
         self.pipeline = tmp_path / "identity.py"
         self.pipeline.write_text(IDENTITY_PIPELINE)
         self.accounting = Accounting()
-        self.collector = Collector(url, LAYOUT, self.accounting).start()
+        self.collector = Collector(collector_url or url, LAYOUT, self.accounting).start()
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
         self.replayer: Replayer | None = None
 
@@ -225,4 +227,37 @@ def test_blackhole_between_a_worker_and_the_server(
     report = deployment.accounting.report()
     print(report, "fenced at the sink:", deployment.collector.fenced)
     assert report.ok, str(report)
+    assert all(s.processed > 0 for s in report.sources)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_stream_leader_dies_in_a_3_node_cluster(
+    cluster: NatsCluster, tmp_path: Path, how: str
+) -> None:
+    layout = replace(LAYOUT, replicas=3)
+    _init(cluster.urls, layout)
+    leader = cluster.stream_leader(layout.input_stream)
+    assert leader is not None
+    # The checking side listens on a node that stays up: results are plain messages to it,
+    # and a listener that reconnects misses those sent meanwhile.
+    other = next(url for url in cluster.urls if url != leader.url)
+    deployment = Deployment(cluster.urls, tmp_path, collector_url=other)
+    try:
+        deployment.add("w1")
+        deployment.add("w2")
+        deployment.replay()
+        time.sleep(1.0)
+        assert cluster.stream_leader(layout.input_stream) is leader
+        if how == "SIGKILL":
+            leader.kill()
+        else:
+            leader.stop()
+        time.sleep(LAYOUT.ack_wait_seconds + 4.0)
+        deployment.finish()
+    finally:
+        deployment.close()
+    report = deployment.accounting.report()
+    print(report)
+    assert report.ok, str(report)  # every acknowledged frame processed or counted
     assert all(s.processed > 0 for s in report.sources)
