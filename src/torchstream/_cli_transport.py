@@ -275,8 +275,16 @@ def _adapter_telemetry(
 
 def _sink_options(function: Any) -> Any:
     function = click.option(
-        "--in", "inbound", required=True, metavar="ENDPOINT",
-        help=f"The module's output: {_ENDPOINT_HELP} (sub+connect, pull+connect).",
+        "--in", "inbound", default=None, metavar="ENDPOINT",
+        help=f"The module's output: {_ENDPOINT_HELP} (sub+connect, pull+connect); or --nats.",
+    )(function)
+    function = click.option(
+        "--nats", "nats_url", default=None, metavar="URL",
+        help="Read the results of NATS workers (<prefix>.out.*) instead of --in, each "
+             "(source, seq) once.",
+    )(function)
+    function = click.option(
+        "--prefix", default="ts", show_default=True, help="With --nats: the subject prefix.",
     )(function)
     function = click.option(
         "--source", "source_ids", multiple=True, metavar="PREFIX",
@@ -295,11 +303,36 @@ def _sink_options(function: Any) -> Any:
 
 def _receive(
     kind: str, writers: list[Any],
-    receiving: tuple[str, tuple[str, ...], int | None, float | None], telemetry: _Telemetry,
+    receiving: tuple[str | None, tuple[str, ...], int | None, float | None],
+    telemetry: _Telemetry, nats: tuple[str | None, str] = (None, "ts"),
 ) -> None:
     """Receive into ``writers``; ``receiving``: --in, --source, --exit-after, --idle-timeout."""
     inbound, source_ids, exit_after, idle_timeout = receiving
+    nats_url, prefix = nats
+    if (inbound is None) == (nats_url is None):
+        raise click.UsageError("give one of --in ENDPOINT (ZeroMQ) and --nats URL")
+    if nats_url is not None:
+        from torchstream._cli_nats import _nats, build_layout
+        from torchstream.nats._results import receive_nats_results
+
+        nats_layer = _nats()
+        stop_nats = threading.Event()
+        _stop_on_signals(stop_nats.set)
+        try:
+            done = receive_nats_results(
+                nats_url, build_layout(nats_layer, prefix=prefix), writers,
+                exit_after_sources=exit_after, idle_timeout_seconds=idle_timeout,
+                stop=stop_nats,
+            )
+        except nats_layer.NatsUnavailableError as exc:
+            raise click.ClickException(str(exc)) from None
+        _console.print(f"{done.results} results, {done.sources_ended} sources ended, "
+                       f"{done.errors} errors, {done.fenced} fenced, {done.duplicates} duplicates")
+        if done.errors:
+            sys.exit(1)
+        return
     transport = _transport()
+    assert inbound is not None
     endpoint = _endpoint(transport, inbound, "--in")
     from torchstream.transport._adapter_stats import ReceiveMonitor
     from torchstream.transport._adapters import receive_results
@@ -331,40 +364,42 @@ def sink() -> None:
 @click.argument("path", type=click.Path(dir_okay=False))
 @_sink_options
 def sink_json(
-    path: str, inbound: str, source_ids: tuple[str, ...], exit_after: int | None,
+    path: str, inbound: str | None, source_ids: tuple[str, ...], exit_after: int | None,
     idle_timeout: float | None, trace_ratio: float | None, trace_exporter: str,
-    metrics_port: int | None, metrics_address: str,
+    metrics_port: int | None, metrics_address: str, nats_url: str | None, prefix: str,
 ) -> None:
     """Write every result's metadata as JSON lines to PATH ('-' for stdout)."""
     from torchstream.transport._adapters import JsonResultWriter
 
     _receive("json", [JsonResultWriter(path)], (inbound, source_ids, exit_after, idle_timeout),
-             _Telemetry(trace_ratio, trace_exporter, metrics_port, metrics_address))
+             _Telemetry(trace_ratio, trace_exporter, metrics_port, metrics_address),
+             (nats_url, prefix))
 
 
 @sink.command("images")
 @click.argument("directory", type=click.Path(file_okay=False))
 @_sink_options
 def sink_images(
-    directory: str, inbound: str, source_ids: tuple[str, ...], exit_after: int | None,
+    directory: str, inbound: str | None, source_ids: tuple[str, ...], exit_after: int | None,
     idle_timeout: float | None, trace_ratio: float | None, trace_exporter: str,
-    metrics_port: int | None, metrics_address: str,
+    metrics_port: int | None, metrics_address: str, nats_url: str | None, prefix: str,
 ) -> None:
     """Write results' images (module --content original or image) under DIRECTORY/<source>/."""
     from torchstream.transport._adapters import ImageResultWriter
 
     writer = ImageResultWriter(directory)
     _receive("images", [writer], (inbound, source_ids, exit_after, idle_timeout),
-             _Telemetry(trace_ratio, trace_exporter, metrics_port, metrics_address))
+             _Telemetry(trace_ratio, trace_exporter, metrics_port, metrics_address),
+             (nats_url, prefix))
 
 
 @sink.command("video")
 @click.argument("pattern")
 @_sink_options
 def sink_video(
-    pattern: str, inbound: str, source_ids: tuple[str, ...], exit_after: int | None,
+    pattern: str, inbound: str | None, source_ids: tuple[str, ...], exit_after: int | None,
     idle_timeout: float | None, trace_ratio: float | None, trace_exporter: str,
-    metrics_port: int | None, metrics_address: str,
+    metrics_port: int | None, metrics_address: str, nats_url: str | None, prefix: str,
 ) -> None:
     """Write each source's results as a video into PATTERN, e.g. 'out/{source_id}.mp4':
     original packets (module --content original) re-muxed as they are, annotated pictures
@@ -376,7 +411,8 @@ def sink_video(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="PATTERN") from None
     _receive("video", [writer], (inbound, source_ids, exit_after, idle_timeout),
-             _Telemetry(trace_ratio, trace_exporter, metrics_port, metrics_address))
+             _Telemetry(trace_ratio, trace_exporter, metrics_port, metrics_address),
+             (nats_url, prefix))
 
 
 def register(group: click.Group) -> None:

@@ -298,11 +298,13 @@ from torchstream._cli_nats import register as register_nats  # noqa: E402
 from torchstream._cli_serve import register as register_serve  # noqa: E402
 from torchstream._cli_sources import register as register_sources  # noqa: E402
 from torchstream._cli_transport import register  # noqa: E402
+from torchstream._cli_worker import register as register_worker  # noqa: E402
 
 register(main)
 register_sources(main)
 register_serve(main)
 register_nats(main)
+register_worker(main)
 
 if __name__ == "__main__":
     main()

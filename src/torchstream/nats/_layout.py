@@ -38,6 +38,9 @@ SOURCE_ID_PATTERN = r"^[A-Za-z0-9_\-]{1,256}$"
 """Source ids that can travel over NATS: one subject token (no dots, spaces or wildcards)
 that is also a valid KV key. Letters, digits, ``_`` and ``-``."""
 
+KEYFRAME_HISTORY = 8
+"""Keyframe positions kept per camera in the keyframe bucket."""
+
 _SOURCE_ID = re.compile(SOURCE_ID_PATTERN)
 _NAME = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 _PREFIX = re.compile(r"^[A-Za-z0-9_\-]{1,32}(\.[A-Za-z0-9_\-]{1,32})*$")
@@ -336,11 +339,13 @@ async def _ensure_buckets(
     storage = nats.js.api.StorageType.FILE if layout.storage == "file" else (
         nats.js.api.StorageType.MEMORY
     )
+    # The keyframe bucket keeps a few positions per camera: a new owner replays from the
+    # last keyframe *before* its first delivery, which may not be the newest one.
     buckets = [
-        (layout.keyframes_bucket, None),
-        (layout.workers_bucket, layout.heartbeat_ttl_seconds),
+        (layout.keyframes_bucket, None, KEYFRAME_HISTORY),
+        (layout.workers_bucket, layout.heartbeat_ttl_seconds, 1),
     ]
-    for bucket, ttl in buckets:
+    for bucket, ttl, history in buckets:
         label = f"kv {bucket}"
         try:
             await js.key_value(bucket)
@@ -349,7 +354,7 @@ async def _ensure_buckets(
         except nats.js.errors.BucketNotFoundError:
             pass
         await js.create_key_value(nats.js.api.KeyValueConfig(
-            bucket=bucket, history=1, ttl=ttl, storage=storage, replicas=layout.replicas,
+            bucket=bucket, history=history, ttl=ttl, storage=storage, replicas=layout.replicas,
         ))
         created.append(label)
     label = f"objects {layout.objects_bucket}"

@@ -1,0 +1,191 @@
+"""The way out of a worker: results and ends of stream to ``<prefix>.out.<source_id>``, drop
+records to ``<prefix>.drop.<source_id>``, in seq order per camera, each input message
+acknowledged only once what it produced is stored (so ``max_ack_pending`` stays the
+partition's in-flight budget). Runs on the worker's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import json
+import logging
+from collections.abc import Callable
+
+import nats.errors
+from nats.aio.client import Client as NATS
+
+from torchstream.nats._ledger import DropRecord
+from torchstream.nats._tickets import Reorder, Ticket
+
+__all__ = ["Emitter"]
+
+log = logging.getLogger(__name__)
+
+
+class Emitter:
+    """Publishes settled tickets in order and acknowledges their input messages.
+
+    ``may_emit(ticket)`` is asked just before each result goes out: False fences it (the
+    worker lost the partition or stalled), and the frame is counted as a ``fenced`` drop,
+    not acknowledged (its new owner decides about it). ``on_done(ticket)`` is called once
+    per ticket when nothing more will happen to it. ``stored``: wait for the results
+    stream's ack before acknowledging the input (True when the layout keeps results)."""
+
+    def __init__(
+        self,
+        connection: NATS,
+        *,
+        drop_subject_of: Callable[[str], str],
+        may_emit: Callable[[Ticket], bool],
+        on_drop: Callable[[DropRecord, int, int], None],
+        on_done: Callable[[Ticket], None],
+        stored: bool,
+        ack_timeout_seconds: float = 5.0,
+    ) -> None:
+        self._connection = connection
+        self._drop_subject_of = drop_subject_of
+        self._may_emit = may_emit
+        self._on_drop = on_drop
+        self._on_done = on_done
+        self._stored = stored
+        self._ack_timeout = ack_timeout_seconds
+        self._queue: asyncio.Queue[Ticket] = asyncio.Queue()
+        self._orders: dict[str, Reorder] = collections.defaultdict(Reorder)
+        self._inbox = connection.new_inbox()
+        self._tokens = itertools.count()
+        self._waiting: dict[str, asyncio.Future[bool]] = {}
+        self._subscription: object = None
+        self._task: asyncio.Task[None] | None = None
+        self._acks: set[asyncio.Task[None]] = set()
+        self.published = 0
+        self.unstored = 0
+
+    async def start(self) -> None:
+        if self._stored:
+            self._subscription = await self._connection.subscribe(
+                f"{self._inbox}.*", cb=self._on_reply
+            )
+        self._task = asyncio.create_task(self._run(), name="ts/nats/emit")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    # -- tickets in ---------------------------------------------------------------------
+
+    def add(self, ticket: Ticket) -> None:
+        """A ticket whose frame was pushed into the pipeline (not decode-only)."""
+        self._orders[ticket.source_id].add(ticket)
+
+    def settle(self, ticket: Ticket) -> None:
+        """Its frame came out (``ticket.state`` says how); on the event loop."""
+        order = self._orders.get(ticket.source_id)
+        if order is None:
+            return
+        order.settle(ticket)
+        for ready in order.ready():
+            self._queue.put_nowait(ready)
+
+    def drain(self, source_id: str, reason: str) -> None:
+        """Settle every ticket of ``source_id`` still waiting (as dropped for ``reason``)
+        and send them out: the camera's source is gone."""
+        order = self._orders.pop(source_id, None)
+        if order is not None:
+            for ticket in order.drain(reason):
+                ticket.extra["no_ack"] = True  # its new owner decides about it
+                self._queue.put_nowait(ticket)
+
+    def after(self, ticket: Ticket) -> None:
+        """Send ``ticket`` (settled already: an end of stream) once every earlier ticket of
+        its source has gone out."""
+        order = self._orders[ticket.source_id]
+        order.add(ticket)
+        order.settle(ticket)
+        for ready in order.ready():
+            self._queue.put_nowait(ready)
+
+    # -- tickets out --------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            ticket = await self._queue.get()
+            try:
+                await self._emit(ticket)
+            except Exception:
+                log.exception("worker: emitting %s #%d failed", ticket.source_id, ticket.seq)
+                self._on_done(ticket)
+
+    async def _emit(self, ticket: Ticket) -> None:
+        if ticket.state == "dropped":
+            record = DropRecord(ticket.source_id, ticket.seq, ticket.seq, ticket.reason or "?")
+            self._on_drop(record, ticket.partition, ticket.epoch)
+            if ticket.extra.get("no_ack"):
+                self._on_done(ticket)
+            else:
+                await self._ack(ticket, None)
+            return
+        encoded = ticket.encoded
+        if encoded is None or not self._may_emit(ticket):
+            if not ticket.end_of_stream:
+                record = DropRecord(ticket.source_id, ticket.seq, ticket.seq, "fenced")
+                self._on_drop(record, ticket.partition, ticket.epoch)
+            self._on_done(ticket)  # not acknowledged: the partition's new owner decides
+            return
+        stored: asyncio.Future[bool] | None = None
+        reply = None
+        if self._stored:
+            token = str(next(self._tokens))
+            stored = self._waiting[token] = asyncio.get_running_loop().create_future()
+            reply = f"{self._inbox}.{token}"
+        try:
+            await self._connection.publish(
+                encoded.subject, encoded.body, reply=reply or "", headers=encoded.headers
+            )
+        except nats.errors.Error as exc:
+            log.warning("worker: cannot publish %s #%d: %r", ticket.source_id, ticket.seq, exc)
+            self._on_done(ticket)
+            return
+        if not ticket.end_of_stream:
+            self.published += 1
+        task = asyncio.create_task(self._ack(ticket, stored))
+        self._acks.add(task)
+        task.add_done_callback(self._acks.discard)
+
+    async def _ack(self, ticket: Ticket, stored: asyncio.Future[bool] | None) -> None:
+        try:
+            if stored is not None:
+                try:
+                    ok = await asyncio.wait_for(stored, self._ack_timeout)
+                except asyncio.TimeoutError:
+                    ok = False
+                if not ok:
+                    self.unstored += 1
+                    return  # redelivered after its ack wait
+            if ticket.message is not None:
+                with contextlib.suppress(nats.errors.Error):
+                    await ticket.message.ack()
+        finally:
+            self._on_done(ticket)
+
+    async def _on_reply(self, reply: object) -> None:
+        subject: str = getattr(reply, "subject", "")
+        future = self._waiting.pop(subject.rsplit(".", 1)[-1], None)
+        if future is None or future.done():
+            return
+        try:
+            answer = json.loads(getattr(reply, "data", b"") or b"{}")
+        except ValueError:
+            answer = {"error": "unreadable"}
+        future.set_result("error" not in answer)
+
+    def publish_drop(self, record: DropRecord, body: bytes) -> None:
+        """Send a drop record (fire and forget, in order with the results)."""
+        task = asyncio.ensure_future(
+            self._connection.publish(self._drop_subject_of(record.source_id), body)
+        )
+        self._acks.add(task)  # type: ignore[arg-type]
+        task.add_done_callback(self._acks.discard)  # type: ignore[arg-type]

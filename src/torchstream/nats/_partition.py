@@ -1,0 +1,312 @@
+"""One partition owned by a worker: its claim, its pinned pull loop, the handover of each of
+its cameras (handover point, replay from the last keyframe) and the ledger's decisions.
+
+The worker (:mod:`torchstream.nats._worker`) starts an :class:`OwnedPartition` when the
+assignment gives it the partition and stops it (gracefully: stop pulling, let the frames in
+flight finish) when the assignment moves it away or the worker leaves. Everything here runs
+on the worker's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+
+from torchstream._errors import ProtocolError
+from torchstream.nats._errors import JetStreamError, NatsUnavailableError
+from torchstream.nats._jsapi import PinnedPuller
+from torchstream.nats._ledger import Action, Delivery, DropRecord, StreamLedger, Verdict
+from torchstream.nats._tickets import Ticket
+from torchstream.nats._wire import Decoded, decode, decode_keyframe_position
+from torchstream.transport._protocol import EndOfStream, FrameMessage, ResultMessage
+
+if TYPE_CHECKING:
+    from torchstream.nats._worker import Worker
+
+__all__ = ["OwnedPartition"]
+
+log = logging.getLogger(__name__)
+
+_WRONG_PIN_RETRY_SECONDS = 0.02
+"""Pause before asking again while another worker still holds the pin (it is draining)."""
+
+
+class OwnedPartition:
+    """The claim and the pull loop of one partition. :meth:`start` claims (a new epoch) and
+    pulls; :meth:`stop` stops pulling; the worker then drains and :meth:`unpin`s."""
+
+    def __init__(self, worker: Worker, partition: int) -> None:
+        self.worker = worker
+        self.partition = partition
+        self.epoch = 0
+        self.stopping = False
+        self.task: asyncio.Task[None] | None = None
+        self.claimed_at_seconds = time.monotonic()
+        self.first_delivery_seconds: float | None = None
+        self.ledgers: dict[str, StreamLedger] = {}
+        layout = worker.layout
+        self.puller = PinnedPuller(
+            worker.connection,
+            layout.input_stream,
+            layout.consumer_name(partition),
+            group=layout.priority_group,
+            api=worker.api,
+        )
+
+    async def start(self) -> None:
+        self.epoch = await self.worker.claim(self.partition)
+        self.task = asyncio.create_task(self._pull_loop(), name=f"ts/nats/p{self.partition}")
+
+    async def stop(self) -> None:
+        """Stop pulling; returns once the loop has handled what its last pull brought."""
+        self.stopping = True
+        if self.task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+    def cancel(self) -> None:
+        """Stop at once (a fenced worker): what the current pull brings is not handled."""
+        self.stopping = True
+        if self.task is not None:
+            self.task.cancel()
+
+    async def unpin(self) -> None:
+        try:
+            await self.puller.unpin()
+        except (JetStreamError, NatsUnavailableError) as exc:
+            log.info("worker: unpin of partition %d failed: %s", self.partition, exc)
+        await self.puller.close()
+
+    # -- the pull loop -------------------------------------------------------------------
+
+    async def _pull_loop(self) -> None:
+        worker = self.worker
+        while not self.stopping:
+            try:
+                result = await self.puller.pull(
+                    batch=worker.pull_batch,
+                    expires_seconds=worker.pull_expires_seconds,
+                )
+            except NatsUnavailableError:
+                await asyncio.sleep(worker.pull_expires_seconds)
+                continue
+            if not worker.check_progress():
+                return  # stalled: the worker fences itself; these messages come back
+            if result.messages and self.first_delivery_seconds is None:
+                self.first_delivery_seconds = time.monotonic()
+            for message in result.messages:
+                await self._handle(message)
+            if result.outcome == "wrong_pin" and not result.messages:
+                await asyncio.sleep(_WRONG_PIN_RETRY_SECONDS)
+            elif result.outcome in ("conflict", "bad_request", "unavailable", "no_reply"):
+                log.debug(
+                    "worker: partition %d pull ended %s %s",
+                    self.partition,
+                    result.outcome,
+                    result.description,
+                )
+                await asyncio.sleep(worker.pull_expires_seconds / 2)
+
+    async def _handle(self, message: Msg) -> None:
+        worker = self.worker
+        try:
+            metadata = message.metadata
+            decoded = decode(message.subject, message.headers, message.data)
+        except (ProtocolError, ValueError) as exc:
+            worker.count("rejected")
+            log.warning("worker: rejected a message on %s: %s", message.subject, exc)
+            await _ack(message)
+            return
+        stream_seq = metadata.sequence.stream
+        inner = decoded.message
+        if isinstance(inner, EndOfStream):
+            await self._end_of_stream(inner, message)
+            return
+        if not isinstance(inner, FrameMessage):
+            worker.count("rejected")
+            await _ack(message)
+            return
+        ledger = self.ledgers.get(inner.source_id)
+        if ledger is None:
+            ledger = await self._take_over(inner, stream_seq)
+        verdict = ledger.on_delivery(
+            Delivery(inner.seq, inner.keyframe, stream_seq, metadata.num_delivered),
+            stream_first_seq=worker.stream_first_seq,
+        )
+        await self._act(verdict, inner, decoded, message)
+
+    async def _act(
+        self,
+        verdict: Verdict,
+        frame: FrameMessage,
+        decoded: Decoded,
+        message: Msg | None,
+        *,
+        decode_only: bool = False,
+    ) -> None:
+        worker = self.worker
+        for record in verdict.drops:
+            worker.record_drop(record, self.partition, self.epoch)
+        if verdict.action is Action.DROP or verdict.action is Action.SKIP:
+            if message is not None:
+                await _ack(message)
+            return
+        ticket = Ticket(
+            frame.source_id,
+            frame.seq,
+            self.partition,
+            self.epoch,
+            message,
+            decode_only=decode_only or verdict.action is Action.DECODE_ONLY,
+        )
+        payload = decoded.payload
+        if decoded.object_name is not None:
+            payload = await worker.fetch_object(decoded)
+        await worker.push(ticket, frame, payload)
+
+    async def _end_of_stream(self, eos: EndOfStream, message: Msg) -> None:
+        ledger = self.ledgers.pop(eos.source_id, None)
+        if ledger is not None:
+            self.worker.ledger.release([eos.source_id])
+        ticket = Ticket(eos.source_id, -1, self.partition, self.epoch, message, end_of_stream=True)
+        await self.worker.end_source(ticket, eos)
+
+    # -- the handover of one camera ----------------------------------------------------------
+
+    async def _take_over(self, first: FrameMessage, first_stream_seq: int) -> StreamLedger:
+        """The ledger of a camera seen for the first time since the claim: its handover point,
+        and a replay from its last keyframe when that lies before the first delivery."""
+        worker = self.worker
+        source_id = first.source_id
+        handover = await self._handover_seq(source_id)
+        ledger = worker.ledger.stream(source_id, handover_seq=handover)
+        self.ledgers[source_id] = ledger
+        keyframe = await self._keyframe_stream_seq(source_id, first_stream_seq)
+        if (
+            keyframe is not None
+            and keyframe < first_stream_seq
+            and (handover is None or first.seq > handover)
+        ):
+            await self._replay(ledger, first.seq, keyframe, first_stream_seq)
+        if handover is not None:
+            worker.schedule_window_close(self, ledger)
+        return ledger
+
+    async def _handover_seq(self, source_id: str) -> int | None:
+        """The last seq the previous owner published a result for (-1: none, or the source's
+        session ended there); None when it cannot be known (no results stream)."""
+        layout = self.worker.layout
+        if layout.results_stream is None:
+            return None
+        try:
+            raw = await self.worker.js.get_last_msg(
+                layout.results_stream, layout.result_subject(source_id)
+            )
+        except nats.js.errors.NotFoundError:
+            return -1
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            log.warning("worker: handover point of %s unknown: %r", source_id, exc)
+            return None
+        try:
+            last = decode(raw.subject or "", raw.headers, raw.data or b"").message
+        except ProtocolError:
+            return None
+        return last.seq if isinstance(last, ResultMessage) else -1
+
+    async def _keyframe_stream_seq(self, source_id: str, before: int) -> int | None:
+        """The stream sequence of the camera's last recorded keyframe at or before ``before``
+        (the newest one first, then the bucket's history), None if none is known."""
+        keyframes = self.worker.keyframes
+        try:
+            newest = _position(await keyframes.get(source_id))
+            if newest is None or newest <= before:
+                return newest
+            history = await keyframes.history(source_id)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError,
+                nats.js.errors.NoKeysError):
+            return None
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            log.warning("worker: keyframe of %s unknown: %r", source_id, exc)
+            return None
+        older = [p for p in map(_position, history) if p is not None and p <= before]
+        return max(older, default=None)
+
+    async def _replay(
+        self, ledger: StreamLedger, until_seq: int, from_stream_seq: int, stop_stream_seq: int
+    ) -> None:
+        """Read the camera's messages from its keyframe up to the first delivery straight
+        from the stream, decoding (and processing what the previous owner did not)."""
+        worker = self.worker
+        layout = worker.layout
+        subject = layout.partition_subject(self.partition, ledger.source_id)
+        ledger.begin_replay(until_seq=until_seq)
+        complete = True
+        cursor = from_stream_seq
+        replayed = 0
+        while cursor < stop_stream_seq:
+            try:
+                raw = await worker.js.get_msg(
+                    layout.input_stream, seq=cursor, subject=subject, next=True
+                )
+            except nats.js.errors.NotFoundError:
+                break
+            except (nats.errors.Error, asyncio.TimeoutError) as exc:
+                log.warning("worker: replay of %s cut short: %r", ledger.source_id, exc)
+                complete = False
+                break
+            if raw.seq is None or raw.seq >= stop_stream_seq:
+                break
+            cursor = raw.seq + 1
+            try:
+                decoded = decode(raw.subject or subject, raw.headers, raw.data or b"")
+            except ProtocolError:
+                continue
+            frame = decoded.message
+            if not isinstance(frame, FrameMessage):
+                continue
+            verdict = ledger.on_replay(Delivery(frame.seq, frame.keyframe, raw.seq))
+            replayed += 1
+            await self._act(verdict, frame, decoded, None)
+        for record in ledger.end_replay(complete=complete):
+            worker.record_drop(record, self.partition, self.epoch)
+        worker.count("replayed", replayed)
+        log.info(
+            "worker: %s replayed %d frames from its keyframe (handover %s)",
+            ledger.source_id,
+            replayed,
+            ledger.handover_seq,
+        )
+
+
+def _position(entry: Any) -> int | None:
+    try:
+        return decode_keyframe_position(entry.value or b"").stream_seq
+    except ProtocolError:
+        return None
+
+
+async def _ack(message: Msg) -> None:
+    with contextlib.suppress(nats.errors.Error):
+        await message.ack()
+
+
+def drop_record_json(record: DropRecord, worker_id: str, partition: int, epoch: int) -> bytes:
+    """The body of a drop record on ``<prefix>.drop.<source_id>``."""
+    body: dict[str, Any] = {
+        "source_id": record.source_id,
+        "first_seq": record.first_seq,
+        "last_seq": record.last_seq,
+        "reason": record.reason,
+        "worker": worker_id,
+        "partition": partition,
+        "epoch": epoch,
+    }
+    return json.dumps(body).encode()

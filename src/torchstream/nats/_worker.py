@@ -1,0 +1,542 @@
+"""A worker: one pipeline fed by the partitions of the input stream this process owns.
+
+Workers find each other by heartbeats on ``<prefix>.workers.heartbeat`` and own partitions
+by bounded-load rendezvous hashing over the workers that said they are ready
+(:class:`~torchstream.nats._assignment.Membership`); each pulls only what it owns, as the
+pinned client of those partitions' consumers (see :mod:`torchstream.nats._partition`).
+Every result goes to ``<prefix>.out.<source_id>`` with the worker, partition and claim
+epoch in its headers; every frame that yields none is counted by reason and published as a
+drop record on ``<prefix>.drop.<source_id>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import nats.errors
+import torch
+
+from torchstream._draw import AnnotationStyle
+from torchstream._errors import ClosedResourceError, OverloadedError
+from torchstream._types import Sink, Stage
+from torchstream.nats._assignment import Membership
+from torchstream.nats._connection import close_quietly, connect
+from torchstream.nats._emit import Emitter
+from torchstream.nats._errors import LayoutError
+from torchstream.nats._fence import StallWatchdog
+from torchstream.nats._jsapi import JetStreamApi
+from torchstream.nats._layout import Layout, _partitions_of
+from torchstream.nats._ledger import DropRecord, Ledger, StreamLedger
+from torchstream.nats._partition import OwnedPartition, drop_record_json
+from torchstream.nats._tickets import ResultSink, Ticket
+from torchstream.nats._wire import Decoded, check_object, encode
+from torchstream.pipeline import Pipeline
+from torchstream.pipeline._tracing import FrameTracer
+from torchstream.sources._pushed import PushedSource
+from torchstream.sources._video import DecoderChoice
+from torchstream.transport._protocol import EndOfStream, FrameMessage, ImagePayload, PacketPayload
+
+__all__ = ["Worker", "WorkerStatistics"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerStatistics:
+    """Counts of a worker since it started. ``dropped``: frames without a result, by reason
+    (the ledger's, ``fenced``, ``decode_error``, ``pipeline_<reason>``, ``overloaded``)
+    plus ``duplicate`` redeliveries; each was published as a drop record (not duplicates)."""
+
+    worker_id: str
+    partitions: tuple[int, ...]
+    results: int
+    results_unstored: int
+    decoded_only: int
+    dropped: dict[str, int]
+    counts: dict[str, int]
+    """``claims``, ``takeovers`` (cameras taken over), ``replayed``, ``stalls``,
+    ``rejected`` (malformed messages), ``leaves`` (partitions handed over gracefully)."""
+
+
+class Worker:
+    """Runs ``stages`` on the frames of the partitions it owns; see the module docstring.
+
+    ``layout``: its ``prefix`` and names; the partition count, pin timeout and ack wait are
+    read from the server (run ``torchstream nats init`` first: :class:`LayoutError`
+    otherwise). ``heartbeat_timeout_seconds`` (default: the pin timeout) drops a silent
+    peer; ``stall_threshold_seconds`` (default: 0.6 x (that timeout - a pull's expiry))
+    fences this worker when its loop stalls (SIGSTOP): it stops emitting, drops what it
+    holds (counted ``fenced``) and joins again.
+
+    :meth:`run` blocks until :meth:`stop` (safe from a signal handler): the worker then
+    stops pulling, finishes the frames in flight (at most ``drain_timeout_seconds``),
+    publishes and acknowledges them, unpins its partitions and announces that it leaves,
+    so its partitions move without losing a frame.
+    """
+
+    def __init__(
+        self,
+        servers: str | list[str],
+        stages: Sequence[Stage],
+        *,
+        layout: Layout | None = None,
+        worker_id: str | None = None,
+        sinks: Sequence[Sink] = (),
+        device: str | torch.device = "cpu",
+        decoder: DecoderChoice = "auto",
+        content: Literal["none", "image"] = "none",
+        style: AnnotationStyle | None = None,
+        heartbeat_timeout_seconds: float | None = None,
+        stall_threshold_seconds: float | None = None,
+        pull_batch: int = 64,
+        drain_timeout_seconds: float = 10.0,
+        max_queued: int = 4096,
+        tracer: FrameTracer | None = None,
+    ) -> None:
+        if heartbeat_timeout_seconds is not None and heartbeat_timeout_seconds <= 0:
+            raise ValueError(
+                f"heartbeat_timeout_seconds must be > 0, got {heartbeat_timeout_seconds}"
+            )
+        if stall_threshold_seconds is not None and stall_threshold_seconds <= 0:
+            raise ValueError(f"stall_threshold_seconds must be > 0, got {stall_threshold_seconds}")
+        if pull_batch < 1:
+            raise ValueError(f"pull_batch must be >= 1, got {pull_batch}")
+        if drain_timeout_seconds <= 0:
+            raise ValueError(f"drain_timeout_seconds must be > 0, got {drain_timeout_seconds}")
+        self.servers = servers
+        self.layout = layout or Layout()
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.incarnation = time.time_ns()
+        self._stages = list(stages)
+        self._sinks = list(sinks)
+        self._device = torch.device(device)
+        self._decoder: DecoderChoice = decoder
+        self._content: Literal["none", "image"] = content
+        self._style = style
+        self._heartbeat_timeout = heartbeat_timeout_seconds
+        self._stall_threshold = stall_threshold_seconds
+        self.pull_batch = pull_batch
+        self.pull_expires_seconds = 0.25
+        self._drain_timeout = drain_timeout_seconds
+        self._max_queued = max_queued
+        self._tracer = tracer
+        self.ledger = Ledger()
+        self.stream_first_seq: int | None = None
+        self.ready = threading.Event()
+        """Set once the pipeline is up and the worker has joined the group."""
+        self._owned: dict[int, OwnedPartition] = {}
+        self._claims: dict[int, int] = {}
+        self._sources: dict[str, PushedSource] = {}
+        self._in_flight: collections.Counter[int] = collections.Counter()
+        self._dropped: collections.Counter[str] = collections.Counter()
+        self._counts: collections.Counter[str] = collections.Counter()
+        self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._pipeline: Pipeline | None = None
+        self._emitter: Emitter | None = None
+        self._settle_until = 0.0
+        self._closing: set[asyncio.Future[None]] = set()
+
+    # -- the outside --------------------------------------------------------------------
+
+    def run(self) -> WorkerStatistics:
+        """Serve until :meth:`stop`; returns the final statistics."""
+        sink = ResultSink(
+            self.layout.result_subject,
+            self.worker_id,
+            self._settled_from_thread,
+            content=self._content,
+            style=self._style,
+        )
+        with Pipeline(
+            self._stages,
+            [sink, *self._sinks],
+            device=self._device,
+            tracer=self._tracer,
+            on_drop=sink.dropped,
+        ) as pipeline:
+            self._pipeline = pipeline
+            asyncio.run(self._main())
+            for source in self._sources.values():
+                source.end()
+            pipeline.wait(self._drain_timeout)
+        return self.statistics()
+
+    def stop(self) -> None:
+        """Leave gracefully (see the class docstring); safe from any thread and from a
+        signal handler."""
+        self._stopping = True
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(wake.set)
+
+    def statistics(self) -> WorkerStatistics:
+        stats = self.ledger.statistics()
+        emitter = self._emitter
+        return WorkerStatistics(
+            worker_id=self.worker_id,
+            partitions=tuple(sorted(self._owned)),
+            results=emitter.published if emitter else 0,
+            results_unstored=emitter.unstored if emitter else 0,
+            decoded_only=stats.decoded_only,
+            dropped=dict(self._dropped),
+            counts=dict(self._counts),
+        )
+
+    # -- the event loop -----------------------------------------------------------------
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self.connection = await connect(self.servers, name=f"torchstream-worker-{self.worker_id}")
+        try:
+            await self._serve()
+        finally:
+            await close_quietly(self.connection)
+
+    async def _serve(self) -> None:
+        self.api = JetStreamApi(self.connection)
+        self.js = self.connection.jetstream()
+        await self._discover_layout()
+        self.keyframes = await self.js.key_value(self.layout.keyframes_bucket)
+        self._claims_kv = await self.js.key_value(self.layout.workers_bucket)
+        timeout = self._heartbeat_timeout or self.layout.pin_timeout_seconds
+        self.pull_expires_seconds = min(0.25, self.layout.pin_timeout_seconds / 4)
+        threshold = self._stall_threshold or 0.6 * (
+            min(timeout, self.layout.pin_timeout_seconds) - self.pull_expires_seconds
+        )
+        self._interval = timeout / 4
+        self._watchdog = StallWatchdog(
+            stall_threshold_seconds=threshold, now_seconds=time.monotonic()
+        )
+        self._membership = Membership(
+            partitions=self.layout.partitions, heartbeat_timeout_seconds=timeout
+        )
+        emitter = self._emitter = Emitter(
+            self.connection,
+            drop_subject_of=lambda s: f"{self.layout.prefix}.drop.{s}",
+            may_emit=self._may_emit,
+            on_drop=self.record_drop,
+            on_done=self._done,
+            stored=self.layout.results_stream is not None,
+        )
+        await emitter.start()
+        subject = f"{self.layout.prefix}.workers.heartbeat"
+        subscription = await self.connection.subscribe(subject, cb=self._on_heartbeat)
+        background = [
+            asyncio.create_task(self._heartbeats(subject)),
+            asyncio.create_task(self._refresh_stream_info()),
+        ]
+        # Hear the peers before owning anything, or this worker would pull (and pin) what
+        # they own.
+        self._settle_until = time.monotonic() + 2 * self._interval
+        self.ready.set()
+        assert self._wake is not None
+        while not self._stopping:
+            await self._rebalance()
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval)
+        # Announce the leave first: the others ask for the pins (and get them as soon as
+        # each partition is drained and unpinned) instead of learning it afterwards.
+        await self._heartbeat(subject, leaving=True)
+        await asyncio.gather(*(self._release(p) for p in list(self._owned)))
+        await self.connection.flush()
+        for task in background:
+            task.cancel()
+        await subscription.unsubscribe()
+        await emitter.close()
+
+    async def _discover_layout(self) -> None:
+        layout = self.layout
+        info = await self.api.stream_info(layout.input_stream)
+        if info is None:
+            raise LayoutError(f"no stream {layout.input_stream}: run `torchstream nats init`")
+        partitions = _partitions_of(info["config"]) or layout.partitions
+        consumer = await self.api.consumer_info(layout.input_stream, layout.consumer_name(0))
+        changes: dict[str, Any] = {"partitions": partitions}
+        if consumer is not None:
+            config = consumer["config"]
+            changes["pin_timeout_seconds"] = config.get("priority_timeout", 1e9) / 1e9
+            changes["ack_wait_seconds"] = config.get("ack_wait", 30e9) / 1e9
+        if layout.results_stream is not None and (
+            await self.api.stream_info(layout.results_stream) is None
+        ):
+            changes["results_stream"] = None
+        self.layout = replace(layout, **changes)
+
+    async def _heartbeats(self, subject: str) -> None:
+        while True:
+            self.check_progress()
+            await self._heartbeat(subject)
+            await asyncio.sleep(self._interval)
+
+    async def _heartbeat(self, subject: str, *, leaving: bool = False) -> None:
+        leaving = leaving or self._stopping  # late beats must not bring it back
+        body = json.dumps(
+            {
+                "worker": self.worker_id,
+                "incarnation": self.incarnation,
+                "ready": self.ready.is_set() and not leaving,
+                "leaving": leaving,
+            }
+        )
+        try:
+            await self.connection.publish(subject, body.encode())
+        except nats.errors.Error as exc:
+            log.debug("worker: heartbeat not sent: %r", exc)
+
+    async def _on_heartbeat(self, message: Any) -> None:
+        try:
+            beat = json.loads(message.data)
+            changed = self._membership.observe(
+                str(beat["worker"]),
+                incarnation=int(beat["incarnation"]),
+                ready=bool(beat["ready"]),
+                leaving=bool(beat.get("leaving")),
+                now_seconds=time.monotonic(),
+            )
+        except (ValueError, KeyError, TypeError):
+            return
+        if changed and self._wake is not None:
+            self._wake.set()
+
+    async def _refresh_stream_info(self) -> None:
+        while True:
+            try:
+                info = await self.api.stream_info(self.layout.input_stream)
+                if info is not None:
+                    self.stream_first_seq = int(info["state"]["first_seq"])
+            except Exception as exc:  # the next try may work; the value only ages
+                log.debug("worker: stream info: %r", exc)
+            await asyncio.sleep(1.0)
+
+    # -- ownership ----------------------------------------------------------------------
+
+    async def _rebalance(self) -> None:
+        now = time.monotonic()
+        if not self.check_progress() or now < self._settle_until:
+            return
+        if self._owned and self.worker_id not in self._membership.owners(now):
+            # Its own heartbeats stopped coming back (a cut link): the others have taken or
+            # will take its partitions; what it holds must not go out after their results.
+            self._fence("lost its link to the group")
+            return
+        wanted = self._membership.owned_by(self.worker_id, now)
+        lost = [p for p in self._owned if p not in wanted]
+        gained = [p for p in sorted(wanted) if p not in self._owned]
+        await asyncio.gather(*(self._release(p) for p in lost))
+        for partition in gained:
+            owned = OwnedPartition(self, partition)
+            self._owned[partition] = owned
+            await owned.start()
+        if lost or gained:
+            log.info(
+                "worker %s: owns %d partitions (+%d -%d)",
+                self.worker_id,
+                len(self._owned),
+                len(gained),
+                len(lost),
+            )
+
+    async def claim(self, partition: int) -> int:
+        """A new epoch for this worker's claim of ``partition``: the revision of a write to
+        the workers bucket, which only grows."""
+        body = json.dumps({"worker": self.worker_id, "incarnation": self.incarnation})
+        epoch = int(await self._claims_kv.put(f"claim.{partition}", body.encode()))
+        self._claims[partition] = epoch
+        self._counts["claims"] += 1
+        return epoch
+
+    async def _release(self, partition: int) -> None:
+        """Hand ``partition`` over: stop pulling, finish its frames, unpin, forget it."""
+        owned = self._owned.get(partition)
+        if owned is None:
+            return
+        await owned.stop()
+        deadline = time.monotonic() + self._drain_timeout
+        while self._in_flight[partition] > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        await owned.unpin()
+        self._forget(owned, "left")
+        self._counts["leaves"] += 1
+
+    def _forget(self, owned: OwnedPartition, reason: str) -> None:
+        self._owned.pop(owned.partition, None)
+        self._claims.pop(owned.partition, None)
+        self.ledger.release(owned.ledgers)
+        for source_id in owned.ledgers:
+            source = self._sources.pop(source_id, None)
+            if source is not None:
+                source.end() if reason == "left" else source.close()
+            if self._emitter is not None:
+                self._emitter.drain(source_id, reason)
+
+    def check_progress(self) -> bool:
+        """Record progress of the loop; False (and the worker fences itself) after a stall."""
+        now = time.monotonic()
+        stall = self._watchdog.progress(now)
+        if stall is None and self._watchdog.stalled is None:
+            return True
+        if stall is not None:
+            self._counts["stalls"] += 1
+            self._fence(f"stalled {stall.stalled_seconds:.2f} s")
+            self._watchdog.recover(now)
+        return False
+
+    def _fence(self, why: str) -> None:
+        """Give up every partition at once: nothing it holds goes out (counted ``fenced``),
+        nothing is acknowledged; it joins again after hearing the group."""
+        log.warning("worker %s: %s: dropping its partitions", self.worker_id, why)
+        self._counts["fences"] += 1
+        for owned in list(self._owned.values()):
+            owned.cancel()
+            closing = asyncio.ensure_future(owned.puller.close())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+            self._forget(owned, "fenced")
+        self._settle_until = time.monotonic() + 2 * self._interval
+
+    # -- frames in and out --------------------------------------------------------------
+
+    async def push(self, ticket: Ticket, frame: FrameMessage, payload: memoryview | None) -> None:
+        """Feed one frame to the camera's source (made on its first frame)."""
+        assert self._emitter is not None
+        description = frame.payload
+        if payload is None or description is None:
+            self.count("rejected")
+            if ticket.message is not None:
+                await ticket.message.ack()
+            return
+        common: dict[str, Any] = {
+            "traceparent": frame.traceparent,
+            "seq": frame.seq,
+            "original": ticket,
+            "timeout": 0.0,
+            "attributes": dict(frame.metadata.attributes) if frame.metadata else {},
+        }
+        if ticket.decode_only:
+            common["deadline_monotonic"] = 0.0  # decoded, then dropped before any stage
+        for attempt in (1, 2):
+            source = await self._source(frame.source_id)
+            try:
+                if isinstance(description, PacketPayload):
+                    numerator, denominator = description.time_base
+                    source.push_packet(
+                        payload,
+                        codec=description.codec,
+                        pts=description.pts,
+                        time_base=numerator / denominator,
+                        keyframe=frame.keyframe,
+                        extradata=description.extradata,
+                        **common,
+                    )
+                elif isinstance(description, ImagePayload):
+                    source.push_image(payload, pts_seconds=frame.pts_seconds, **common)
+                else:
+                    raise ValueError("raw pixels are not taken over NATS")
+            except ClosedResourceError:
+                self._sources.pop(frame.source_id, None)
+                if attempt == 1:
+                    continue
+                ticket.state, ticket.reason = "dropped", "source_failed"
+            except (OverloadedError, ValueError) as exc:
+                ticket.state, ticket.reason = "dropped", "overloaded"
+                log.warning("worker: %s #%d not taken: %s", frame.source_id, frame.seq, exc)
+            break
+        if ticket.decode_only:
+            self._counts["decode_only"] += 1
+            return
+        if ticket.message is not None:
+            self._in_flight[ticket.partition] += 1
+        self._emitter.add(ticket)
+        if ticket.state != "pending":
+            self._emitter.settle(ticket)
+
+    async def _source(self, source_id: str) -> PushedSource:
+        source = self._sources.get(source_id)
+        if source is not None and not source.ended:
+            return source
+        pipeline = self._pipeline
+        assert pipeline is not None
+        deadline = time.monotonic() + 30.0
+        while source_id in pipeline.sources() and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)  # the previous session still drains
+        source = PushedSource(source_id, decoder=self._decoder, max_queued=self._max_queued)
+        pipeline.add_source(source)
+        self._sources[source_id] = source
+        return source
+
+    async def end_source(self, ticket: Ticket, eos: EndOfStream) -> None:
+        """A camera's end of stream: its source ends, the end goes out after its results."""
+        assert self._emitter is not None
+        source = self._sources.pop(eos.source_id, None)
+        if source is not None:
+            source.end()
+        encoded = encode(self.layout.result_subject(eos.source_id), eos)
+        ticket.encoded, ticket.state = encoded, "result"
+        self._in_flight[ticket.partition] += 1
+        self._emitter.after(ticket)
+
+    async def fetch_object(self, decoded: Decoded) -> memoryview | None:
+        store = await self.js.object_store(self.layout.objects_bucket)
+        try:
+            result = await store.get(decoded.object_name or "")
+        except nats.errors.Error as exc:
+            log.warning("worker: image %s unavailable: %r", decoded.object_name, exc)
+            return None
+        return check_object(decoded, result.data or b"")
+
+    def _settled_from_thread(self, ticket: Ticket) -> None:
+        loop = self._loop
+        if loop is not None and self._emitter is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._emitter.settle, ticket)
+
+    def _may_emit(self, ticket: Ticket) -> bool:
+        return (
+            self._watchdog.may_emit(time.monotonic())
+            and self._claims.get(ticket.partition) == ticket.epoch
+        )
+
+    def _done(self, ticket: Ticket) -> None:
+        if ticket.message is not None and self._in_flight[ticket.partition] > 0:
+            self._in_flight[ticket.partition] -= 1
+
+    def record_drop(self, record: DropRecord, partition: int, epoch: int) -> None:
+        """Count a drop and publish it (duplicates are only counted)."""
+        self._dropped[record.reason] += record.frames
+        if record.reason != "duplicate" and self._emitter is not None:
+            self._emitter.publish_drop(
+                record, drop_record_json(record, self.worker_id, partition, epoch)
+            )
+
+    def count(self, name: str, n: int = 1) -> None:
+        self._counts[name] += n
+
+    def schedule_window_close(self, owned: OwnedPartition, ledger: StreamLedger) -> None:
+        """Count the takeover window's frames that never came back, once they cannot."""
+        self._counts["takeovers"] += 1
+        delay = self.layout.ack_wait_seconds + self.layout.pin_timeout_seconds
+
+        def close() -> None:
+            if (
+                owned.ledgers.get(ledger.source_id) is ledger
+                and self._owned.get(owned.partition) is owned
+            ):
+                for record in ledger.close_window():
+                    self.record_drop(record, owned.partition, owned.epoch)
+
+        assert self._loop is not None
+        self._loop.call_later(delay, close)

@@ -1,0 +1,301 @@
+"""Shared by the worker tests and the fault suite: a small H.264 clip as packets, a
+publisher thread replaying it into the input stream, and a collector of what the workers
+publish (results and drop records) feeding an :class:`Accounting`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+from torchstream.nats import Layout, Publisher, connect, decode
+from torchstream.nats._accounting import Accounting, ResultRecord
+from torchstream.nats._connection import close_quietly
+from torchstream.nats._ledger import DropRecord
+from torchstream.nats._tickets import EPOCH_HEADER, PARTITION_HEADER, WORKER_HEADER
+from torchstream.testing import SyntheticVideo
+from torchstream.transport import FrameMessage, PacketPayload, ResultMessage
+
+GOP = 10
+"""Frames per group of pictures of the test clip (a keyframe every GOP frames)."""
+
+
+@dataclass(frozen=True)
+class Packet:
+    data: bytes
+    pts: int
+    keyframe: bool
+
+
+def h264_packets(frames: int = 60, *, width: int = 128, height: int = 96) -> list[Packet]:
+    """``frames`` H.264 packets in Annex B, one picture each, no B-frames, a keyframe every
+    :data:`GOP` frames (pts in 1/90000 s at 30 fps)."""
+    import av
+
+    codec = av.CodecContext.create("libx264", "w")
+    codec.width, codec.height, codec.pix_fmt = width, height, "yuv420p"
+    codec.time_base = Fraction(1, 90000)
+    codec.framerate = Fraction(30)
+    codec.options = {
+        "bf": "0",
+        "g": str(GOP),
+        "keyint_min": str(GOP),
+        "sc_threshold": "0",
+        "tune": "zerolatency",
+        "preset": "ultrafast",
+        "annexb": "1",
+        "repeat-headers": "1",
+    }
+    codec.open()
+    video = SyntheticVideo(width=width, height=height)
+    packets: list[Packet] = []
+    for seq in range(frames):
+        picture = av.VideoFrame.from_ndarray(video.render(seq).numpy(), format="rgb24")
+        picture = picture.reformat(format="yuv420p")
+        picture.pts = seq * 3000
+        picture.time_base = Fraction(1, 90000)
+        packets += [Packet(bytes(p), int(p.pts), p.is_keyframe) for p in codec.encode(picture)]
+    packets += [Packet(bytes(p), int(p.pts), p.is_keyframe) for p in codec.encode(None)]
+    return packets
+
+
+def frame_message(source_id: str, seq: int, packet: Packet) -> FrameMessage:
+    return FrameMessage(
+        source_id=source_id,
+        seq=seq,
+        pts_seconds=packet.pts / 90000,
+        keyframe=packet.keyframe,
+        payload=PacketPayload(
+            codec="h264", width=128, height=96, time_base=(1, 90000), pts=packet.pts
+        ),
+    )
+
+
+class Replayer:
+    """Publishes ``cameras`` sources on a thread, each looping the clip with increasing
+    seqs and pts at ``fps`` (all cameras in step), until :meth:`stop`. Records what was
+    acknowledged (and what may have been) in ``accounting``."""
+
+    def __init__(
+        self,
+        url: str | list[str],
+        layout: Layout,
+        cameras: list[str],
+        accounting: Accounting,
+        *,
+        fps: float = 30.0,
+        frames: int = 60,
+    ) -> None:
+        self.url, self.layout, self.cameras, self.fps = url, layout, cameras, fps
+        self.accounting = accounting
+        self.packets = h264_packets(frames)
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def start(self) -> Replayer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    async def _run(self) -> None:
+        connection = await connect(self.url)
+        publisher = Publisher(connection, self.layout, max_in_flight=256, ack_timeout_seconds=3)
+        waiting: list[tuple[str, int, asyncio.Future[bool | None]]] = []
+        started = time.monotonic()
+        seq = 0
+        try:
+            while not self._stop.is_set():
+                delay = started + seq / self.fps - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                packet = self.packets[seq % len(self.packets)]
+                looped = Packet(
+                    packet.data,
+                    packet.pts + 3000 * len(self.packets) * (seq // len(self.packets)),
+                    packet.keyframe,
+                )
+                for camera in self.cameras:
+                    waiting.append(
+                        (
+                            camera,
+                            seq,
+                            asyncio.ensure_future(
+                                publisher.publish(
+                                    frame_message(camera, seq, looped), looped.data, wait=True
+                                )
+                            ),
+                        )
+                    )
+                seq += 1
+                self.sent = seq
+            for camera, number, future in waiting:
+                try:
+                    stored = await future
+                except Exception:
+                    stored = False
+                self.accounting.published(camera, [number], acknowledged=bool(stored))
+        finally:
+            await publisher.close()
+            await close_quietly(connection)
+
+
+@dataclass
+class Collector:
+    """Subscribes to results and drop records; feeds ``accounting`` (results pass a sink's
+    fence first, like ``torchstream sink --nats``)."""
+
+    url: str | list[str]
+    layout: Layout
+    accounting: Accounting
+    results: list[tuple[float, ResultRecord]] = field(default_factory=list)
+    drops: list[DropRecord] = field(default_factory=list)
+    fenced: int = 0
+    ready: set[str] = field(default_factory=set)
+    """Workers whose last heartbeat said ready."""
+
+    def __post_init__(self) -> None:
+        from torchstream.nats._fence import Fence
+
+        self._fence = Fence()
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def start(self) -> Collector:
+        self._thread.start()
+        assert self._ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    def workers_of(self, source_id: str) -> list[str]:
+        return [r.worker_id for _, r in self.results if r.source_id == source_id]
+
+    async def _run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        connection = await connect(self.url)
+        prefix = self.layout.prefix
+
+        async def on_result(message: object) -> None:
+            subject = message.subject  # type: ignore[attr-defined]
+            headers = message.headers or {}  # type: ignore[attr-defined]
+            decoded = decode(subject, headers, message.data).message  # type: ignore[attr-defined]
+            if not isinstance(decoded, ResultMessage):
+                return
+            record = ResultRecord(
+                decoded.source_id, decoded.seq, headers[WORKER_HEADER], int(headers[EPOCH_HEADER])
+            )
+            verdict = self._fence.check(
+                partition=int(headers[PARTITION_HEADER]),
+                epoch=record.epoch,
+                worker_id=record.worker_id,
+                source_id=record.source_id,
+                seq=record.seq,
+            )
+            if verdict is not None:
+                self.fenced += 1
+                return
+            self.results.append((time.monotonic(), record))
+            self.accounting.result(record)
+
+        async def on_drop(message: object) -> None:
+            body = json.loads(message.data)  # type: ignore[attr-defined]
+            record = DropRecord(
+                body["source_id"], body["first_seq"], body["last_seq"], body["reason"]
+            )
+            self.drops.append(record)
+            self.accounting.drop(record)
+
+        async def on_heartbeat(message: object) -> None:
+            beat = json.loads(message.data)  # type: ignore[attr-defined]
+            if beat["ready"]:
+                self.ready.add(beat["worker"])
+            else:
+                self.ready.discard(beat["worker"])
+
+        await connection.subscribe(f"{prefix}.workers.heartbeat", cb=on_heartbeat)
+        await connection.subscribe(f"{prefix}.out.*", cb=on_result)
+        await connection.subscribe(f"{prefix}.drop.*", cb=on_drop)
+        await connection.flush()
+        self._ready.set()
+        await self._stop.wait()
+        await close_quietly(connection)
+
+
+IDENTITY_PIPELINE = '''
+"""An identity pipeline for the fault suite: one cheap stage that marks each frame."""
+from torchstream import PipelineSpec
+
+
+class Mark:
+    name = "mark"
+
+    def process(self, frames):
+        for frame in frames:
+            frame.attributes["test.marked"] = True
+
+
+def build(config, options):
+    return PipelineSpec(stages=[Mark()])
+'''
+
+
+def start_worker(
+    url: str, pipeline: Path, worker_id: str, *extra: str, log: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """``torchstream worker`` as a subprocess (stopped by the caller, by pid)."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2] / "src"))
+    command = [sys.executable, "-m", "torchstream.cli", "worker", str(pipeline), "--nats", url,
+               "--worker-id", worker_id, "--log-level", "info", *extra]
+    if log is None:
+        return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.STDOUT)
+    with open(log, "ab") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def stop_process(
+    process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout_seconds: float = 20.0
+) -> int:
+    if process.poll() is None:
+        process.send_signal(sig)
+    try:
+        return process.wait(timeout_seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait(5)
+
+
+def wait_for(condition: object, timeout_seconds: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return True
+        time.sleep(interval)
+    return False
+
+
+def iter_unique(values: list[str]) -> Iterator[str]:
+    seen: set[str] = set()
+    for value in values:
+        if value not in seen:
+            seen.add(value)
+            yield value

@@ -1,0 +1,263 @@
+"""The fault suite: real ``torchstream worker`` processes and a real nats-server, started and
+stopped by pid; a publisher replaying an H.264 clip; every run checked by the accounting
+(published = processed + counted drops, no duplicate, no result out of order)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from tests.nats._helpers import (
+    IDENTITY_PIPELINE,
+    Collector,
+    Replayer,
+    start_worker,
+    stop_process,
+    wait_for,
+)
+
+from torchstream.nats import Layout, connect, init_layout
+from torchstream.nats._accounting import Accounting
+from torchstream.nats._connection import close_quietly
+from torchstream.testing import NatsCluster, NatsServer
+
+PIN_TIMEOUT_SECONDS = 0.5
+LAYOUT = Layout(partitions=8, pin_timeout_seconds=PIN_TIMEOUT_SECONDS, ack_wait_seconds=2.0)
+CAMERAS = [f"cam-{n}" for n in range(6)]
+FPS = 15.0
+
+
+def _init(url: str | list[str], layout: Layout = LAYOUT) -> None:
+    async def main() -> None:
+        connection = await connect(url)
+        await init_layout(connection, layout)
+        await close_quietly(connection)
+
+    asyncio.run(main())
+
+
+class Deployment:
+    """Workers (subprocesses), a collector and a replayer around one server."""
+
+    def __init__(self, url: str | list[str], tmp_path: Path, *,
+                 collector_url: str | None = None) -> None:
+        self.url = url if isinstance(url, str) else ",".join(url)
+        self.tmp_path = tmp_path
+        self.pipeline = tmp_path / "identity.py"
+        self.pipeline.write_text(IDENTITY_PIPELINE)
+        self.accounting = Accounting()
+        self.collector = Collector(collector_url or url, LAYOUT, self.accounting).start()
+        self.workers: dict[str, subprocess.Popen[bytes]] = {}
+        self.replayer: Replayer | None = None
+
+    def add(self, worker_id: str, *extra: str, url: str | None = None
+            ) -> subprocess.Popen[bytes]:
+        process = start_worker(url or self.url, self.pipeline, worker_id, *extra,
+                               log=self.tmp_path / f"{worker_id}.log")
+        self.workers[worker_id] = process
+        assert wait_for(lambda: worker_id in self.collector.ready, 60), self.log(worker_id)
+        return process
+
+    def log(self, worker_id: str) -> str:
+        path = self.tmp_path / f"{worker_id}.log"
+        return path.read_text()[-3000:] if path.exists() else ""
+
+    def replay(self) -> Replayer:
+        self.replayer = Replayer(self.url.split(","), LAYOUT, CAMERAS, self.accounting,
+                                 fps=FPS).start()
+        assert wait_for(lambda: {r.source_id for _, r in self.collector.results}
+                        >= set(CAMERAS), 30), "no results"
+        return self.replayer
+
+    def owner_of(self, camera: str) -> str:
+        return [r.worker_id for _, r in self.collector.results if r.source_id == camera][-1]
+
+    def finish(self) -> None:
+        """Stop publishing, let the workers catch up, stop them, check the accounting."""
+        assert self.replayer is not None
+        self.replayer.stop()
+        expected = self.replayer.sent
+
+        def caught_up() -> bool:
+            report = self.accounting.report()
+            return all(not s.unaccounted for s in report.sources)
+
+        wait_for(caught_up, 10)
+        for process in self.workers.values():
+            stop_process(process)
+        self.collector.stop()
+        assert expected > 0
+
+    def close(self) -> None:
+        for process in self.workers.values():
+            stop_process(process, signal.SIGKILL, 5)
+        self.collector.stop()
+        if self.replayer is not None:
+            self.replayer.stop()
+
+
+@pytest.fixture
+def deployment(server: NatsServer, tmp_path: Path) -> Iterator[Deployment]:
+    _init(server.url)
+    running = Deployment(server.url, tmp_path)
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+def _arrivals(collector: Collector, camera: str) -> list[tuple[float, str, int]]:
+    return [(t, r.worker_id, r.seq) for t, r in collector.results if r.source_id == camera]
+
+
+def _first_after(collector: Collector, camera: str, moment: float, not_worker: str
+                 ) -> float | None:
+    for t, worker, _ in _arrivals(collector, camera):
+        if t > moment and worker != not_worker:
+            return t
+    return None
+
+
+def test_sigkill_a_worker(deployment: Deployment) -> None:
+    for name in ("w1", "w2", "w3"):
+        deployment.add(name)
+    deployment.replay()
+    time.sleep(1.0)
+    victim = deployment.owner_of(CAMERAS[0])
+    moved = [c for c in CAMERAS if deployment.owner_of(c) == victim]
+    killed_at = time.monotonic()
+    deployment.workers[victim].kill()
+    deployment.workers[victim].wait()
+    # Past the takeover window: ack wait + pin timeout after the takeover.
+    time.sleep(LAYOUT.ack_wait_seconds + 2 * PIN_TIMEOUT_SECONDS + 0.5)
+    deployment.finish()
+    takeovers = {c: _first_after(deployment.collector, c, killed_at, victim) for c in moved}
+    print("takeover seconds:", {c: None if t is None else round(t - killed_at, 3)
+                                for c, t in takeovers.items()})
+    for camera, moment in takeovers.items():
+        assert moment is not None, camera
+        assert moment - killed_at <= PIN_TIMEOUT_SECONDS + 0.5 + 1 / FPS, camera
+    report = deployment.accounting.report()
+    print(report)
+    assert report.ok, str(report)
+
+
+def test_add_and_remove_a_worker_gracefully(deployment: Deployment) -> None:
+    deployment.add("w1")
+    deployment.add("w2")
+    deployment.replay()
+    time.sleep(1.0)
+    joined_at = time.monotonic()
+    deployment.add("w3")
+    time.sleep(1.5)
+    leaving = deployment.owner_of(CAMERAS[0])
+    stop_process(deployment.workers.pop(leaving))
+    time.sleep(1.5)
+    deployment.finish()
+    report = deployment.accounting.report()
+    print(report)
+    assert report.ok, str(report)
+    assert sum(sum(s.lost.values()) for s in report.sources) == 0, str(report)
+    gaps = []
+    for camera in CAMERAS:
+        times = [t for t, _, _ in _arrivals(deployment.collector, camera) if t > joined_at]
+        gaps.append(max(b - a for a, b in itertools.pairwise(times)))
+    print("largest gap per camera:", [round(g, 3) for g in gaps])
+    assert max(gaps) < 0.5 + 1 / FPS
+
+
+def test_sigstop_a_worker_for_3_seconds(deployment: Deployment) -> None:
+    deployment.add("w1")
+    deployment.add("w2")
+    deployment.replay()
+    time.sleep(1.0)
+    victim = deployment.owner_of(CAMERAS[0])
+    process = deployment.workers[victim]
+    process.send_signal(signal.SIGSTOP)
+    time.sleep(3.0)
+    process.send_signal(signal.SIGCONT)
+    time.sleep(LAYOUT.ack_wait_seconds + 2.0)
+    deployment.finish()
+    report = deployment.accounting.report()
+    print(report, "fenced at the sink:", deployment.collector.fenced)
+    assert report.ok, str(report)
+    assert "stalled" in deployment.log(victim)
+
+
+@pytest.mark.slow
+def test_restart_the_server_with_its_file_store(
+    server: NatsServer, deployment: Deployment
+) -> None:
+    deployment.add("w1")
+    deployment.add("w2")
+    deployment.replay()
+    time.sleep(1.0)
+    server.restart()
+    assert wait_for(lambda: deployment.collector.ready >= {"w1", "w2"}, 20)
+    time.sleep(LAYOUT.ack_wait_seconds + 2.0)
+    deployment.finish()
+    report = deployment.accounting.report()
+    print(report)
+    assert report.ok, str(report)
+    assert all(s.processed > 0 for s in report.sources)
+
+
+def test_blackhole_between_a_worker_and_the_server(
+    server: NatsServer, deployment: Deployment
+) -> None:
+    from torchstream.testing import TcpProxy
+
+    with TcpProxy("127.0.0.1", server.port) as proxy:
+        deployment.add("w1", url=f"nats://{proxy.address}")
+        deployment.add("w2")
+        deployment.replay()
+        time.sleep(1.0)
+        proxy.blackhole()
+        time.sleep(3.0)
+        proxy.heal()
+        time.sleep(LAYOUT.ack_wait_seconds + 3.0)
+        deployment.finish()
+    report = deployment.accounting.report()
+    print(report, "fenced at the sink:", deployment.collector.fenced)
+    assert report.ok, str(report)
+    assert all(s.processed > 0 for s in report.sources)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_stream_leader_dies_in_a_3_node_cluster(
+    cluster: NatsCluster, tmp_path: Path, how: str
+) -> None:
+    layout = replace(LAYOUT, replicas=3)
+    _init(cluster.urls, layout)
+    leader = cluster.stream_leader(layout.input_stream)
+    assert leader is not None
+    # The checking side listens on a node that stays up: results are plain messages to it,
+    # and a listener that reconnects misses those sent meanwhile.
+    other = next(url for url in cluster.urls if url != leader.url)
+    deployment = Deployment(cluster.urls, tmp_path, collector_url=other)
+    try:
+        deployment.add("w1")
+        deployment.add("w2")
+        deployment.replay()
+        time.sleep(1.0)
+        assert cluster.stream_leader(layout.input_stream) is leader
+        if how == "SIGKILL":
+            leader.kill()
+        else:
+            leader.stop()
+        time.sleep(LAYOUT.ack_wait_seconds + 4.0)
+        deployment.finish()
+    finally:
+        deployment.close()
+    report = deployment.accounting.report()
+    print(report)
+    assert report.ok, str(report)  # every acknowledged frame processed or counted
+    assert all(s.processed > 0 for s in report.sources)
