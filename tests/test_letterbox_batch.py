@@ -123,3 +123,14 @@ def test_triton_kernel_leaves_surfaces_alone_and_pads_exactly() -> None:
     rows, _ = boxes[0].content_slices()  # 1080x1920: padded above and below
     assert rows.start and bool((out[0, :, : rows.start] == 7.0).all())
     assert bool((out[0, :, rows.stop :] == 7.0).all())
+
+
+@pytest.mark.gpu
+def test_the_staging_ring_works_inside_and_outside_inference_mode() -> None:
+    from torchstream._kernels import _PinnedRing
+
+    ring = _PinnedRing(slots=1)
+    with torch.inference_mode():  # the first upload allocates the buffer (a model stage)
+        first = ring.upload([[1, 2], [3, 4]], torch.device("cuda"))
+    second = ring.upload([[5, 6], [7, 8]], torch.device("cuda"))  # then a plain caller
+    assert first.tolist() == [[1, 2], [3, 4]] and second.tolist() == [[5, 6], [7, 8]]

@@ -117,7 +117,12 @@ class _PinnedRing:
                 uploaded.synchronize()  # type: ignore[no-untyped-call]
             buffer = self._buffers[slot]
             if buffer is None or buffer.numel() < values.numel():
-                buffer = torch.empty(max(values.numel(), 1024), dtype=torch.int64, pin_memory=True)
+                # A normal tensor even when the first call comes under inference_mode (a model
+                # stage): an inference tensor could not be rewritten by later calls outside it.
+                with torch.inference_mode(False):
+                    buffer = torch.empty(
+                        max(values.numel(), 1024), dtype=torch.int64, pin_memory=True
+                    )
                 self._buffers[slot] = buffer
             staged = buffer[: values.numel()].view(values.shape)
             staged.copy_(values)
