@@ -12,6 +12,7 @@
 #     importlib-metadata zipp
 #   cp ../shared/assets/driving/solidWhiteRight.mp4 .gpu-pack/   # real content for benchmarks
 #   cp ../shared/assets/driving/twinlitenet_best.pth .gpu-pack/  # trained weights (driving)
+#   cp ../shared/assets/driving/solidWhiteRight.jpg .gpu-pack/   # a still (driving tests)
 # Then with the device tool: run `bash scripts/gpu-check.sh` with carry [".gpu-pack"].
 # What runs (each 0/1): TESTS (the GPU tests, then the whole suite), FACES (the sample on
 # CUDA), BENCH (preprocess and decode benchmarks), HTTP (benchmarks/http.py, all servers),

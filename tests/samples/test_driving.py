@@ -28,6 +28,8 @@ from torchstream.samples.driving._twinlitenet import TwinLiteNet, load_twinliten
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSETS = ROOT.parent / "shared" / "assets" / "driving"
+if not ASSETS.is_dir():  # the GPU machine gets the files in the GPU pack (scripts/gpu-check.sh)
+    ASSETS = ROOT / ".gpu-pack"
 WEIGHTS = ASSETS / "twinlitenet_best.pth"
 STILL = ASSETS / "solidWhiteRight.jpg"
 
