@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
+import itertools
 import json
 import os
 import platform
@@ -80,6 +82,27 @@ class Unpaced(VideoSource):
         for frame in super().frames():
             frame.attributes["bench.due"] = time.monotonic()
             yield frame
+
+
+class GcWatch:
+    """Python's garbage collections (generation, start, seconds), from ``gc.callbacks``."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[int, float, float]] = []
+        self._started = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.monotonic()
+        else:
+            now = time.monotonic()
+            self.pauses.append((info["generation"], self._started, now - self._started))
+
+    def between(self, start: float, stop: float) -> tuple[int, float]:
+        """Collections and the longest one (ms) that started between two monotonic times."""
+        inside = [seconds for _, at, seconds in self.pauses if start <= at < stop]
+        return len(inside), 1000 * max(inside, default=0.0)
 
 
 class GpuSampler:
@@ -184,6 +207,14 @@ def torchstream_run(
     with lock:
         inside = [(t, due, sid) for t, due, sid in done if start <= t < stop]
     latencies = np.array([t - due for t, due, _ in inside]) * 1000
+    # Stalls: the longest time no result came out, and the 100 ms bins with none.
+    times = sorted(t for t, _, _ in inside)
+    longest_gap_ms = 1000 * max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+    empty_bins = 0
+    if times:
+        bins = np.histogram(times, bins=max(1, int((stop - start) * 10)), range=(start, stop))[0]
+        empty_bins = int((bins == 0).sum())
+    gc_count, gc_longest_ms = GC_WATCH.between(start, stop)
     per_stream = {f"cam{i}": 0 for i in range(streams)}
     for _, _, sid in inside:
         per_stream[sid] += 1
@@ -205,6 +236,8 @@ def torchstream_run(
             torch.cuda.max_memory_reserved() / 2**20 if device.type == "cuda" else None
         ),
         "dropped": stats.dropped_total,
+        "longest_gap_ms": longest_gap_ms, "empty_100ms_bins": empty_bins,
+        "gc_collections": gc_count, "gc_longest_ms": gc_longest_ms,
         "batch_mean": stats.stages[0].batcher.mean_batch_size if stats.stages else None,
     }
     result["real_time"] = bool(
@@ -213,6 +246,9 @@ def torchstream_run(
     )
     print(json.dumps(result), flush=True)
     return result
+
+
+GC_WATCH = GcWatch()
 
 
 def _fmt(value: float | None, digits: int = 0) -> str:
