@@ -191,12 +191,12 @@ def torchstream_run(
         time.sleep(max(0.0, start - time.monotonic()))
         cpu_before = os.times()
         profiler = None
-        if args.profile_dir is not None and not paced:
+        if args.profile_dir is not None and (not paced or args.profile_paced):
             args.profile_dir.mkdir(parents=True, exist_ok=True)
             profiler = subprocess.Popen(
                 ["py-spy", "record", "--pid", str(os.getpid()), "--rate", "200", "--threads",
                  "--nonblocking", "--format", "raw", "--duration", str(int(args.seconds)),
-                 "-o", str(args.profile_dir / f"pyspy-{model}-{streams}.txt")],
+                 "-o", str(args.profile_dir / f"pyspy-{model}-{streams}-{int(paced)}.txt")],
                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
             )
         time.sleep(max(0.0, stop - time.monotonic()))
@@ -282,6 +282,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--profile-dir", type=Path, default=None,
                         help="py-spy the unpaced runs' measured window into this folder")
+    parser.add_argument("--profile-paced", action="store_true",
+                        help="with --profile-dir: the paced runs too")
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
     if args.switch_interval_ms is not None:
