@@ -107,3 +107,50 @@ def test_metrics_endpoint_is_announced_and_a_busy_port_is_an_error(
             "run", str(pipeline_file), "-i", str(lossless_file), "--metrics-port", str(port),
         ])
     assert result.exit_code == 2 and "cannot serve metrics" in result.output
+
+
+SPEED_PIPELINE = '''
+import json, sys
+from pathlib import Path
+
+from torchstream import PipelineSpec, RunConfig
+from torchstream.testing import RectangleDetector
+
+
+def build(config: RunConfig, options: None) -> PipelineSpec:
+    Path(__file__).with_suffix(".json").write_text(json.dumps({
+        "half": config.half, "channels_last": config.channels_last,
+        "cuda_graphs": config.cuda_graphs, "compile_mode": config.compile_mode,
+        "pad": config.batch_policy.pad_to_max_size, "batch": config.batch_policy.max_size,
+        "switch_ms": round(sys.getswitchinterval() * 1000, 3),
+    }))
+    return PipelineSpec(stages=[RectangleDetector(batch_policy=config.batch_policy)])
+'''
+
+
+def test_speed_options_reach_the_pipeline_and_are_checked(
+    tmp_path: Path, lossless_file: Path
+) -> None:
+    import json
+
+    pipeline = tmp_path / "speed.py"
+    pipeline.write_text(SPEED_PIPELINE)
+    before = sys.getswitchinterval()
+    try:
+        result = CliRunner().invoke(main, [
+            "run", str(pipeline), "--input", str(lossless_file), "--quiet", "--batch-size", "8",
+            "--half", "--channels-last", "--cuda-graphs", "--compile", "default",
+            "--switch-interval-ms", "0.5",
+        ])
+        assert result.exit_code == 0, result.output
+        assert json.loads(pipeline.with_suffix(".json").read_text()) == {
+            "half": True, "channels_last": True, "cuda_graphs": True, "compile_mode": "default",
+            "pad": True, "batch": 8, "switch_ms": 0.5,
+        }
+        refused = CliRunner().invoke(main, [
+            "run", str(pipeline), "--input", str(lossless_file),
+            "--cuda-graphs", "--compile", "reduce-overhead",
+        ])
+        assert refused.exit_code == 2 and "do not go together" in refused.output
+    finally:
+        sys.setswitchinterval(before)

@@ -17,18 +17,18 @@ from typing import Any
 import click
 
 from torchstream._cli_common import (
+    ModelSpeed,
     _console,
-    _device,
     _options_help,
     load_pipeline,
     parse_options,
+    speed_options,
     start_tracing,
     tracing_provider,
 )
 from torchstream._logging import configure_logging
-from torchstream._spec import PipelineSpec, RunConfig
+from torchstream._spec import PipelineSpec
 from torchstream._types import Sink
-from torchstream.pipeline import BatchPolicy
 from torchstream.sinks import JsonLinesSink
 from torchstream.sources import DecoderChoice
 
@@ -77,7 +77,6 @@ def _stop_on_signals(stop: Any) -> None:
               show_default=True, help="Video decoder for received packets.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=10.0, show_default=True)
-@click.option("--half", is_flag=True, help="Half precision on CUDA.")
 @click.option("--idle-timeout", type=click.FloatRange(min=0.01), default=60.0, show_default=True,
               help="Seconds without a frame after which a source ends.")
 @click.option("--shutdown-secret-file", type=click.Path(exists=True, dir_okay=False),
@@ -96,6 +95,7 @@ def _stop_on_signals(stop: Any) -> None:
 @click.option("--metrics-address", default="127.0.0.1", show_default=True)
 @click.option("--help", "show_help", is_flag=True,
               help="Show this message and the pipeline's options.")
+@speed_options
 @click.pass_context
 def module(
     ctx: click.Context,
@@ -108,7 +108,7 @@ def module(
     decoder: DecoderChoice,
     batch_size: int,
     max_wait_ms: float,
-    half: bool,
+    speed: ModelSpeed,
     idle_timeout: float,
     shutdown_secret_file: str | None,
     log_format: str,
@@ -143,11 +143,7 @@ def module(
         secret = Path(shutdown_secret_file).read_text().strip()
         if not secret:
             raise click.BadParameter("the file is empty", param_hint="--shutdown-secret-file")
-    config = RunConfig(
-        device=_device(device),
-        batch_policy=BatchPolicy(max_size=batch_size, max_wait_seconds=max_wait_ms / 1000),
-        half=half,
-    )
+    config = speed.run_config(device=device, batch_size=batch_size, max_wait_ms=max_wait_ms)
     spec: PipelineSpec = pipeline_module.build(config, options)
     configure_logging(level=log_level, json_lines=log_format == "json")
     tracer, provider = start_tracing(trace_ratio, trace_exporter, service="torchstream-module")

@@ -10,18 +10,18 @@ import time
 import click
 
 from torchstream._cli_common import (
+    ModelSpeed,
     _console,
-    _device,
     _options_help,
     load_pipeline,
     parse_options,
+    speed_options,
     start_tracing,
 )
 from torchstream._cli_nats import NATS_HELP, _nats, build_layout, layout_options
 from torchstream._logging import configure_logging
-from torchstream._spec import PipelineSpec, RunConfig
+from torchstream._spec import PipelineSpec
 from torchstream._types import Sink
-from torchstream.pipeline import BatchPolicy
 from torchstream.sinks import JsonLinesSink
 from torchstream.sources import DecoderChoice
 
@@ -80,7 +80,6 @@ log = logging.getLogger(__name__)
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=10.0, show_default=True)
-@click.option("--half", is_flag=True, help="Half precision on CUDA.")
 @click.option(
     "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
@@ -106,6 +105,7 @@ log = logging.getLogger(__name__)
     "--help", "show_help", is_flag=True, help="Show this message and the pipeline's options."
 )
 @layout_options
+@speed_options
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -121,7 +121,7 @@ def worker(
     decoder: DecoderChoice,
     batch_size: int,
     max_wait_ms: float,
-    half: bool,
+    speed: ModelSpeed,
     log_format: str,
     log_level: str,
     trace_ratio: float | None,
@@ -150,11 +150,7 @@ def worker(
 
     layout = build_layout(nats_layer, prefix=prefix)
     options = parse_options(pipeline_module, ctx.args)
-    config = RunConfig(
-        device=_device(device),
-        batch_policy=BatchPolicy(max_size=batch_size, max_wait_seconds=max_wait_ms / 1000),
-        half=half,
-    )
+    config = speed.run_config(device=device, batch_size=batch_size, max_wait_ms=max_wait_ms)
     spec: PipelineSpec = pipeline_module.build(config, options)
     configure_logging(level=log_level, json_lines=log_format == "json")
     tracer, provider = start_tracing(trace_ratio, trace_exporter, service="torchstream-worker")

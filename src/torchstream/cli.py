@@ -15,17 +15,18 @@ from rich.live import Live
 from rich.table import Table
 
 from torchstream._cli_common import (
+    ModelSpeed,
     _console,
-    _device,
     _options_help,
     load_pipeline,
     parse_options,
+    speed_options,
     start_tracing,
 )
 from torchstream._logging import configure_logging
-from torchstream._spec import PipelineSpec, RunConfig
+from torchstream._spec import PipelineSpec
 from torchstream._types import Sink
-from torchstream.pipeline import BatchPolicy, CompileMode, Pipeline, PipelineStatistics
+from torchstream.pipeline import Pipeline, PipelineStatistics
 from torchstream.sinks import JsonLinesSink, VideoSink
 from torchstream.sources import DecoderChoice, open_source
 
@@ -88,22 +89,6 @@ def _table(stats: PipelineStatistics, elapsed: float, final: bool = False) -> Ta
               help="Frames per batch, across all sources.")
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=10.0, show_default=True,
               help="Longest a frame waits for its batch to fill.")
-@click.option("--half", is_flag=True, help="Half precision on CUDA.")
-@click.option("--channels-last", is_flag=True,
-              help="Model weights in NHWC order (faster convolutions on CUDA). This and the "
-                   "next two reach the stages of pipelines that pass RunConfig's speed options "
-                   "on (driving does).")
-@click.option("--cuda-graphs", is_flag=True,
-              help="Replay each model's forward pass as a CUDA graph (pads batches to "
-                   "--batch-size).")
-@click.option("--compile", "compile_mode", default=None,
-              type=click.Choice(["default", "reduce-overhead", "max-autotune",
-                                 "max-autotune-no-cudagraphs"]),
-              help="torch.compile the models with this mode (the first batch compiles).")
-@click.option("--switch-interval-ms", type=click.FloatRange(min=0.01), default=0.2,
-              show_default=True,
-              help="Python's GIL hand-over interval. Its own default, 5 ms, lets decoder threads "
-                   "starve the model stage (measured on an H100: 1,159 vs 1,750 frames/s).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="Log lines on stderr: text, or JSON objects for collectors.")
@@ -131,6 +116,7 @@ def _table(stats: PipelineStatistics, elapsed: float, final: bool = False) -> Ta
 @click.option(
     "--help", "show_help", is_flag=True, help="Show this message and the pipeline's options."
 )
+@speed_options
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -142,11 +128,7 @@ def run(
     decoder: DecoderChoice,
     batch_size: int,
     max_wait_ms: float,
-    half: bool,
-    channels_last: bool,
-    cuda_graphs: bool,
-    compile_mode: CompileMode | None,
-    switch_interval_ms: float,
+    speed: ModelSpeed,
     quiet: bool,
     log_format: str,
     log_level: str,
@@ -175,24 +157,7 @@ def run(
     options = parse_options(module, ctx.args)
     if not inputs and control_port is None:
         raise click.UsageError("give at least one --input (or --control-port)")
-    # A program-wide setting, so the program (not the library) makes it: every thread of the
-    # pipeline hands the GIL back within this time of another one asking for it.
-    sys.setswitchinterval(switch_interval_ms / 1000)
-    if cuda_graphs and compile_mode in ("reduce-overhead", "max-autotune"):
-        raise click.UsageError(
-            f"--cuda-graphs and --compile {compile_mode} do not go together (that mode captures "
-            "CUDA graphs itself; --compile default does go with --cuda-graphs)"
-        )
-    config = RunConfig(
-        device=_device(device),
-        batch_policy=BatchPolicy(
-            max_size=batch_size, max_wait_seconds=max_wait_ms / 1000, pad_to_max_size=cuda_graphs
-        ),
-        half=half,
-        channels_last=channels_last,
-        cuda_graphs=cuda_graphs,
-        compile_mode=compile_mode,
-    )
+    config = speed.run_config(device=device, batch_size=batch_size, max_wait_ms=max_wait_ms)
     spec: PipelineSpec = module.build(config, options)
     for target in (output, meta):
         if target and target != "-":
