@@ -99,12 +99,42 @@ def model_alone(
     return count * batch_size / elapsed, first
 
 
+def _download_per_frame(stage: Any) -> None:
+    """Make ``stage`` bring its results to the host the way scripts do: each result's
+    tensors copied by ``.cpu()`` (pageable memory, one synchronisation each), then read as
+    tensors; instead of one pinned, asynchronous copy per batch read as NumPy arrays."""
+
+    def per_frame(item: Any) -> Any:
+        if isinstance(item, torch.Tensor):
+            return item.cpu()
+        if isinstance(item, tuple):
+            values = [per_frame(v) for v in item]
+            return type(item)(*values) if hasattr(item, "_fields") else tuple(values)
+        if isinstance(item, list):
+            return [per_frame(v) for v in item]
+        return item
+
+    def finish(crops: Any, results: list[Any]) -> None:
+        results = stage.finalize(results, crops)
+        for crop, result in zip(crops, results, strict=True):
+            stage.attach(crop, per_frame(result))
+
+    stage.finish = finish
+
+
 def stage_alone(
-    model: str, weights: Path | None, variant: Variant, batch_size: int, seconds: float = 2.0
+    model: str,
+    weights: Path | None,
+    variant: Variant,
+    batch_size: int,
+    seconds: float = 2.0,
+    *,
+    per_frame_download: bool = False,
 ) -> float:
     """Frames/s of the sample's whole model stage (letterbox kernel, network, postprocess on
     the GPU, one download, metadata) on ``batch_size`` decoded 1080p frames already on the
-    GPU: the stage's ceiling, without decoding."""
+    GPU: the stage's ceiling, without decoding. ``per_frame_download``: results copied to the
+    host frame by frame instead (:func:`_download_per_frame`)."""
     from torchstream import BatchPolicy, Frame
     from torchstream._spec import RunConfig
     from torchstream.samples import driving
@@ -120,6 +150,8 @@ def stage_alone(
     options = driving.Options(model=model, weights=str(weights or ""))  # type: ignore[arg-type]
     (stage,) = driving.build(config, options).stages
     stage.setup(torch.device("cuda"))  # type: ignore[attr-defined]
+    if per_frame_download:
+        _download_per_frame(stage)
     generator = torch.Generator(device="cuda").manual_seed(0)
     surfaces = [
         torch.randint(0, 256, (1080, 1920, 3), dtype=torch.uint8, device="cuda",

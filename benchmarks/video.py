@@ -341,6 +341,16 @@ def main() -> None:
         if args.variant
         else best.get(model, next(v for v in VARIANTS if v.cuda_graphs)) for model in args.models
     }
+    if "download" in parts and cuda:
+        for model in args.models:
+            for per_frame in (False, True):
+                fps = stage_alone(model, args.weights, chosen[model], 32,
+                                  per_frame_download=per_frame)
+                name = "per frame, .cpu() of each tensor" if per_frame else "per batch, pinned"
+                results["runs"].append({"part": "download", "model": model,
+                                        "variant": chosen[model].name, "download": name,
+                                        "fps": fps})
+                print(f"stage alone {model} download {name}: {fps:,.0f}", flush=True)
     if "contention" in parts and cuda:
         from _video_contention import contention
 
@@ -417,6 +427,14 @@ def _table(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
                   "| model | speed option | batch | frames/s |", "|---|---|---|---|"]
         lines += [f"| {r['model']} | {r['variant']} | {r['batch']} | {r['fps']:,.0f} |"
                   for r in stage_runs]
+        lines.append("")
+    download_runs = [r for r in runs if r["part"] == "download"]
+    if download_runs:
+        lines += ["The model stage alone, results to the host per batch (pinned, asynchronous, "
+                  "as NumPy) or per frame:", "",
+                  "| model | speed option | download | frames/s |", "|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['variant']} | {r['download']} | {r['fps']:,.0f} |"
+                  for r in download_runs]
         lines.append("")
     contention_runs = [r for r in runs if r["part"] == "contention"]
     if contention_runs:
