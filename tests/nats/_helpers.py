@@ -241,20 +241,45 @@ class Collector:
 
 
 IDENTITY_PIPELINE = '''
-"""An identity pipeline for the fault suite: one cheap stage that marks each frame."""
+"""An identity pipeline for the fault suite: one cheap stage that marks each frame. A slow
+worker: ``--delay-ms`` per frame, or the number of milliseconds written in the file
+``--delay-file`` (read at every batch, so a test can slow the worker down and let it
+catch up again)."""
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
 from torchstream import PipelineSpec
+
+
+@dataclass
+class Options:
+    delay_ms: float = 0.0
+    delay_file: str = ""
 
 
 class Mark:
     name = "mark"
 
+    def __init__(self, options):
+        self.delay_seconds = options.delay_ms / 1000 if options else 0.0
+        self.delay_file = Path(options.delay_file) if options and options.delay_file else None
+
     def process(self, frames):
+        delay = self.delay_seconds
+        if self.delay_file is not None:
+            try:
+                delay = float(self.delay_file.read_text() or 0) / 1000
+            except (OSError, ValueError):
+                pass
+        if delay:
+            time.sleep(delay * len(frames))
         for frame in frames:
             frame.attributes["test.marked"] = True
 
 
 def build(config, options):
-    return PipelineSpec(stages=[Mark()])
+    return PipelineSpec(stages=[Mark(options)])
 '''
 
 

@@ -261,3 +261,33 @@ def test_stream_leader_dies_in_a_3_node_cluster(
     print(report)
     assert report.ok, str(report)  # every acknowledged frame processed or counted
     assert all(s.processed > 0 for s in report.sources)
+
+
+def test_a_slow_worker_loses_old_frames_to_the_stream_limits_and_counts_them(
+    server: NatsServer, tmp_path: Path
+) -> None:
+    # Frames live 1 s in the stream. For 3 s the worker processes 25 frames a second of the
+    # 90 published, 4 in flight per partition: the rest wait in the stream, which discards
+    # those older than 1 s before the worker pulls them. Then it catches up.
+    layout = replace(LAYOUT, max_age_seconds=1.0, max_ack_pending=4)
+    _init(server.url, layout)
+    deployment = Deployment(server.url, tmp_path)
+    delay = tmp_path / "delay-ms"
+    try:
+        deployment.add("w1", "--delay-file", str(delay))
+        delay.write_text("40")
+        deployment.replay()
+        time.sleep(3.0)
+        delay.write_text("0")
+        time.sleep(2.0)
+        deployment.finish()
+    finally:
+        deployment.close()
+    report = deployment.accounting.report()
+    print(report)
+    assert report.ok, str(report)
+    for source in report.sources:
+        assert source.lost.get("broker_discard", 0) > 0, str(source)
+        # Each hole is known as the broker's, never as a gap of unknown cause.
+        assert set(source.lost) <= {"broker_discard", "resync_keyframe"}, str(source)
+        assert source.processed > 0, str(source)

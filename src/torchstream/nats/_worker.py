@@ -148,6 +148,7 @@ class Worker:
         self._emitter: Emitter | None = None
         self._settle_until = 0.0
         self._closing: set[asyncio.Future[None]] = set()
+        self._asking_first_seq: asyncio.Future[int | None] | None = None
 
     # -- the outside --------------------------------------------------------------------
 
@@ -271,6 +272,8 @@ class Worker:
             config = consumer["config"]
             changes["pin_timeout_seconds"] = config.get("priority_timeout", 1e9) / 1e9
             changes["ack_wait_seconds"] = config.get("ack_wait", 30e9) / 1e9
+            if int(config.get("max_ack_pending", 0)) > 0:
+                changes["max_ack_pending"] = int(config["max_ack_pending"])
         if layout.results_stream is not None and (
             await self.api.stream_info(layout.results_stream) is None
         ):
@@ -315,13 +318,28 @@ class Worker:
 
     async def _refresh_stream_info(self) -> None:
         while True:
-            try:
-                info = await self.api.stream_info(self.layout.input_stream)
-                if info is not None:
-                    self.stream_first_seq = int(info["state"]["first_seq"])
-            except Exception as exc:  # the next try may work; the value only ages
-                log.debug("worker: stream info: %r", exc)
+            await self.refresh_stream_first_seq()
             await asyncio.sleep(1.0)
+
+    async def refresh_stream_first_seq(self) -> int | None:
+        """Ask the server for the input stream's first sequence now (the stream's limits
+        only ever move it up) and return it; the last value known if the server does not
+        answer. One question at a time: concurrent callers share it."""
+        asking = self._asking_first_seq
+        if asking is None:
+            asking = self._asking_first_seq = asyncio.ensure_future(self._ask_first_seq())
+            asking.add_done_callback(lambda _: setattr(self, "_asking_first_seq", None))
+        return await asyncio.shield(asking)
+
+    async def _ask_first_seq(self) -> int | None:
+        try:
+            info = await self.api.stream_info(self.layout.input_stream)
+            if info is not None:
+                first = int(info["state"]["first_seq"])
+                self.stream_first_seq = max(first, self.stream_first_seq or 0)
+        except Exception as exc:  # the next try may work; the value only ages
+            log.debug("worker: stream info: %r", exc)
+        return self.stream_first_seq
 
     # -- ownership ----------------------------------------------------------------------
 
@@ -387,13 +405,14 @@ class Worker:
     def check_progress(self) -> bool:
         """Record progress of the loop; False (and the worker fences itself) after a stall."""
         now = time.monotonic()
-        stall = self._watchdog.progress(now)
-        if stall is None and self._watchdog.stalled is None:
+        stall = self._watchdog.progress(now) or self._watchdog.stalled
+        if stall is None:
             return True
-        if stall is not None:
-            self._counts["stalls"] += 1
-            self._fence(f"stalled {stall.stalled_seconds:.2f} s")
-            self._watchdog.recover(now)
+        # Noticed here, or latched by the emitter's check (which cannot fence by itself):
+        # either way nothing it holds may go out; it gives everything up and joins again.
+        self._counts["stalls"] += 1
+        self._fence(f"stalled {stall.stalled_seconds:.2f} s")
+        self._watchdog.recover(now)
         return False
 
     def _fence(self, why: str) -> None:
@@ -513,6 +532,16 @@ class Worker:
     def _done(self, ticket: Ticket) -> None:
         if ticket.message is not None and self._in_flight[ticket.partition] > 0:
             self._in_flight[ticket.partition] -= 1
+            owned = self._owned.get(ticket.partition)
+            if owned is not None:
+                owned.room.set()
+
+    def room(self, partition: int) -> int:
+        """How many more frames ``partition`` may bring in: the in-flight budget
+        (``max_ack_pending``) minus its frames delivered and not yet acknowledged. The
+        server's own count is not enough: it forgets a delivered message as soon as the
+        stream's limits remove it, and would deliver more to a worker that is behind."""
+        return self.layout.max_ack_pending - self._in_flight[partition]
 
     def record_drop(self, record: DropRecord, partition: int, epoch: int) -> None:
         """Count a drop and publish it (duplicates are only counted)."""
