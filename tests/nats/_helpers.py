@@ -99,6 +99,8 @@ class Replayer:
         self.accounting = accounting
         self.packets = h264_packets(frames)
         self.sent = 0
+        self.acknowledged_at: list[float] = []
+        """When each acknowledgement came (time.monotonic()), in arrival order."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
 
@@ -109,6 +111,10 @@ class Replayer:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(30)
+
+    def _acknowledged(self, future: asyncio.Future[bool | None]) -> None:
+        if not future.cancelled() and future.exception() is None and future.result():
+            self.acknowledged_at.append(time.monotonic())
 
     async def _run(self) -> None:
         connection = await connect(self.url)
@@ -128,17 +134,12 @@ class Replayer:
                     packet.keyframe,
                 )
                 for camera in self.cameras:
-                    waiting.append(
-                        (
-                            camera,
-                            seq,
-                            asyncio.ensure_future(
-                                publisher.publish(
-                                    frame_message(camera, seq, looped), looped.data, wait=True
-                                )
-                            ),
-                        )
+                    message = frame_message(camera, seq, looped)
+                    future = asyncio.ensure_future(
+                        publisher.publish(message, looped.data, wait=True)
                     )
+                    future.add_done_callback(self._acknowledged)
+                    waiting.append((camera, seq, future))
                 seq += 1
                 self.sent = seq
             for camera, number, future in waiting:
