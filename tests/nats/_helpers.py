@@ -5,6 +5,7 @@ publish (results and drop records) feeding an :class:`Accounting`."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
 import signal
@@ -164,6 +165,12 @@ class Collector:
     results: list[tuple[float, ResultRecord]] = field(default_factory=list)
     drops: list[DropRecord] = field(default_factory=list)
     fenced: int = 0
+    """Results dropped by the sink's fence: an older claim (epoch) than the newest seen."""
+    fenced_from: collections.Counter[str] = field(default_factory=collections.Counter)
+    """``fenced`` by worker."""
+    stale_duplicates: int = 0
+    """Results dropped by the sink's fence: at or below the last seq admitted for the source
+    (a stale owner's result that raced behind the new owner's)."""
     ready: set[str] = field(default_factory=set)
     """Workers whose last heartbeat said ready."""
 
@@ -211,8 +218,12 @@ class Collector:
                 source_id=record.source_id,
                 seq=record.seq,
             )
-            if verdict is not None:
+            if verdict == "fenced":
                 self.fenced += 1
+                self.fenced_from[record.worker_id] += 1
+                return
+            if verdict == "duplicate":
+                self.stale_duplicates += 1
                 return
             self.results.append((time.monotonic(), record))
             self.accounting.result(record)

@@ -174,8 +174,10 @@ def test_add_and_remove_a_worker_gracefully(deployment: Deployment) -> None:
 
 
 def test_sigstop_a_worker_for_3_seconds(deployment: Deployment) -> None:
-    deployment.add("w1")
-    deployment.add("w2")
+    # A stage of 20 ms a frame: the paused worker holds frames in its pipeline when
+    # SIGSTOP comes, and finishes them when it resumes: they must be fenced, not emitted.
+    deployment.add("w1", "--delay-ms", "20")
+    deployment.add("w2", "--delay-ms", "20")
     deployment.replay()
     time.sleep(1.0)
     victim = deployment.owner_of(CAMERAS[0])
@@ -186,9 +188,20 @@ def test_sigstop_a_worker_for_3_seconds(deployment: Deployment) -> None:
     time.sleep(LAYOUT.ack_wait_seconds + 2.0)
     deployment.finish()
     report = deployment.accounting.report()
-    print(report, "fenced at the sink:", deployment.collector.fenced)
+    collector = deployment.collector
+    fenced = sum(r.frames for r in collector.drops if r.reason == "fenced")
+    print(report, f"fenced: {fenced} by the worker, {collector.fenced} at the sink "
+          f"{dict(collector.fenced_from)} (+{collector.stale_duplicates} stale duplicates); "
+          f"victim {victim}")
     assert report.ok, str(report)
+    assert all(not s.out_of_order and not s.duplicates for s in report.sources)
     assert "stalled" in deployment.log(victim)
+    # Results of a claim that a newer one replaced were stopped: by their worker (counted
+    # as fenced drops) or by the sink's epoch fence. Seen here: mostly the sink's, for the
+    # results of the worker that took over while the victim slept: handing the partitions
+    # back, it drains for longer than the pin timeout, and the victim's newer claim starts
+    # before its last results are out. No result goes out of order either way.
+    assert fenced + collector.fenced + collector.stale_duplicates > 0, deployment.log(victim)
 
 
 @pytest.mark.slow
