@@ -25,7 +25,7 @@ from torchstream.nats._emit import Emitter
 from torchstream.nats._fence import StallWatchdog
 from torchstream.nats._jsapi import JetStreamApi
 from torchstream.nats._layout import Layout
-from torchstream.nats._ledger import Ledger
+from torchstream.nats._ledger import DropRecord, Ledger
 from torchstream.nats._partition import OwnedPartition
 from torchstream.sources._pushed import PushedSource
 
@@ -64,6 +64,10 @@ class Ownership:
     _settle_until: float
     _interval: float
     _drain_timeout: float
+
+    if TYPE_CHECKING:
+
+        def record_drop(self, record: DropRecord, partition: int, epoch: int) -> None: ...
 
     # -- heartbeats and the stream ------------------------------------------------------
 
@@ -181,6 +185,11 @@ class Ownership:
     def _forget(self, owned: OwnedPartition, reason: str) -> None:
         self._owned.pop(owned.partition, None)
         self._claims.pop(owned.partition, None)
+        # A takeover window still open: its frames that have not come back never will to
+        # this worker, and the next owner starts above them; count them now.
+        for stream in owned.ledgers.values():
+            for record in stream.close_window():
+                self.record_drop(record, owned.partition, owned.epoch)
         self.ledger.release(owned.ledgers)
         for source_id in owned.ledgers:
             source = self._sources.pop(source_id, None)
