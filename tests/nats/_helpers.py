@@ -5,6 +5,7 @@ publish (results and drop records) feeding an :class:`Accounting`."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
 import signal
@@ -99,6 +100,8 @@ class Replayer:
         self.accounting = accounting
         self.packets = h264_packets(frames)
         self.sent = 0
+        self.acknowledged_at: list[float] = []
+        """When each acknowledgement came (time.monotonic()), in arrival order."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
 
@@ -109,6 +112,10 @@ class Replayer:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(30)
+
+    def _acknowledged(self, future: asyncio.Future[bool | None]) -> None:
+        if not future.cancelled() and future.exception() is None and future.result():
+            self.acknowledged_at.append(time.monotonic())
 
     async def _run(self) -> None:
         connection = await connect(self.url)
@@ -128,17 +135,12 @@ class Replayer:
                     packet.keyframe,
                 )
                 for camera in self.cameras:
-                    waiting.append(
-                        (
-                            camera,
-                            seq,
-                            asyncio.ensure_future(
-                                publisher.publish(
-                                    frame_message(camera, seq, looped), looped.data, wait=True
-                                )
-                            ),
-                        )
+                    message = frame_message(camera, seq, looped)
+                    future = asyncio.ensure_future(
+                        publisher.publish(message, looped.data, wait=True)
                     )
+                    future.add_done_callback(self._acknowledged)
+                    waiting.append((camera, seq, future))
                 seq += 1
                 self.sent = seq
             for camera, number, future in waiting:
@@ -163,6 +165,12 @@ class Collector:
     results: list[tuple[float, ResultRecord]] = field(default_factory=list)
     drops: list[DropRecord] = field(default_factory=list)
     fenced: int = 0
+    """Results dropped by the sink's fence: an older claim (epoch) than the newest seen."""
+    fenced_from: collections.Counter[str] = field(default_factory=collections.Counter)
+    """``fenced`` by worker."""
+    stale_duplicates: int = 0
+    """Results dropped by the sink's fence: at or below the last seq admitted for the source
+    (a stale owner's result that raced behind the new owner's)."""
     ready: set[str] = field(default_factory=set)
     """Workers whose last heartbeat said ready."""
 
@@ -210,8 +218,12 @@ class Collector:
                 source_id=record.source_id,
                 seq=record.seq,
             )
-            if verdict is not None:
+            if verdict == "fenced":
                 self.fenced += 1
+                self.fenced_from[record.worker_id] += 1
+                return
+            if verdict == "duplicate":
+                self.stale_duplicates += 1
                 return
             self.results.append((time.monotonic(), record))
             self.accounting.result(record)
@@ -241,20 +253,45 @@ class Collector:
 
 
 IDENTITY_PIPELINE = '''
-"""An identity pipeline for the fault suite: one cheap stage that marks each frame."""
+"""An identity pipeline for the fault suite: one cheap stage that marks each frame. A slow
+worker: ``--delay-ms`` per frame, or the number of milliseconds written in the file
+``--delay-file`` (read at every batch, so a test can slow the worker down and let it
+catch up again)."""
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
 from torchstream import PipelineSpec
+
+
+@dataclass
+class Options:
+    delay_ms: float = 0.0
+    delay_file: str = ""
 
 
 class Mark:
     name = "mark"
 
+    def __init__(self, options):
+        self.delay_seconds = options.delay_ms / 1000 if options else 0.0
+        self.delay_file = Path(options.delay_file) if options and options.delay_file else None
+
     def process(self, frames):
+        delay = self.delay_seconds
+        if self.delay_file is not None:
+            try:
+                delay = float(self.delay_file.read_text() or 0) / 1000
+            except (OSError, ValueError):
+                pass
+        if delay:
+            time.sleep(delay * len(frames))
         for frame in frames:
             frame.attributes["test.marked"] = True
 
 
 def build(config, options):
-    return PipelineSpec(stages=[Mark()])
+    return PipelineSpec(stages=[Mark(options)])
 '''
 
 

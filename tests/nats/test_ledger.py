@@ -58,19 +58,33 @@ def test_a_hole_of_unknown_cause_is_a_gap() -> None:
     ledger = StreamLedger("cam", handover_seq=-1)
     actions(ledger, [0, 1])
     verdict = ledger.on_delivery(d(5))
-    assert verdict.action is Action.PROCESS
-    assert verdict.drops == (DropRecord("cam", 2, 4, "gap"),)
-    assert ledger.statistics().dropped == {"gap": 3}
+    assert verdict.action is Action.DROP  # the decoder lacks 2..4: wait for a keyframe
+    assert verdict.drops == (
+        DropRecord("cam", 2, 4, "gap"),
+        DropRecord("cam", 5, 5, "resync_keyframe"),
+    )
+    assert actions(ledger, [6, 7, 8, 9, 10, 11]) == [
+        *((s, Action.DROP, "resync_keyframe") for s in range(6, 10)),
+        (10, Action.PROCESS, None),
+        (11, Action.PROCESS, None),
+    ]
+    assert ledger.statistics().dropped == {"gap": 3, "resync_keyframe": 5}
+    # A hole just before a keyframe costs nothing more.
+    assert actions(ledger, [20]) == [(20, Action.PROCESS, None)]
+    assert ledger.statistics().dropped == {"gap": 11, "resync_keyframe": 5}
 
 
 def test_a_hole_the_broker_made_is_a_broker_discard() -> None:
     ledger = StreamLedger("cam", handover_seq=-1)
     actions(ledger, [0, 1])  # stream seq of 1 is 3
+    assert ledger.unexplained_hole(5, stream_first_seq=4)  # ask the server again
+    assert not ledger.unexplained_hole(5, stream_first_seq=9)
+    assert not ledger.unexplained_hole(2, stream_first_seq=None)  # no hole
     verdict = ledger.on_delivery(d(5), stream_first_seq=9)  # the broker dropped 4..8
-    assert verdict.drops == (DropRecord("cam", 2, 4, "broker_discard"),)
+    assert verdict.drops[0] == DropRecord("cam", 2, 4, "broker_discard")
     # A first sequence not past the previous message says nothing: an unknown gap.
     verdict = ledger.on_delivery(d(8), stream_first_seq=11)
-    assert verdict.drops == (DropRecord("cam", 6, 7, "gap"),)
+    assert verdict.drops[0] == DropRecord("cam", 6, 7, "gap")
 
 
 def test_a_takeover_without_replay_waits_for_a_keyframe() -> None:
@@ -216,7 +230,7 @@ def test_the_ledger_of_all_sources_keeps_released_counts() -> None:
     ledger.release(["cam", "unknown"])
     assert ledger.get("cam") is None
     stats = ledger.statistics()
-    assert (stats.processed, stats.dropped) == (4, {"gap": 1})
+    assert (stats.processed, stats.dropped) == (3, {"gap": 1, "resync_keyframe": 1})
 
 
 # A simulated crash and takeover ------------------------------------------------------------

@@ -49,11 +49,21 @@ __all__ = [
     "Verdict",
 ]
 
-FRAME_LOSS_REASONS = ("failover_inflight", "failover_keyframe", "broker_discard", "gap", "fenced")
+FRAME_LOSS_REASONS = (
+    "failover_inflight",
+    "failover_keyframe",
+    "broker_discard",
+    "gap",
+    "resync_keyframe",
+    "fenced",
+)
 """Reasons that each stand for published frames that yield no result, so that, per camera,
 ``published = processed + frames dropped under these reasons``. ``gap`` is a hole in the
-seqs of unknown cause; ``broker_discard`` a hole the broker's limits made; ``fenced`` a
-result dropped because its worker lost the partition (see ``torchstream.nats._fence``)."""
+seqs of unknown cause; ``broker_discard`` a hole the broker's limits made;
+``resync_keyframe`` a frame after such a hole, before the next keyframe (its decoder lacks
+the pictures it refers to: fed to it, it would yield a broken picture, or none at all);
+``fenced`` a result dropped because its worker lost the partition (see
+``torchstream.nats._fence``)."""
 
 REPEAT_REASONS = ("duplicate",)
 """Reasons for dropping a message whose frame is already accounted for (processed, dropped
@@ -148,6 +158,7 @@ class StreamLedger:
         self._last_processed: int | None = None
         self._last_stream_seq: int | None = None
         self._synced = False  # the decoder has a keyframe and every frame since
+        self._unsynced_reason = "failover_keyframe"  # why frames wait for a keyframe
         self._live = False
         self._replaying = False
         self._replay_last: int | None = None
@@ -239,7 +250,9 @@ class StreamLedger:
           stream sequence of the previous frame, i.e. the broker's limits removed what
           followed it, else ``gap``.
         - The frame itself is processed once the decoder is synced (a keyframe seen since
-          the start, in the replay or live), else dropped as ``failover_keyframe``.
+          the start, in the replay or live), else dropped as ``failover_keyframe``. After a
+          hole the decoder is out of sync again: frames up to the next keyframe are dropped
+          as ``resync_keyframe``.
         """
         if self._replaying:
             raise RuntimeError(f"{self.source_id}: live delivery before end_replay")
@@ -255,23 +268,40 @@ class StreamLedger:
             if self._window is None:
                 self._window = (self.handover_seq, seq)
         elif self._floor is not None and seq > self._floor + 1:
-            discarded = (
-                stream_first_seq is not None
-                and self._last_stream_seq is not None
-                and stream_first_seq > self._last_stream_seq + 1
-            )
-            reason = "broker_discard" if discarded else "gap"
+            reason = "broker_discard" if self._discarded(stream_first_seq) else "gap"
             records.append(self._count_range(self._floor + 1, seq - 1, reason))
+            if self._synced:
+                self._synced, self._unsynced_reason = False, "resync_keyframe"
         self._floor = seq
         self._last_stream_seq = message.stream_seq
         if message.keyframe:
             self._synced = True
         if not self._synced:
-            own = self._drop(seq, "failover_keyframe")
+            own = self._drop(seq, self._unsynced_reason)
             return Verdict(Action.DROP, own.reason, (*records, *own.drops))
         self._processed += 1
         self._last_processed = seq
         return Verdict(Action.PROCESS, None, tuple(records))
+
+    def unexplained_hole(self, seq: int, *, stream_first_seq: int | None) -> bool:
+        """Whether a live delivery of ``seq`` would count a hole before it that
+        ``stream_first_seq`` does not show as the broker's doing: ask the server for the
+        stream's first sequence again before :meth:`on_delivery` (it may have moved since)."""
+        return (
+            self._live
+            and self._floor is not None
+            and seq > self._floor + 1
+            and not self._discarded(stream_first_seq)
+        )
+
+    def _discarded(self, stream_first_seq: int | None) -> bool:
+        """The broker removed what followed this source's last live frame: the stream now
+        starts past that frame's successor."""
+        return (
+            stream_first_seq is not None
+            and self._last_stream_seq is not None
+            and stream_first_seq > self._last_stream_seq + 1
+        )
 
     def close_window(self) -> tuple[DropRecord, ...]:
         """Count the takeover window's seqs that never arrived as ``failover_inflight`` and

@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 
 from torchstream._errors import ProtocolError
 from torchstream.nats._errors import JetStreamError, NatsUnavailableError
-from torchstream.nats._jsapi import PinnedPuller
+from torchstream.nats._jsapi import PinnedPuller, PullResult
 from torchstream.nats._ledger import Action, Delivery, DropRecord, StreamLedger, Verdict
 from torchstream.nats._tickets import Ticket
 from torchstream.nats._wire import Decoded, decode, decode_keyframe_position
@@ -52,6 +52,8 @@ class OwnedPartition:
         self.claimed_at_seconds = time.monotonic()
         self.first_delivery_seconds: float | None = None
         self.ledgers: dict[str, StreamLedger] = {}
+        self.room = asyncio.Event()
+        """Set when one of its frames is done: the pull loop waits on it at the budget."""
         layout = worker.layout
         self.puller = PinnedPuller(
             worker.connection,
@@ -90,11 +92,15 @@ class OwnedPartition:
     async def _pull_loop(self) -> None:
         worker = self.worker
         while not self.stopping:
+            room = worker.room(self.partition)
             try:
-                result = await self.puller.pull(
-                    batch=worker.pull_batch,
-                    expires_seconds=worker.pull_expires_seconds,
-                )
+                if room <= 0:
+                    result = await self._wait_for_room()
+                else:
+                    result = await self.puller.pull(
+                        batch=min(worker.pull_batch, room),
+                        expires_seconds=worker.pull_expires_seconds,
+                    )
             except NatsUnavailableError:
                 await asyncio.sleep(worker.pull_expires_seconds)
                 continue
@@ -104,6 +110,8 @@ class OwnedPartition:
                 self.first_delivery_seconds = time.monotonic()
             for message in result.messages:
                 await self._handle(message)
+            if room <= 0:
+                continue
             if result.outcome == "wrong_pin" and not result.messages:
                 await asyncio.sleep(_WRONG_PIN_RETRY_SECONDS)
             elif result.outcome in ("conflict", "bad_request", "unavailable", "no_reply"):
@@ -114,6 +122,24 @@ class OwnedPartition:
                     result.description,
                 )
                 await asyncio.sleep(worker.pull_expires_seconds / 2)
+
+    async def _wait_for_room(self) -> PullResult:
+        """At the in-flight budget: keep the pin with a request that cannot deliver (one
+        byte at most: the server answers at once, or when the request expires, without a
+        message), then wait until a frame is done or the pin needs asking again. What is not
+        pulled stays in the stream, whose limits may discard it: the worker then sees a hole
+        and counts it as ``broker_discard``."""
+        worker = self.worker
+        self.room.clear()
+        started = time.monotonic()
+        result = await self.puller.pull(
+            batch=1, expires_seconds=worker.pull_expires_seconds, max_bytes=1
+        )
+        left = worker.pull_expires_seconds / 2 - (time.monotonic() - started)
+        if left > 0 and worker.room(self.partition) <= 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.room.wait(), left)
+        return result
 
     async def _handle(self, message: Msg) -> None:
         worker = self.worker
@@ -137,9 +163,12 @@ class OwnedPartition:
         ledger = self.ledgers.get(inner.source_id)
         if ledger is None:
             ledger = await self._take_over(inner, stream_seq)
+        first_seq = worker.stream_first_seq
+        if ledger.unexplained_hole(inner.seq, stream_first_seq=first_seq):
+            first_seq = await worker.refresh_stream_first_seq()  # discarded since?
         verdict = ledger.on_delivery(
             Delivery(inner.seq, inner.keyframe, stream_seq, metadata.num_delivered),
-            stream_first_seq=worker.stream_first_seq,
+            stream_first_seq=first_seq,
         )
         await self._act(verdict, inner, decoded, message)
 

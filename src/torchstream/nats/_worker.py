@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -24,28 +23,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-import nats.errors
 import torch
 
 from torchstream._draw import AnnotationStyle
-from torchstream._errors import ClosedResourceError, OverloadedError
 from torchstream._types import Sink, Stage
 from torchstream.nats._assignment import Membership
 from torchstream.nats._connection import close_quietly, connect
 from torchstream.nats._emit import Emitter
 from torchstream.nats._errors import LayoutError
 from torchstream.nats._fence import StallWatchdog
+from torchstream.nats._intake import Intake
 from torchstream.nats._jsapi import JetStreamApi
 from torchstream.nats._layout import Layout, _partitions_of
 from torchstream.nats._ledger import DropRecord, Ledger, StreamLedger
+from torchstream.nats._ownership import Ownership
 from torchstream.nats._partition import OwnedPartition, drop_record_json
 from torchstream.nats._tickets import ResultSink, Ticket
-from torchstream.nats._wire import Decoded, check_object, encode
 from torchstream.pipeline import Pipeline
 from torchstream.pipeline._tracing import FrameTracer
 from torchstream.sources._pushed import PushedSource
 from torchstream.sources._video import DecoderChoice
-from torchstream.transport._protocol import EndOfStream, FrameMessage, ImagePayload, PacketPayload
 
 __all__ = ["Worker", "WorkerStatistics"]
 
@@ -69,7 +66,7 @@ class WorkerStatistics:
     ``rejected`` (malformed messages), ``leaves`` (partitions handed over gracefully)."""
 
 
-class Worker:
+class Worker(Ownership, Intake):
     """Runs ``stages`` on the frames of the partitions it owns; see the module docstring.
 
     ``layout``: its ``prefix`` and names; the partition count, pin timeout and ack wait are
@@ -148,6 +145,7 @@ class Worker:
         self._emitter: Emitter | None = None
         self._settle_until = 0.0
         self._closing: set[asyncio.Future[None]] = set()
+        self._asking_first_seq: asyncio.Future[int | None] | None = None
 
     # -- the outside --------------------------------------------------------------------
 
@@ -271,233 +269,15 @@ class Worker:
             config = consumer["config"]
             changes["pin_timeout_seconds"] = config.get("priority_timeout", 1e9) / 1e9
             changes["ack_wait_seconds"] = config.get("ack_wait", 30e9) / 1e9
+            if int(config.get("max_ack_pending", 0)) > 0:
+                changes["max_ack_pending"] = int(config["max_ack_pending"])
         if layout.results_stream is not None and (
             await self.api.stream_info(layout.results_stream) is None
         ):
             changes["results_stream"] = None
         self.layout = replace(layout, **changes)
 
-    async def _heartbeats(self, subject: str) -> None:
-        while True:
-            self.check_progress()
-            await self._heartbeat(subject)
-            await asyncio.sleep(self._interval)
-
-    async def _heartbeat(self, subject: str, *, leaving: bool = False) -> None:
-        leaving = leaving or self._stopping  # late beats must not bring it back
-        body = json.dumps(
-            {
-                "worker": self.worker_id,
-                "incarnation": self.incarnation,
-                "ready": self.ready.is_set() and not leaving,
-                "leaving": leaving,
-            }
-        )
-        try:
-            await self.connection.publish(subject, body.encode())
-        except nats.errors.Error as exc:
-            log.debug("worker: heartbeat not sent: %r", exc)
-
-    async def _on_heartbeat(self, message: Any) -> None:
-        try:
-            beat = json.loads(message.data)
-            changed = self._membership.observe(
-                str(beat["worker"]),
-                incarnation=int(beat["incarnation"]),
-                ready=bool(beat["ready"]),
-                leaving=bool(beat.get("leaving")),
-                now_seconds=time.monotonic(),
-            )
-        except (ValueError, KeyError, TypeError):
-            return
-        if changed and self._wake is not None:
-            self._wake.set()
-
-    async def _refresh_stream_info(self) -> None:
-        while True:
-            try:
-                info = await self.api.stream_info(self.layout.input_stream)
-                if info is not None:
-                    self.stream_first_seq = int(info["state"]["first_seq"])
-            except Exception as exc:  # the next try may work; the value only ages
-                log.debug("worker: stream info: %r", exc)
-            await asyncio.sleep(1.0)
-
-    # -- ownership ----------------------------------------------------------------------
-
-    async def _rebalance(self) -> None:
-        now = time.monotonic()
-        if not self.check_progress() or now < self._settle_until:
-            return
-        if self._owned and self.worker_id not in self._membership.owners(now):
-            # Its own heartbeats stopped coming back (a cut link): the others have taken or
-            # will take its partitions; what it holds must not go out after their results.
-            self._fence("lost its link to the group")
-            return
-        wanted = self._membership.owned_by(self.worker_id, now)
-        lost = [p for p in self._owned if p not in wanted]
-        gained = [p for p in sorted(wanted) if p not in self._owned]
-        await asyncio.gather(*(self._release(p) for p in lost))
-        for partition in gained:
-            owned = OwnedPartition(self, partition)
-            self._owned[partition] = owned
-            await owned.start()
-        if lost or gained:
-            log.info(
-                "worker %s: owns %d partitions (+%d -%d)",
-                self.worker_id,
-                len(self._owned),
-                len(gained),
-                len(lost),
-            )
-
-    async def claim(self, partition: int) -> int:
-        """A new epoch for this worker's claim of ``partition``: the revision of a write to
-        the workers bucket, which only grows."""
-        body = json.dumps({"worker": self.worker_id, "incarnation": self.incarnation})
-        epoch = int(await self._claims_kv.put(f"claim.{partition}", body.encode()))
-        self._claims[partition] = epoch
-        self._counts["claims"] += 1
-        return epoch
-
-    async def _release(self, partition: int) -> None:
-        """Hand ``partition`` over: stop pulling, finish its frames, unpin, forget it."""
-        owned = self._owned.get(partition)
-        if owned is None:
-            return
-        await owned.stop()
-        deadline = time.monotonic() + self._drain_timeout
-        while self._in_flight[partition] > 0 and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)
-        await owned.unpin()
-        self._forget(owned, "left")
-        self._counts["leaves"] += 1
-
-    def _forget(self, owned: OwnedPartition, reason: str) -> None:
-        self._owned.pop(owned.partition, None)
-        self._claims.pop(owned.partition, None)
-        self.ledger.release(owned.ledgers)
-        for source_id in owned.ledgers:
-            source = self._sources.pop(source_id, None)
-            if source is not None:
-                source.end() if reason == "left" else source.close()
-            if self._emitter is not None:
-                self._emitter.drain(source_id, reason)
-
-    def check_progress(self) -> bool:
-        """Record progress of the loop; False (and the worker fences itself) after a stall."""
-        now = time.monotonic()
-        stall = self._watchdog.progress(now)
-        if stall is None and self._watchdog.stalled is None:
-            return True
-        if stall is not None:
-            self._counts["stalls"] += 1
-            self._fence(f"stalled {stall.stalled_seconds:.2f} s")
-            self._watchdog.recover(now)
-        return False
-
-    def _fence(self, why: str) -> None:
-        """Give up every partition at once: nothing it holds goes out (counted ``fenced``),
-        nothing is acknowledged; it joins again after hearing the group."""
-        log.warning("worker %s: %s: dropping its partitions", self.worker_id, why)
-        self._counts["fences"] += 1
-        for owned in list(self._owned.values()):
-            owned.cancel()
-            closing = asyncio.ensure_future(owned.puller.close())
-            self._closing.add(closing)
-            closing.add_done_callback(self._closing.discard)
-            self._forget(owned, "fenced")
-        self._settle_until = time.monotonic() + 2 * self._interval
-
-    # -- frames in and out --------------------------------------------------------------
-
-    async def push(self, ticket: Ticket, frame: FrameMessage, payload: memoryview | None) -> None:
-        """Feed one frame to the camera's source (made on its first frame)."""
-        assert self._emitter is not None
-        description = frame.payload
-        if payload is None or description is None:
-            self.count("rejected")
-            if ticket.message is not None:
-                await ticket.message.ack()
-            return
-        common: dict[str, Any] = {
-            "traceparent": frame.traceparent,
-            "seq": frame.seq,
-            "original": ticket,
-            "timeout": 0.0,
-            "attributes": dict(frame.metadata.attributes) if frame.metadata else {},
-        }
-        if ticket.decode_only:
-            common["deadline_monotonic"] = 0.0  # decoded, then dropped before any stage
-        for attempt in (1, 2):
-            source = await self._source(frame.source_id)
-            try:
-                if isinstance(description, PacketPayload):
-                    numerator, denominator = description.time_base
-                    source.push_packet(
-                        payload,
-                        codec=description.codec,
-                        pts=description.pts,
-                        time_base=numerator / denominator,
-                        keyframe=frame.keyframe,
-                        extradata=description.extradata,
-                        **common,
-                    )
-                elif isinstance(description, ImagePayload):
-                    source.push_image(payload, pts_seconds=frame.pts_seconds, **common)
-                else:
-                    raise ValueError("raw pixels are not taken over NATS")
-            except ClosedResourceError:
-                self._sources.pop(frame.source_id, None)
-                if attempt == 1:
-                    continue
-                ticket.state, ticket.reason = "dropped", "source_failed"
-            except (OverloadedError, ValueError) as exc:
-                ticket.state, ticket.reason = "dropped", "overloaded"
-                log.warning("worker: %s #%d not taken: %s", frame.source_id, frame.seq, exc)
-            break
-        if ticket.decode_only:
-            self._counts["decode_only"] += 1
-            return
-        if ticket.message is not None:
-            self._in_flight[ticket.partition] += 1
-        self._emitter.add(ticket)
-        if ticket.state != "pending":
-            self._emitter.settle(ticket)
-
-    async def _source(self, source_id: str) -> PushedSource:
-        source = self._sources.get(source_id)
-        if source is not None and not source.ended:
-            return source
-        pipeline = self._pipeline
-        assert pipeline is not None
-        deadline = time.monotonic() + 30.0
-        while source_id in pipeline.sources() and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)  # the previous session still drains
-        source = PushedSource(source_id, decoder=self._decoder, max_queued=self._max_queued)
-        pipeline.add_source(source)
-        self._sources[source_id] = source
-        return source
-
-    async def end_source(self, ticket: Ticket, eos: EndOfStream) -> None:
-        """A camera's end of stream: its source ends, the end goes out after its results."""
-        assert self._emitter is not None
-        source = self._sources.pop(eos.source_id, None)
-        if source is not None:
-            source.end()
-        encoded = encode(self.layout.result_subject(eos.source_id), eos)
-        ticket.encoded, ticket.state = encoded, "result"
-        self._in_flight[ticket.partition] += 1
-        self._emitter.after(ticket)
-
-    async def fetch_object(self, decoded: Decoded) -> memoryview | None:
-        store = await self.js.object_store(self.layout.objects_bucket)
-        try:
-            result = await store.get(decoded.object_name or "")
-        except nats.errors.Error as exc:
-            log.warning("worker: image %s unavailable: %r", decoded.object_name, exc)
-            return None
-        return check_object(decoded, result.data or b"")
+    # -- frames out (see _intake for frames in, _ownership for the group) ---------------
 
     def _settled_from_thread(self, ticket: Ticket) -> None:
         loop = self._loop
@@ -513,6 +293,16 @@ class Worker:
     def _done(self, ticket: Ticket) -> None:
         if ticket.message is not None and self._in_flight[ticket.partition] > 0:
             self._in_flight[ticket.partition] -= 1
+            owned = self._owned.get(ticket.partition)
+            if owned is not None:
+                owned.room.set()
+
+    def room(self, partition: int) -> int:
+        """How many more frames ``partition`` may bring in: the in-flight budget
+        (``max_ack_pending``) minus its frames delivered and not yet acknowledged. The
+        server's own count is not enough: it forgets a delivered message as soon as the
+        stream's limits remove it, and would deliver more to a worker that is behind."""
+        return self.layout.max_ack_pending - self._in_flight[partition]
 
     def record_drop(self, record: DropRecord, partition: int, epoch: int) -> None:
         """Count a drop and publish it (duplicates are only counted)."""
@@ -521,9 +311,6 @@ class Worker:
             self._emitter.publish_drop(
                 record, drop_record_json(record, self.worker_id, partition, epoch)
             )
-
-    def count(self, name: str, n: int = 1) -> None:
-        self._counts[name] += n
 
     def schedule_window_close(self, owned: OwnedPartition, ledger: StreamLedger) -> None:
         """Count the takeover window's frames that never came back, once they cannot."""

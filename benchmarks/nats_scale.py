@@ -1,0 +1,397 @@
+"""The NATS control plane at 1,000 cameras on this machine: ownership, order, accounting.
+
+    python3 benchmarks/nats_scale.py [--cameras 1000] [--fps 3] [--size 2000] [--partitions 64]
+                                     [--workers 3] [--publishers 4] [--seconds 60] [--record]
+
+Starts its own nats-server (file store) and creates the layout (``--partitions``, default pin
+timeout and ack wait, results kept in the results stream); starts ``--workers`` ``torchstream
+worker`` subprocesses with a trivial pipeline (one stage that marks each frame); waits until
+each has joined and the partitions have settled; then ``--publishers`` processes publish the
+cameras (split between them) for ``--seconds``, each camera ``--fps`` JPEG images of about
+``--size`` bytes a second, paced evenly, each publish awaiting its ack. This process listens
+to everything the workers publish (results behind a sink's epoch fence, drop records) and
+checks, per camera:
+
+- ownership: one worker at a time: once a result of a newer claim (epoch) of the camera's
+  partition has arrived, no result of an older claim or another worker's equal claim does
+  (the sink's fence would drop it: counted as ``fenced``); ``moves`` counts owner changes;
+- order and accounting: :class:`~torchstream.nats._accounting.Accounting` (every
+  acknowledged frame processed once or counted as dropped, results in seq order).
+
+It prints msgs/s and MB/s (frames acknowledged by JetStream, results received), the publish
+→ result latency (p50/p99, wall clock: publisher and sink share this machine's clock), the
+partitions each worker owns at the end, and the invariant report. Server, publishers,
+workers and checker share this machine's cores: the data plane (decoding, models) is
+benchmarked elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import datetime
+import json
+import multiprocessing
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import _paths  # noqa: F401  (first: this folder's http.py must not shadow the stdlib's)
+from _report import report
+
+from torchstream.frame import Frame
+from torchstream.nats import Layout, Publisher, connect, decode, init_layout
+from torchstream.nats._accounting import Accounting, ResultRecord
+from torchstream.nats._connection import close_quietly
+from torchstream.nats._fence import Fence
+from torchstream.nats._ledger import DropRecord
+from torchstream.nats._tickets import EPOCH_HEADER, PARTITION_HEADER, WORKER_HEADER
+from torchstream.testing import NatsServer
+from torchstream.transport import FrameMessage, ImagePayload, ResultMessage
+
+REPO = Path(__file__).resolve().parents[1]
+SENT = "bench.sent"
+"""The attribute in which a publisher writes its wall-clock time of publishing."""
+
+PIPELINE = '''
+"""A trivial pipeline: one stage that marks each frame."""
+from torchstream import PipelineSpec
+
+
+class Mark:
+    name = "mark"
+
+    def process(self, frames):
+        for frame in frames:
+            frame.attributes["bench.marked"] = True
+
+
+def build(config, options):
+    return PipelineSpec(stages=[Mark()])
+'''
+
+
+# -- publishers (processes) -------------------------------------------------------------------
+
+
+def _jpeg(size: int) -> bytes:
+    """A noise JPEG of about ``size`` bytes."""
+    import torch
+
+    from torchstream.sinks._images import encode_picture
+
+    side = 8
+    generator = torch.Generator().manual_seed(0)
+    while True:
+        rgb = torch.randint(0, 256, (side, side, 3), dtype=torch.uint8, generator=generator)
+        data = encode_picture(rgb, "jpg")
+        if len(data) >= size or side >= 512:
+            return data
+        side += 4
+
+
+def _publish(url: str, cameras: list[str], fps: float, size: int, seconds: float,
+             start_at: float, results: Any) -> None:
+    """One publisher process: ``cameras`` at ``fps`` each, for ``seconds`` from the wall
+    clock ``start_at``; puts ``{camera: (acknowledged seqs, unknown seqs)}`` on ``results``."""
+    image = _jpeg(size)
+    layout = Layout()
+
+    async def run() -> dict[str, tuple[list[int], list[int]]]:
+        connection = await connect(url, name="bench-publisher")
+        publisher = Publisher(connection, layout, max_in_flight=4096, ack_timeout_seconds=10)
+        waiting: list[tuple[str, int, asyncio.Future[bool | None]]] = []
+        interval = 1 / (fps * len(cameras))
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        started = time.monotonic()
+        n = 0
+        while (elapsed := time.monotonic() - started) < seconds:
+            due = n * interval
+            if due > elapsed:
+                await asyncio.sleep(due - elapsed)
+            camera, seq = cameras[n % len(cameras)], n // len(cameras)
+            message = FrameMessage(
+                source_id=camera, seq=seq, pts_seconds=seq / fps,
+                payload=ImagePayload(format="jpeg"),
+                metadata=Frame(source_id=camera, seq=seq, width=40, height=40,
+                               attributes={SENT: time.time()}),
+            )
+            waiting.append((camera, seq, asyncio.ensure_future(
+                publisher.publish(message, image, wait=True))))
+            n += 1
+        outcome: dict[str, tuple[list[int], list[int]]] = {c: ([], []) for c in cameras}
+        for camera, seq, future in waiting:
+            try:
+                stored = bool(await future)
+            except Exception:
+                stored = False
+            outcome[camera][0 if stored else 1].append(seq)
+        await publisher.close()
+        await close_quietly(connection)
+        return outcome
+
+    results.put(asyncio.run(run()))
+
+
+# -- the checker (this process) ---------------------------------------------------------------
+
+
+class Checker:
+    """Listens to results, drop records and heartbeats on a thread; feeds an Accounting."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.accounting = Accounting()
+        self.fence = Fence()
+        self.latencies: list[float] = []
+        self.results = 0
+        self.fenced = 0
+        self.drops: collections.Counter[str] = collections.Counter()
+        self.ready: set[str] = set()
+        self.owner: dict[int, str] = {}  # partition -> worker of its last result
+        self.last: dict[str, tuple[str, int]] = {}  # camera -> (worker, epoch) of last result
+        self.moves = 0
+        self.ownership_violations: list[str] = []
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def start(self) -> Checker:
+        self._thread.start()
+        if not self._started.wait(20):
+            raise SystemExit("the checker could not subscribe")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(20)
+
+    def _on_result(self, message: Any) -> None:
+        now = time.time()
+        headers = message.headers or {}
+        decoded = decode(message.subject, headers, message.data).message
+        if not isinstance(decoded, ResultMessage):
+            return
+        worker, epoch = headers[WORKER_HEADER], int(headers[EPOCH_HEADER])
+        partition = int(headers[PARTITION_HEADER])
+        camera = decoded.frame.source_id
+        if self.fence.check(partition=partition, epoch=epoch, worker_id=worker,
+                            source_id=camera, seq=decoded.frame.seq) is not None:
+            self.fenced += 1
+            return
+        previous = self.last.get(camera)
+        if previous is not None and previous[0] != worker:
+            self.moves += 1
+            if epoch <= previous[1]:  # another worker without a newer claim: two owners
+                self.ownership_violations.append(
+                    f"{camera}: {worker}@{epoch} after {previous[0]}@{previous[1]}")
+        self.last[camera] = (worker, epoch)
+        self.owner[partition] = worker
+        self.results += 1
+        sent = decoded.frame.attributes.get(SENT)
+        if isinstance(sent, float):
+            self.latencies.append(now - sent)
+        self.accounting.result(ResultRecord(camera, decoded.frame.seq, worker, epoch))
+
+    def _on_drop(self, message: Any) -> None:
+        body = json.loads(message.data)
+        record = DropRecord(body["source_id"], body["first_seq"], body["last_seq"],
+                            body["reason"])
+        self.drops[record.reason] += record.frames
+        self.accounting.drop(record)
+
+    def _on_heartbeat(self, message: Any) -> None:
+        beat = json.loads(message.data)
+        (self.ready.add if beat["ready"] else self.ready.discard)(beat["worker"])
+
+    async def _run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        connection = await connect(self.url, name="bench-checker")
+
+        def sync(handler: Any) -> Any:
+            async def callback(message: Any) -> None:
+                handler(message)
+            return callback
+
+        await connection.subscribe("ts.out.*", cb=sync(self._on_result),
+                                   pending_msgs_limit=1 << 20, pending_bytes_limit=1 << 30)
+        await connection.subscribe("ts.drop.*", cb=sync(self._on_drop))
+        await connection.subscribe("ts.workers.heartbeat", cb=sync(self._on_heartbeat))
+        await connection.flush()
+        self._started.set()
+        await self._stop.wait()
+        await close_quietly(connection)
+
+
+def _wait(condition: Any, timeout_seconds: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cameras", type=int, default=1000)
+    parser.add_argument("--fps", type=float, default=3.0)
+    parser.add_argument("--size", type=int, default=2000, help="bytes per image (about)")
+    parser.add_argument("--partitions", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--publishers", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--record", action="store_true", help="append the table to RESULTS.md")
+    args = parser.parse_args()
+    for name in ("cameras", "workers", "publishers", "partitions"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name} must be >= 1")
+
+    cameras = [f"cam-{i:04d}" for i in range(args.cameras)]
+    layout = Layout(partitions=args.partitions)
+    processes: list[subprocess.Popen[bytes]] = []
+    with NatsServer() as server, tempfile.TemporaryDirectory(prefix="nats-scale-") as folder:
+        async def init() -> None:
+            connection = await connect(server.url)
+            await init_layout(connection, layout)
+            await close_quietly(connection)
+
+        asyncio.run(init())
+        pipeline = Path(folder) / "mark.py"
+        pipeline.write_text(PIPELINE)
+        checker = Checker(server.url).start()
+        env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+        try:
+            for n in range(args.workers):
+                log = open(Path(folder) / f"w{n + 1}.log", "wb")  # noqa: SIM115 (child keeps it)
+                processes.append(subprocess.Popen(
+                    [sys.executable, "-m", "torchstream.cli", "worker", str(pipeline),
+                     "--nats", server.url, "--worker-id", f"w{n + 1}", "--log-level", "warning"],
+                    env=env, stdout=log, stderr=subprocess.STDOUT,
+                ))
+            _wait(lambda: len(checker.ready) >= args.workers, 120, "the workers to join")
+            time.sleep(3.0)  # the partitions settle (a few heartbeat intervals)
+
+            context = multiprocessing.get_context("spawn")
+            outcomes = context.Queue()
+            start_at = time.time() + 3.0  # the publishers' imports and connections first
+            share = [cameras[i :: args.publishers] for i in range(args.publishers)]
+            publishers = [
+                context.Process(target=_publish, args=(
+                    server.url, part, args.fps, args.size, args.seconds, start_at, outcomes))
+                for part in share if part
+            ]
+            for process in publishers:
+                process.start()
+            published: dict[str, tuple[list[int], list[int]]] = {}
+            for _ in publishers:
+                published.update(outcomes.get(timeout=args.seconds + 120))
+            for process in publishers:
+                process.join(30)
+            acknowledged = sum(len(a) for a, _ in published.values())
+            for camera, (acked, unknown) in published.items():
+                checker.accounting.published(camera, acked)
+                checker.accounting.published(camera, unknown, acknowledged=False)
+
+            def caught_up() -> bool:
+                return all(not s.unaccounted for s in checker.accounting.report().sources)
+
+            drained = time.monotonic()
+            try:
+                _wait(caught_up, 60, "the workers to catch up")
+            except SystemExit as exc:
+                print(exc)
+            drain_seconds = time.monotonic() - drained
+        finally:
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+            checker.stop()
+            stalls = {
+                f"w{n + 1}": (Path(folder) / f"w{n + 1}.log").read_text(errors="replace")
+                .count(": stalled ")
+                for n in range(args.workers)
+            }
+
+    accounting = checker.accounting.report()
+    # Unaccounted seqs above everything decided for their camera are a backlog the workers
+    # had not reached when the run ended (overload), not frames lost silently.
+    decided: dict[str, int] = {}
+    for source in accounting.sources:
+        decided[source.source_id] = -1
+    for camera, seqs in checker.accounting._results.items():
+        decided[camera] = max(decided.get(camera, -1), max(seqs, default=-1))
+    for camera, records in checker.accounting._drops.items():
+        decided[camera] = max(decided.get(camera, -1), *(r.last_seq for r in records))
+    backlog = sum(1 for s in accounting.sources for q in s.unaccounted if q > decided[s.source_id])
+    silent = sum(len(s.unaccounted) for s in accounting.sources) - backlog
+    image = _jpeg(args.size)
+    per_worker = collections.Counter(checker.owner.values())
+    lost = collections.Counter[str]()
+    for source in accounting.sources:
+        lost.update(source.lost)
+    in_rate = acknowledged / args.seconds
+    out_rate = checker.results / args.seconds
+    ok = accounting.ok and not checker.ownership_violations
+    others = sum(len(s.duplicates) + len(s.out_of_order) + len(s.unpublished)
+                 for s in accounting.sources)
+    lines = [
+        f"### NATS control plane, {args.cameras} cameras — {platform.node() or 'this machine'} "
+        f"— {datetime.date.today().isoformat()}",
+        "",
+        f"{os.cpu_count()} CPUs shared by nats-server, {len(publishers)} publisher processes, "
+        f"{args.workers} `torchstream worker` processes (trivial pipeline) and the checker; "
+        f"{args.partitions} partitions, {args.fps:g} frames/s per camera, JPEG of "
+        f"{len(image)} bytes, {args.seconds:g} s of publishing; workers caught up "
+        f"{drain_seconds:.1f} s after the publishers stopped.",
+        f"Command: `python3 benchmarks/nats_scale.py --cameras {args.cameras} --fps {args.fps:g} "
+        f"--workers {args.workers} --publishers {args.publishers} --seconds {args.seconds:g}`",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| frames acknowledged (published) | {acknowledged} ({in_rate:.0f} msgs/s, "
+        f"{in_rate * len(image) / 1e6:.2f} MB/s) |",
+        f"| results received | {checker.results} ({out_rate:.0f} msgs/s) |",
+        f"| publish → result latency p50 / p99 | {_percentile(checker.latencies, 0.5) * 1e3:.0f}"
+        f" ms / {_percentile(checker.latencies, 0.99) * 1e3:.0f} ms |",
+        "| partitions per worker (owner of each partition's last result) | "
+        + ", ".join(f"{w} {n}" for w, n in sorted(per_worker.items())) + " |",
+        f"| owner changes / ownership violations / fenced at the sink | {checker.moves} / "
+        f"{len(checker.ownership_violations)} / {checker.fenced} |",
+        f"| frames lost (counted, by reason) | {sum(lost.values())} "
+        f"({', '.join(f'{r} {n}' for r, n in sorted(lost.items())) or 'none'}) |",
+        f"| not processed when the run ended: backlog / lost silently (holes) | {backlog} / "
+        f"{silent} |",
+        f"| duplicates + out of order + unpublished | {others} |",
+        "| worker stalls (fenced itself) | "
+        + ", ".join(f"{w} {n}" for w, n in stalls.items()) + " |",
+        f"| invariants (accounting, order, no duplicate, one owner) | "
+        f"{'OK' if ok else 'FAILED'} ({len(accounting.sources)} cameras) |",
+    ]
+    report(lines, record=args.record)
+    if not ok:
+        for line in (*accounting.violations()[:20], *checker.ownership_violations[:20]):
+            print("VIOLATION", line)
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""The group side of a worker: heartbeats, the stream's first sequence, which partitions it
+owns (claims, graceful releases) and the stall watchdog that fences it.
+
+A mixin of :class:`~torchstream.nats._worker.Worker`, kept apart to keep each file short:
+the attributes it uses are the worker's (declared below for the type checker), set in
+``Worker.__init__`` and ``Worker._serve``. Everything here runs on the worker's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any, cast
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.js.kv import KeyValue
+
+from torchstream.nats._assignment import Membership
+from torchstream.nats._emit import Emitter
+from torchstream.nats._fence import StallWatchdog
+from torchstream.nats._jsapi import JetStreamApi
+from torchstream.nats._layout import Layout
+from torchstream.nats._ledger import DropRecord, Ledger
+from torchstream.nats._partition import OwnedPartition
+from torchstream.sources._pushed import PushedSource
+
+if TYPE_CHECKING:
+    from torchstream.nats._worker import Worker
+
+__all__ = ["Ownership"]
+
+log = logging.getLogger("torchstream.nats._worker")
+
+
+class Ownership:
+    """Heartbeats, ownership and fencing of a :class:`~torchstream.nats._worker.Worker`."""
+
+    worker_id: str
+    incarnation: int
+    layout: Layout
+    connection: NATS
+    api: JetStreamApi
+    ledger: Ledger
+    ready: threading.Event
+    stream_first_seq: int | None
+    _asking_first_seq: asyncio.Future[int | None] | None
+    _owned: dict[int, OwnedPartition]
+    _claims: dict[int, int]
+    _claims_kv: KeyValue
+    _sources: dict[str, PushedSource]
+    _in_flight: collections.Counter[int]
+    _counts: collections.Counter[str]
+    _closing: set[asyncio.Future[None]]
+    _membership: Membership
+    _watchdog: StallWatchdog
+    _emitter: Emitter | None
+    _wake: asyncio.Event | None
+    _stopping: bool
+    _settle_until: float
+    _interval: float
+    _drain_timeout: float
+
+    if TYPE_CHECKING:
+
+        def record_drop(self, record: DropRecord, partition: int, epoch: int) -> None: ...
+
+    # -- heartbeats and the stream ------------------------------------------------------
+
+    async def _heartbeats(self, subject: str) -> None:
+        while True:
+            self.check_progress()
+            await self._heartbeat(subject)
+            await asyncio.sleep(self._interval)
+
+    async def _heartbeat(self, subject: str, *, leaving: bool = False) -> None:
+        leaving = leaving or self._stopping  # late beats must not bring it back
+        body = json.dumps(
+            {
+                "worker": self.worker_id,
+                "incarnation": self.incarnation,
+                "ready": self.ready.is_set() and not leaving,
+                "leaving": leaving,
+            }
+        )
+        try:
+            await self.connection.publish(subject, body.encode())
+        except nats.errors.Error as exc:
+            log.debug("worker: heartbeat not sent: %r", exc)
+
+    async def _on_heartbeat(self, message: Any) -> None:
+        try:
+            beat = json.loads(message.data)
+            changed = self._membership.observe(
+                str(beat["worker"]),
+                incarnation=int(beat["incarnation"]),
+                ready=bool(beat["ready"]),
+                leaving=bool(beat.get("leaving")),
+                now_seconds=time.monotonic(),
+            )
+        except (ValueError, KeyError, TypeError):
+            return
+        if changed and self._wake is not None:
+            self._wake.set()
+
+    async def _refresh_stream_info(self) -> None:
+        while True:
+            await self.refresh_stream_first_seq()
+            await asyncio.sleep(1.0)
+
+    async def refresh_stream_first_seq(self) -> int | None:
+        """Ask the server for the input stream's first sequence now (the stream's limits
+        only ever move it up) and return it; the last value known if the server does not
+        answer. One question at a time: concurrent callers share it."""
+        asking = self._asking_first_seq
+        if asking is None:
+            asking = self._asking_first_seq = asyncio.ensure_future(self._ask_first_seq())
+            asking.add_done_callback(lambda _: setattr(self, "_asking_first_seq", None))
+        return await asyncio.shield(asking)
+
+    async def _ask_first_seq(self) -> int | None:
+        try:
+            info = await self.api.stream_info(self.layout.input_stream)
+            if info is not None:
+                first = int(info["state"]["first_seq"])
+                self.stream_first_seq = max(first, self.stream_first_seq or 0)
+        except Exception as exc:  # the next try may work; the value only ages
+            log.debug("worker: stream info: %r", exc)
+        return self.stream_first_seq
+
+    # -- ownership ----------------------------------------------------------------------
+
+    async def _rebalance(self) -> None:
+        now = time.monotonic()
+        if not self.check_progress() or now < self._settle_until:
+            return
+        if self._owned and self.worker_id not in self._membership.owners(now):
+            # Its own heartbeats stopped coming back (a cut link): the others have taken or
+            # will take its partitions; what it holds must not go out after their results.
+            self._fence("lost its link to the group")
+            return
+        wanted = self._membership.owned_by(self.worker_id, now)
+        lost = [p for p in self._owned if p not in wanted]
+        gained = [p for p in sorted(wanted) if p not in self._owned]
+        await asyncio.gather(*(self._release(p) for p in lost))
+        for partition in gained:
+            owned = OwnedPartition(cast("Worker", self), partition)
+            self._owned[partition] = owned
+            await owned.start()
+        if lost or gained:
+            log.info(
+                "worker %s: owns %d partitions (+%d -%d)",
+                self.worker_id,
+                len(self._owned),
+                len(gained),
+                len(lost),
+            )
+
+    async def claim(self, partition: int) -> int:
+        """A new epoch for this worker's claim of ``partition``: the revision of a write to
+        the workers bucket, which only grows."""
+        body = json.dumps({"worker": self.worker_id, "incarnation": self.incarnation})
+        epoch = int(await self._claims_kv.put(f"claim.{partition}", body.encode()))
+        self._claims[partition] = epoch
+        self._counts["claims"] += 1
+        return epoch
+
+    async def _release(self, partition: int) -> None:
+        """Hand ``partition`` over: stop pulling, finish its frames, unpin, forget it."""
+        owned = self._owned.get(partition)
+        if owned is None:
+            return
+        await owned.stop()
+        deadline = time.monotonic() + self._drain_timeout
+        while self._in_flight[partition] > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        await owned.unpin()
+        self._forget(owned, "left")
+        self._counts["leaves"] += 1
+
+    def _forget(self, owned: OwnedPartition, reason: str) -> None:
+        self._owned.pop(owned.partition, None)
+        self._claims.pop(owned.partition, None)
+        # A takeover window still open: its frames that have not come back never will to
+        # this worker, and the next owner starts above them; count them now.
+        for stream in owned.ledgers.values():
+            for record in stream.close_window():
+                self.record_drop(record, owned.partition, owned.epoch)
+        self.ledger.release(owned.ledgers)
+        for source_id in owned.ledgers:
+            source = self._sources.pop(source_id, None)
+            if source is not None:
+                source.end() if reason == "left" else source.close()
+            if self._emitter is not None:
+                self._emitter.drain(source_id, reason)
+
+    def check_progress(self) -> bool:
+        """Record progress of the loop; False (and the worker fences itself) after a stall."""
+        now = time.monotonic()
+        stall = self._watchdog.progress(now) or self._watchdog.stalled
+        if stall is None:
+            return True
+        # Noticed here, or latched by the emitter's check (which cannot fence by itself):
+        # either way nothing it holds may go out; it gives everything up and joins again.
+        self._counts["stalls"] += 1
+        self._fence(f"stalled {stall.stalled_seconds:.2f} s")
+        self._watchdog.recover(now)
+        return False
+
+    def _fence(self, why: str) -> None:
+        """Give up every partition at once: nothing it holds goes out (counted ``fenced``),
+        nothing is acknowledged; it joins again after hearing the group."""
+        log.warning("worker %s: %s: dropping its partitions", self.worker_id, why)
+        self._counts["fences"] += 1
+        for owned in list(self._owned.values()):
+            owned.cancel()
+            closing = asyncio.ensure_future(owned.puller.close())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+            self._forget(owned, "fenced")
+        self._settle_until = time.monotonic() + 2 * self._interval
