@@ -35,6 +35,7 @@ import json
 import multiprocessing
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -233,6 +234,33 @@ class Checker:
         await close_quietly(connection)
 
 
+def _cpu_seconds(pid: int | None) -> float:
+    """CPU time (user + system) a process has used so far; 0 once it is gone."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds each role's processes use between :meth:`begin` and :meth:`end`."""
+
+    def __init__(self, roles: dict[str, list[int | None]]) -> None:
+        self.roles = roles
+        self.used: collections.Counter[str] = collections.Counter()
+
+    def begin(self) -> None:
+        for role, pids in self.roles.items():
+            self.used[role] -= sum(_cpu_seconds(pid) for pid in pids)
+
+    def end(self) -> None:
+        for role, pids in self.roles.items():
+            self.used[role] += sum(_cpu_seconds(pid) for pid in pids)
+
+
 def _wait(condition: Any, timeout_seconds: float, what: str) -> None:
     deadline = time.monotonic() + timeout_seconds
     while not condition():
@@ -256,6 +284,8 @@ def main() -> None:
     parser.add_argument("--publishers", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--record", action="store_true", help="append the table to RESULTS.md")
+    parser.add_argument("--logs", type=Path, default=None,
+                        help="copy the workers' and the server's logs into this folder")
     args = parser.parse_args()
     for name in ("cameras", "workers", "publishers", "partitions"):
         if getattr(args, name) < 1:
@@ -297,6 +327,14 @@ def main() -> None:
             ]
             for process in publishers:
                 process.start()
+            # CPU by role while the publishers publish (their start-up left out).
+            cpu = CpuMeter({
+                "nats-server": [server.pid], "checker": [os.getpid()],
+                "workers": [p.pid for p in processes],
+                "publishers": [p.pid for p in publishers],
+            })
+            for at, action in ((start_at + 0.5, cpu.begin), (start_at + args.seconds, cpu.end)):
+                threading.Timer(max(0.0, at - time.time()), action).start()
             published: dict[str, tuple[list[int], list[int]]] = {}
             for _ in publishers:
                 published.update(outcomes.get(timeout=args.seconds + 120))
@@ -330,6 +368,12 @@ def main() -> None:
                 .count(": stalled ")
                 for n in range(args.workers)
             }
+            if args.logs is not None:
+                args.logs.mkdir(parents=True, exist_ok=True)
+                for n in range(args.workers):
+                    shutil.copy(Path(folder) / f"w{n + 1}.log", args.logs / f"w{n + 1}.log")
+                if server.log_path.exists():
+                    shutil.copy(server.log_path, args.logs / "nats-server.log")
 
     accounting = checker.accounting.report()
     # Unaccounted seqs above everything decided for their camera are a backlog the workers
@@ -383,6 +427,12 @@ def main() -> None:
         f"| duplicates + out of order + unpublished | {others} |",
         "| worker stalls (fenced itself) | "
         + ", ".join(f"{w} {n}" for w, n in stalls.items()) + " |",
+        "| CPU while publishing, by role (cores) | " + ", ".join(
+            f"{role} {used / (args.seconds - 0.5):.2f}" for role, used in cpu.used.items()
+        ) + " |",
+        "| CPU per 1,000 frames, by role (ms) | " + ", ".join(
+            f"{role} {used * 1e6 / max(1, acknowledged):.0f}" for role, used in cpu.used.items()
+        ) + " |",
         f"| invariants (accounting, order, no duplicate, one owner) | "
         f"{'OK' if ok else 'FAILED'} ({len(accounting.sources)} cameras) |",
     ]

@@ -204,6 +204,29 @@ def test_sigstop_a_worker_for_3_seconds(deployment: Deployment) -> None:
     assert fenced + collector.fenced + collector.stale_duplicates > 0, deployment.log(victim)
 
 
+def test_a_paused_worker_that_nobody_replaced_keeps_its_partitions(
+    deployment: Deployment,
+) -> None:
+    # Alone, paused past its stall threshold and its pins' timeout: no other worker claimed
+    # a partition meanwhile, so nothing it holds can come after another's results. It must
+    # keep its partitions and lose nothing (a busy machine stalls workers like this).
+    deployment.add("w1", "--delay-ms", "20")
+    deployment.replay()
+    time.sleep(1.0)
+    process = deployment.workers["w1"]
+    process.send_signal(signal.SIGSTOP)
+    time.sleep(1.5)
+    process.send_signal(signal.SIGCONT)
+    time.sleep(1.5)
+    deployment.finish()
+    report = deployment.accounting.report()
+    print(report)
+    log = deployment.log("w1")
+    assert report.ok, str(report)
+    assert "stalled" in log and f"kept {LAYOUT.partitions} partitions, fenced 0" in log, log
+    assert not any(s.lost for s in report.sources), str(report)  # not one frame lost
+
+
 @pytest.mark.slow
 def test_restart_the_server_with_its_file_store(
     server: NatsServer, deployment: Deployment

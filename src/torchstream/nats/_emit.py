@@ -11,7 +11,7 @@ import contextlib
 import itertools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 class Emitter:
     """Publishes settled tickets in order and acknowledges their input messages.
 
-    ``may_emit(ticket)`` is asked just before each result goes out: False fences it (the
-    worker lost the partition or stalled), and the frame is counted as a ``fenced`` drop,
+    ``may_emit(ticket)`` is awaited just before each result goes out (after a stall it
+    waits until the worker knows which partitions it kept): False fences the result (the
+    worker lost the partition), and the frame is counted as a ``fenced`` drop,
     not acknowledged (its new owner decides about it). ``on_done(ticket)`` is called once
     per ticket when nothing more will happen to it. ``stored``: wait for the results
     stream's ack before acknowledging the input (True when the layout keeps results)."""
@@ -38,7 +39,7 @@ class Emitter:
         connection: NATS,
         *,
         drop_subject_of: Callable[[str], str],
-        may_emit: Callable[[Ticket], bool],
+        may_emit: Callable[[Ticket], Awaitable[bool]],
         on_drop: Callable[[DropRecord, int, int], None],
         on_done: Callable[[Ticket], None],
         stored: bool,
@@ -129,7 +130,7 @@ class Emitter:
                 await self._ack(ticket, None)
             return
         encoded = ticket.encoded
-        if encoded is None or not self._may_emit(ticket):
+        if encoded is None or not await self._may_emit(ticket):
             if not ticket.end_of_stream:
                 record = DropRecord(ticket.source_id, ticket.seq, ticket.seq, "fenced")
                 self._on_drop(record, ticket.partition, ticket.epoch)

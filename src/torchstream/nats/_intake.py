@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
+import functools
 import logging
 import time
 from typing import Any
@@ -44,6 +46,7 @@ class Intake:
     _counts: collections.Counter[str]
     _decoder: DecoderChoice
     _max_queued: int
+    _starter: concurrent.futures.ThreadPoolExecutor
 
     def count(self, name: str, n: int = 1) -> None:
         self._counts[name] += n
@@ -112,9 +115,34 @@ class Intake:
         while source_id in pipeline.sources() and time.monotonic() < deadline:
             await asyncio.sleep(0.005)  # the previous session still drains
         source = PushedSource(source_id, decoder=self._decoder, max_queued=self._max_queued)
-        pipeline.add_source(source)
         self._sources[source_id] = source
+        # Its thread starts on the starter thread, not here: Thread.start waits until the
+        # new thread runs, and a takeover of hundreds of cameras on a busy machine would
+        # hold the loop (its pulls and heartbeats) long enough to look like a stall. Frames
+        # pushed meanwhile queue in the source.
+        starting = asyncio.get_running_loop().run_in_executor(
+            self._starter, self._start_source, pipeline, source
+        )
+        starting.add_done_callback(functools.partial(self._source_started, source))
         return source
+
+    @staticmethod
+    def _start_source(pipeline: Pipeline, source: PushedSource) -> None:
+        # A session of the camera released while its own start was still queued ends at
+        # once (it was ended or closed before it ran): wait for it, then start this one.
+        pipeline.wait_source(source.source_id, 30.0)
+        pipeline.add_source(source)
+
+    def _source_started(self, source: PushedSource, started: asyncio.Future[None]) -> None:
+        error = None if started.cancelled() else started.exception()
+        if error is None:
+            return
+        log.warning("worker: source %s did not start: %r", source.source_id, error)
+        source.close()
+        if self._sources.get(source.source_id) is source:
+            del self._sources[source.source_id]
+        if self._emitter is not None:
+            self._emitter.drain(source.source_id, "source_failed")
 
     async def end_source(self, ticket: Ticket, eos: EndOfStream) -> None:
         """A camera's end of stream: its source ends, the end goes out after its results."""

@@ -17,12 +17,13 @@ import time
 from typing import TYPE_CHECKING, Any, cast
 
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
 from torchstream.nats._assignment import Membership
 from torchstream.nats._emit import Emitter
-from torchstream.nats._fence import StallWatchdog
+from torchstream.nats._fence import Stall, StallWatchdog
 from torchstream.nats._jsapi import JetStreamApi
 from torchstream.nats._layout import Layout
 from torchstream.nats._ledger import DropRecord, Ledger
@@ -58,6 +59,7 @@ class Ownership:
     _closing: set[asyncio.Future[None]]
     _membership: Membership
     _watchdog: StallWatchdog
+    _recovery: asyncio.Task[None] | None
     _emitter: Emitter | None
     _wake: asyncio.Event | None
     _stopping: bool
@@ -199,17 +201,74 @@ class Ownership:
                 self._emitter.drain(source_id, reason)
 
     def check_progress(self) -> bool:
-        """Record progress of the loop; False (and the worker fences itself) after a stall."""
-        now = time.monotonic()
-        stall = self._watchdog.progress(now) or self._watchdog.stalled
+        """Record progress of the loop. False while the worker deals with a stall (noticed
+        here or by the emitter): callers hold what they have until :meth:`after_stall`."""
+        stall = self._watchdog.progress(time.monotonic()) or self._watchdog.stalled
         if stall is None:
             return True
-        # Noticed here, or latched by the emitter's check (which cannot fence by itself):
-        # either way nothing it holds may go out; it gives everything up and joins again.
-        self._counts["stalls"] += 1
-        self._fence(f"stalled {stall.stalled_seconds:.2f} s")
-        self._watchdog.recover(now)
+        self._recover(stall)
         return False
+
+    async def after_stall(self) -> None:
+        """Return once the stall being dealt with (if any) is over: the partitions another
+        worker claimed meanwhile are fenced, the others kept."""
+        stall = self._watchdog.stalled
+        recovery = self._recover(stall) if stall is not None else self._recovery
+        if recovery is not None and not recovery.done():
+            await asyncio.shield(recovery)
+
+    def _recover(self, stall: Stall) -> asyncio.Task[None]:
+        recovery = self._recovery
+        if recovery is None or recovery.done():
+            self._counts["stalls"] += 1
+            recovery = self._recovery = asyncio.ensure_future(self._check_claims(stall))
+        return recovery
+
+    async def _check_claims(self, stall: Stall) -> None:
+        """After a stall, keep each partition whose newest claim is still this worker's
+        epoch and fence the others. Every owner claims a partition (a new, larger KV
+        revision) before it pulls from it, so an unchanged claim means no other worker has
+        pulled from it yet: nothing this worker holds can come after another's results. A
+        claim made after this check races only with results already on their way, which
+        the epoch fence at the sinks drops. Until this returns nothing is emitted (the
+        watchdog's latch) and the pull loops wait; when the claims cannot be read within
+        the stall threshold, every partition is fenced, as a paused worker must."""
+        partitions = dict(self._owned)
+        try:
+            newest = await asyncio.wait_for(
+                self._newest_claims(list(partitions)),
+                self._watchdog.stall_threshold_seconds,
+            )
+        except (asyncio.TimeoutError, nats.errors.Error) as exc:
+            newest = None
+            reason = f"claims unreadable: {exc!r}"
+        why = f"stalled {stall.stalled_seconds:.2f} s"
+        if newest is None:
+            self._fence(f"{why} ({reason})")
+        else:
+            lost = [
+                owned for p, owned in partitions.items()
+                if newest.get(p) != owned.epoch and self._owned.get(p) is owned
+            ]
+            for owned in lost:
+                self._fence_partition(owned)
+            if lost:
+                self._counts["fences"] += 1
+            log.warning(
+                "worker %s: %s: kept %d partitions, fenced %d (claimed by another worker)",
+                self.worker_id, why, len(partitions) - len(lost), len(lost),
+            )
+        self._watchdog.recover(time.monotonic())
+
+    async def _newest_claims(self, partitions: list[int]) -> dict[int, int]:
+        async def revision(partition: int) -> tuple[int, int]:
+            try:
+                entry = await self._claims_kv.get(f"claim.{partition}")
+            except nats.js.errors.KeyNotFoundError:
+                return partition, 0
+            return partition, int(entry.revision or 0)
+
+        return dict(await asyncio.gather(*(revision(p) for p in partitions)))
 
     def _fence(self, why: str) -> None:
         """Give up every partition at once: nothing it holds goes out (counted ``fenced``),
@@ -217,9 +276,14 @@ class Ownership:
         log.warning("worker %s: %s: dropping its partitions", self.worker_id, why)
         self._counts["fences"] += 1
         for owned in list(self._owned.values()):
-            owned.cancel()
-            closing = asyncio.ensure_future(owned.puller.close())
-            self._closing.add(closing)
-            closing.add_done_callback(self._closing.discard)
-            self._forget(owned, "fenced")
+            self._fence_partition(owned)
         self._settle_until = time.monotonic() + 2 * self._interval
+
+    def _fence_partition(self, owned: OwnedPartition) -> None:
+        """Stop ``owned`` at once: what it holds is dropped (counted ``fenced``), nothing
+        more is acknowledged, its pin is left to time out."""
+        owned.cancel()
+        closing = asyncio.ensure_future(owned.puller.close())
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+        self._forget(owned, "fenced")

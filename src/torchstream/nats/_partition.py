@@ -105,7 +105,11 @@ class OwnedPartition:
                 await asyncio.sleep(worker.pull_expires_seconds)
                 continue
             if not worker.check_progress():
-                return  # stalled: the worker fences itself; these messages come back
+                # Stalled: the worker checks its claims; fenced, this task is cancelled
+                # (these messages come back to the partition's new owner).
+                await worker.after_stall()
+                if self.stopping:
+                    return
             if result.messages and self.first_delivery_seconds is None:
                 self.first_delivery_seconds = time.monotonic()
             for message in result.messages:

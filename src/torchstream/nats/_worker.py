@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -62,8 +63,9 @@ class WorkerStatistics:
     decoded_only: int
     dropped: dict[str, int]
     counts: dict[str, int]
-    """``claims``, ``takeovers`` (cameras taken over), ``replayed``, ``stalls``,
-    ``rejected`` (malformed messages), ``leaves`` (partitions handed over gracefully)."""
+    """``claims``, ``takeovers`` (cameras taken over), ``replayed``, ``stalls`` (noticed),
+    ``fences`` (stalls or lost links that cost it partitions), ``rejected`` (malformed
+    messages), ``leaves`` (partitions handed over gracefully)."""
 
 
 class Worker(Ownership, Intake):
@@ -72,9 +74,11 @@ class Worker(Ownership, Intake):
     ``layout``: its ``prefix`` and names; the partition count, pin timeout and ack wait are
     read from the server (run ``torchstream nats init`` first: :class:`LayoutError`
     otherwise). ``heartbeat_timeout_seconds`` (default: the pin timeout) drops a silent
-    peer; ``stall_threshold_seconds`` (default: 0.6 x (that timeout - a pull's expiry))
-    fences this worker when its loop stalls (SIGSTOP): it stops emitting, drops what it
-    holds (counted ``fenced``) and joins again.
+    peer; ``stall_threshold_seconds`` (default: 0.6 x (that timeout - a pull's expiry)):
+    when its loop stalls that long (SIGSTOP, a starved machine) it stops emitting and reads
+    the partitions' claims: those another worker claimed meanwhile are fenced (what it
+    holds of them is dropped, counted ``fenced``; the group gives it partitions again
+    later), the others it keeps, since no other worker can have pulled from them.
 
     :meth:`run` blocks until :meth:`stop` (safe from a signal handler): the worker then
     stops pulling, finishes the frames in flight (at most ``drain_timeout_seconds``),
@@ -135,6 +139,9 @@ class Worker(Ownership, Intake):
         self._owned: dict[int, OwnedPartition] = {}
         self._claims: dict[int, int] = {}
         self._sources: dict[str, PushedSource] = {}
+        self._starter = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="ts/nats-source-starter"
+        )
         self._in_flight: collections.Counter[int] = collections.Counter()
         self._dropped: collections.Counter[str] = collections.Counter()
         self._counts: collections.Counter[str] = collections.Counter()
@@ -146,6 +153,7 @@ class Worker(Ownership, Intake):
         self._settle_until = 0.0
         self._closing: set[asyncio.Future[None]] = set()
         self._asking_first_seq: asyncio.Future[int | None] | None = None
+        self._recovery: asyncio.Task[None] | None = None
 
     # -- the outside --------------------------------------------------------------------
 
@@ -166,7 +174,10 @@ class Worker(Ownership, Intake):
             on_drop=sink.dropped,
         ) as pipeline:
             self._pipeline = pipeline
-            asyncio.run(self._main())
+            try:
+                asyncio.run(self._main())
+            finally:
+                self._starter.shutdown(wait=True)
             for source in self._sources.values():
                 source.end()
             pipeline.wait(self._drain_timeout)
@@ -284,11 +295,10 @@ class Worker(Ownership, Intake):
         if loop is not None and self._emitter is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._emitter.settle, ticket)
 
-    def _may_emit(self, ticket: Ticket) -> bool:
-        return (
-            self._watchdog.may_emit(time.monotonic())
-            and self._claims.get(ticket.partition) == ticket.epoch
-        )
+    async def _may_emit(self, ticket: Ticket) -> bool:
+        if not self._watchdog.may_emit(time.monotonic()):
+            await self.after_stall()  # its partition kept or fenced: the claim tells
+        return self._claims.get(ticket.partition) == ticket.epoch
 
     def _done(self, ticket: Ticket) -> None:
         if ticket.message is not None and self._in_flight[ticket.partition] > 0:
