@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -230,6 +231,15 @@ def receive_from_nats(
                 log.warning("sink: %r failed to close: %s", writer, exc)
     return NatsReceiveReport(results, ended, errors, stats.fenced, stats.duplicates,
                              sum(stats.rejected.values()))
+
+
+def print_report(done: NatsReceiveReport) -> None:
+    """Print what a sink adapter did; exit 1 if a writer failed."""
+    _console.print(f"{done.results} results, {done.sources_ended} sources ended, "
+                   f"{done.errors} errors, {done.fenced} fenced, {done.duplicates} duplicates"
+                   + (f", {done.rejected} malformed" if done.rejected else ""))
+    if done.errors:
+        sys.exit(1)
 
 
 def register(group: click.Group) -> None:

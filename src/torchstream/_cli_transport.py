@@ -317,21 +317,15 @@ def _receive(
     if nats_url is None and start_text != "live":
         raise click.UsageError("--start reads the NATS results stream: give --nats URL")
     if nats_url is not None:
-        from torchstream._cli_nats import parse_start, receive_from_nats
+        from torchstream._cli_nats import parse_start, print_report, receive_from_nats
 
         start = parse_start(start_text)
-
         stop_nats = threading.Event()
         _stop_on_signals(stop_nats.set)
-        done = receive_from_nats(
+        print_report(receive_from_nats(
             nats_url, prefix, writers, source_prefixes=source_ids, start=start,
             exit_after_sources=exit_after, idle_timeout_seconds=idle_timeout, stop=stop_nats,
-        )
-        _console.print(f"{done.results} results, {done.sources_ended} sources ended, "
-                       f"{done.errors} errors, {done.fenced} fenced, {done.duplicates} duplicates"
-                       + (f", {done.rejected} malformed" if done.rejected else ""))
-        if done.errors:
-            sys.exit(1)
+        ))
         return
     transport = _transport()
     assert inbound is not None

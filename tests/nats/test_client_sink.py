@@ -192,6 +192,10 @@ def test_stale_epochs_and_copies_are_dropped_and_counted(server: NatsServer) -> 
         sink.recv(0)
 
 
+async def _drain(sink: AsyncNatsSink) -> list[Result]:
+    return [result async for result in sink]
+
+
 def test_source_filters_live_and_from_the_stream(server: NatsServer) -> None:
     _init(server.url)
     messages = [_result(s, seq, "w1", 1) for seq in range(3) for s in ("cam-a", "cam-b", "lobby")]
@@ -210,6 +214,17 @@ def test_source_filters_live_and_from_the_stream(server: NatsServer) -> None:
         async with stored:
             third = [result async for result in stored]
         assert stored.statistics().filtered == 0  # the consumer's filter: only cam-b comes
+        since = datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc)
+        async with AsyncNatsSink(server.url, source_ids=["lobby"], start=since, layout=LAYOUT,
+                                 idle_timeout_seconds=1) as by_time:
+            assert [r.seq async for r in by_time] == [0, 1, 2]
+        # Closing from another task ends a waiting iteration.
+        waiting = AsyncNatsSink(server.url, source_ids=["nobody"], layout=LAYOUT)
+        await waiting.open()
+        reader = asyncio.create_task(asyncio.wait_for(_drain(waiting), 10))
+        await asyncio.sleep(0.1)
+        await waiting.aclose()
+        assert await reader == []
         return first, second, third
 
     first, second, third = asyncio.run(run())
@@ -236,8 +251,10 @@ def test_unreachable_server_missing_stream_and_bad_options(server: NatsServer) -
     # A server without `torchstream nats init`: no results stream to start from.
     with pytest.raises(LayoutError, match=f"{server.url}: no results stream TS_OUT"):
         NatsSink(server.url, start="first")
-    with NatsSink(server.url):  # live needs no stream
-        pass
+    with NatsSink(server.url) as live:  # live needs no stream
+        # Closing from another thread ends a waiting iteration.
+        threading.Timer(0.2, live.close).start()
+        assert list(live) == []
     for bad, match in [
         ({"start": "oldest"}, "start must be"),
         ({"start": 0}, "stream sequence must be >= 1"),

@@ -4,9 +4,10 @@ loop of its own (thread ``ts/nats/sink``), read from the caller's thread."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Collection, Coroutine, Iterator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -93,7 +94,12 @@ class NatsSink:
         check_timeout("timeout_seconds", timeout_seconds)
         if self._closed:
             raise ClosedResourceError(f"the sink of {self.url} is closed")
-        return self._run(self._sink.recv(timeout_seconds))
+        try:
+            return self._run(self._sink.recv(timeout_seconds))
+        except CancelledError:  # the loop went away under it: closed from another thread
+            if not self._closed:
+                raise
+            raise ClosedResourceError(f"the sink of {self.url} was closed") from None
 
     def __iter__(self) -> Iterator[Result]:
         while not self._closed:
@@ -119,6 +125,18 @@ class NatsSink:
             self._stop_loop()
 
     def _stop_loop(self) -> None:
+        # Whatever still runs there (a recv of another thread, the client's own tasks) is
+        # cancelled and given a chance to finish, so that no caller waits forever.
+        async def cancel_the_rest() -> None:
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(cancel_the_rest(), self._loop).result(
+                _CLOSE_TIMEOUT_SECONDS
+            )
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(_CLOSE_TIMEOUT_SECONDS)
         self._loop.close()
