@@ -251,8 +251,6 @@ def source_camera(
 
     stop = threading.Event()
     _stop_on_signals(stop.set)
-    if source_id is not None:
-        source_id = _nats_source_id(source_id, nats_url)
     demuxer = LiveDemuxer(
         device, source_id=source_id, open_timeout_seconds=open_timeout,
         read_timeout_seconds=read_timeout, max_reconnects=max_reconnects,
@@ -264,9 +262,11 @@ def source_camera(
         monitor, "SourceAdapterCollector", "source camera", "torchstream-source",
         _Telemetry(trace_ratio, trace_exporter, metrics_port, metrics_address),
     ) as tracer:
-        send = functools.partial(send_live, demuxer, endpoint, stop=stop, monitor=monitor,
-                                 tracer=tracer, raw_pictures="jpeg" if nats_url else "raw")
-        failures = _send_all([(demuxer.source_id, send)], reliable=reliable)
+        sid = _nats_source_id(demuxer.source_id, nats_url)
+        send = functools.partial(send_live, demuxer, endpoint, source_id=sid, stop=stop,
+                                 monitor=monitor, tracer=tracer,
+                                 raw_pictures="jpeg" if nats_url else "raw")
+        failures = _send_all([(sid, send)], reliable=reliable)
     _exit_on(failures)
 
 
