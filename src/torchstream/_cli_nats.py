@@ -1,14 +1,23 @@
 """``torchstream nats init``: create or check the JetStream layout (needs
-``torchstream[nats]``); and the ``--nats URL`` destination of the source adapters."""
+``torchstream[nats]``); the ``--nats URL`` destination of the source adapters, and what the
+sink adapters read with ``--nats URL`` (through the client's :class:`NatsSink`)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import click
 
 from torchstream._cli_common import _console
+
+log = logging.getLogger(__name__)
 
 NATS_HELP = (
     "NATS server URL (nats://host:4222); for a cluster, several separated by commas."
@@ -119,6 +128,118 @@ def open_outlet(url: str, prefix: str) -> Any:
         return NatsOutlet(url, layout)
     except nats_layer.NatsUnavailableError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def parse_start(text: str) -> str | int:
+    """``--start``: ``live``, ``new``, ``first`` or a stream sequence number."""
+    if text in ("live", "new", "first"):
+        return text
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise click.BadParameter(
+        f"live, new, first or a stream sequence number (>= 1), got {text!r}",
+        param_hint="--start",
+    )
+
+
+@dataclass(frozen=True)
+class NatsReceiveReport:
+    results: int
+    sources_ended: int
+    errors: int
+    """Writers that failed on a result or when closing."""
+    fenced: int
+    duplicates: int
+    rejected: int
+    """Malformed messages."""
+
+
+def receive_from_nats(
+    url: str,
+    prefix: str,
+    writers: Sequence[Any],
+    *,
+    source_prefixes: Sequence[str] = (),
+    start: str | int = "live",
+    exit_after_sources: int | None = None,
+    idle_timeout_seconds: float | None = None,
+    stop: threading.Event | None = None,
+) -> NatsReceiveReport:
+    """Hand the results that NATS workers publish to ``writers`` (each a ``ResultWriter``),
+    through a :class:`~torchstream.client.NatsSink` (so each (source, seq) once, never a
+    fenced worker's), until ``stop``, ``exit_after_sources`` ends of stream, or
+    ``idle_timeout_seconds`` without a result. ``source_prefixes``: only sources whose id
+    starts with one of them. A writer that fails is logged and counted; closes the writers
+    at the end. Raises a ``click.ClickException`` when the server cannot be reached."""
+    nats_layer = _nats()
+    from torchstream.client import NatsSink
+    from torchstream.transport._protocol import ResultMessage
+
+    stop = stop or threading.Event()
+    wanted = tuple(source_prefixes)
+    results = ended = errors = 0
+
+    def hand_over(result: Any) -> None:
+        nonlocal errors
+        for writer in writers:
+            try:
+                if result.end_of_stream:
+                    writer.end(result.source_id)
+                else:
+                    writer.write(ResultMessage(
+                        frame=result.frame, content=result.content_kind,
+                        payload=result.content_description, traceparent=result.traceparent,
+                    ), result.content)
+            except Exception as exc:
+                errors += 1
+                log.warning("sink: %r failed on %r: %s", writer, result, exc)
+
+    layout = build_layout(nats_layer, prefix=prefix)
+    try:
+        sink = NatsSink(url, layout=layout, start=start)  # type: ignore[arg-type]
+    except (nats_layer.NatsUnavailableError, nats_layer.LayoutError) as exc:
+        raise click.ClickException(str(exc)) from None
+    last = time.monotonic()
+    try:
+        with sink:
+            while not stop.is_set():
+                if exit_after_sources is not None and ended >= exit_after_sources:
+                    break
+                try:
+                    result = sink.recv(0.2)  # short: SIGTERM sets ``stop``
+                except TimeoutError:
+                    if idle_timeout_seconds is not None and (
+                        time.monotonic() - last > idle_timeout_seconds
+                    ):
+                        break
+                    continue
+                last = time.monotonic()
+                if wanted and not result.source_id.startswith(wanted):
+                    continue
+                if result.end_of_stream:
+                    ended += 1
+                else:
+                    results += 1
+                hand_over(result)
+            stats = sink.statistics()
+    finally:
+        for writer in writers:
+            try:
+                writer.close()
+            except Exception as exc:
+                errors += 1
+                log.warning("sink: %r failed to close: %s", writer, exc)
+    return NatsReceiveReport(results, ended, errors, stats.fenced, stats.duplicates,
+                             sum(stats.rejected.values()))
+
+
+def print_report(done: NatsReceiveReport) -> None:
+    """Print what a sink adapter did; exit 1 if a writer failed."""
+    _console.print(f"{done.results} results, {done.sources_ended} sources ended, "
+                   f"{done.errors} errors, {done.fenced} fenced, {done.duplicates} duplicates"
+                   + (f", {done.rejected} malformed" if done.rejected else ""))
+    if done.errors:
+        sys.exit(1)
 
 
 def register(group: click.Group) -> None:

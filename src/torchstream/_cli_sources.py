@@ -188,6 +188,7 @@ def source_video(
                     loop=loop and not live, stop=stop, transport=transport,
                     open_timeout_seconds=open_timeout, read_timeout_seconds=read_timeout,
                     max_reconnects=max_reconnects, monitor=monitor, tracer=tracer,
+                    raw_pictures="jpeg" if nats_url else "raw",
                 )))
         failures = _send_all(jobs, reliable=reliable)
     _exit_on(failures)
@@ -195,8 +196,8 @@ def source_video(
 
 @source.command("camera")
 @click.argument("device", metavar="DEVICE")
-@click.option("--out", "outbound", required=True, metavar="ENDPOINT",
-              help=f"The module's input: {_ENDPOINT_HELP}.")
+@click.option("--out", "outbound", default=None, metavar="ENDPOINT",
+              help=f"The module's input: {_ENDPOINT_HELP} (or --nats).")
 @click.option("--source-id", default=None, help="Source id (default: dev_video0 for "
               "/dev/video0).")
 @click.option("--size", default=None, metavar="WxH", help="Picture size to ask for.")
@@ -204,12 +205,14 @@ def source_video(
               help="Frame rate to ask for.")
 @click.option("--input-format", type=click.Choice(["mjpeg", "yuyv422", "h264"]), default=None,
               help="What the camera delivers: JPEG pictures (sent as images), raw YUYV "
-                   "(sent as raw nv12 pictures) or H.264 (sent as packets).")
+                   "(sent as raw nv12 pictures; as JPEG images with --nats) or H.264 (sent "
+                   "as packets).")
 @_live_options
+@_nats_options
 @_telemetry_options
 def source_camera(
     device: str,
-    outbound: str,
+    outbound: str | None,
     source_id: str | None,
     size: str | None,
     fps: float | None,
@@ -217,17 +220,22 @@ def source_camera(
     open_timeout: float,
     read_timeout: float,
     max_reconnects: int | None,
+    nats_url: str | None,
+    prefix: str,
     trace_ratio: float | None,
     trace_exporter: str,
     metrics_port: int | None,
     metrics_address: str,
 ) -> None:
-    """Send a V4L2 camera (/dev/video0) to a module: MJPEG pictures as JPEG images, raw
-    pictures as raw payloads, H.264 as packets. An unplugged or failing camera is reopened
-    with backoff in the same session; SIGINT/SIGTERM (or --max-reconnects failed attempts)
-    end the stream."""
-    zmq_transport = _transport()
-    endpoint = _endpoint(zmq_transport, outbound, "--out")
+    """Send a V4L2 camera (/dev/video0) to a module (--out) or to NATS JetStream (--nats):
+    MJPEG pictures as JPEG images, raw pictures as raw payloads (with --nats encoded as
+    JPEG images here: NATS workers take no raw pixels), H.264 as packets. An unplugged or
+    failing camera is reopened with backoff in the same session; SIGINT/SIGTERM (or
+    --max-reconnects failed attempts) end the stream."""
+    if (outbound is None) == (nats_url is None):
+        raise click.UsageError("give one of --out ENDPOINT (ZeroMQ) and --nats URL")
+    if outbound is not None:
+        _endpoint(_transport(), outbound, "--out")  # a usage error before opening anything
     if not device.startswith("/dev/video"):
         raise click.BadParameter(f"a V4L2 device (/dev/video*), got {device!r}",
                                  param_hint="DEVICE")
@@ -250,13 +258,15 @@ def source_camera(
         options=camera_options(size=dimensions, fps=fps, input_format=input_format),
     )
     monitor = SendMonitor()
-    with _adapter_telemetry(
+    with _destination(outbound, nats_url, prefix) as (endpoint, reliable), _adapter_telemetry(
         monitor, "SourceAdapterCollector", "source camera", "torchstream-source",
         _Telemetry(trace_ratio, trace_exporter, metrics_port, metrics_address),
     ) as tracer:
-        send = functools.partial(send_live, demuxer, endpoint, stop=stop, monitor=monitor,
-                                 tracer=tracer)
-        failures = _send_all([(demuxer.source_id, send)], reliable=endpoint.reliable)
+        sid = _nats_source_id(demuxer.source_id, nats_url)
+        send = functools.partial(send_live, demuxer, endpoint, source_id=sid, stop=stop,
+                                 monitor=monitor, tracer=tracer,
+                                 raw_pictures="jpeg" if nats_url else "raw")
+        failures = _send_all([(sid, send)], reliable=reliable)
     _exit_on(failures)
 
 

@@ -277,14 +277,20 @@ def _sink_options(function: Any) -> Any:
     function = click.option(
         "--nats", "nats_url", default=None, metavar="URL",
         help="Read the results of NATS workers (<prefix>.out.*) instead of --in, each "
-             "(source, seq) once.",
+             "(source, seq) once, never a fenced worker's.",
     )(function)
     function = click.option(
         "--prefix", default="ts", show_default=True, help="With --nats: the subject prefix.",
     )(function)
     function = click.option(
+        "--start", default="live", show_default=True, metavar="live|new|first|SEQ",
+        help="With --nats: results published from now on (live), or read from the results "
+             "stream: stored from now on (new), all it holds (first), or from stream "
+             "sequence SEQ.",
+    )(function)
+    function = click.option(
         "--source", "source_ids", multiple=True, metavar="PREFIX",
-        help="Only these source ids (prefixes; sub endpoints). Repeatable.",
+        help="Only these source ids (prefixes; sub endpoints and --nats). Repeatable.",
     )(function)
     function = click.option(
         "--exit-after", type=click.IntRange(min=1), default=None, metavar="N",
@@ -300,32 +306,26 @@ def _sink_options(function: Any) -> Any:
 def _receive(
     kind: str, writers: list[Any],
     receiving: tuple[str | None, tuple[str, ...], int | None, float | None],
-    telemetry: _Telemetry, nats: tuple[str | None, str] = (None, "ts"),
+    telemetry: _Telemetry, nats: tuple[str | None, str, str] = (None, "ts", "live"),
 ) -> None:
-    """Receive into ``writers``; ``receiving``: --in, --source, --exit-after, --idle-timeout."""
+    """Receive into ``writers``; ``receiving``: --in, --source, --exit-after, --idle-timeout;
+    ``nats``: --nats, --prefix, --start."""
     inbound, source_ids, exit_after, idle_timeout = receiving
-    nats_url, prefix = nats
+    nats_url, prefix, start_text = nats
     if (inbound is None) == (nats_url is None):
         raise click.UsageError("give one of --in ENDPOINT (ZeroMQ) and --nats URL")
+    if nats_url is None and start_text != "live":
+        raise click.UsageError("--start reads the NATS results stream: give --nats URL")
     if nats_url is not None:
-        from torchstream._cli_nats import _nats, build_layout
-        from torchstream.nats._results import receive_nats_results
+        from torchstream._cli_nats import parse_start, print_report, receive_from_nats
 
-        nats_layer = _nats()
+        start = parse_start(start_text)
         stop_nats = threading.Event()
         _stop_on_signals(stop_nats.set)
-        try:
-            done = receive_nats_results(
-                nats_url, build_layout(nats_layer, prefix=prefix), writers,
-                exit_after_sources=exit_after, idle_timeout_seconds=idle_timeout,
-                stop=stop_nats,
-            )
-        except nats_layer.NatsUnavailableError as exc:
-            raise click.ClickException(str(exc)) from None
-        _console.print(f"{done.results} results, {done.sources_ended} sources ended, "
-                       f"{done.errors} errors, {done.fenced} fenced, {done.duplicates} duplicates")
-        if done.errors:
-            sys.exit(1)
+        print_report(receive_from_nats(
+            nats_url, prefix, writers, source_prefixes=source_ids, start=start,
+            exit_after_sources=exit_after, idle_timeout_seconds=idle_timeout, stop=stop_nats,
+        ))
         return
     transport = _transport()
     assert inbound is not None
@@ -363,13 +363,14 @@ def sink_json(
     path: str, inbound: str | None, source_ids: tuple[str, ...], exit_after: int | None,
     idle_timeout: float | None, trace_ratio: float | None, trace_exporter: str,
     metrics_port: int | None, metrics_address: str, nats_url: str | None, prefix: str,
+    start: str,
 ) -> None:
     """Write every result's metadata as JSON lines to PATH ('-' for stdout)."""
     from torchstream.transport._adapters import JsonResultWriter
 
     _receive("json", [JsonResultWriter(path)], (inbound, source_ids, exit_after, idle_timeout),
              _Telemetry(trace_ratio, trace_exporter, metrics_port, metrics_address),
-             (nats_url, prefix))
+             (nats_url, prefix, start))
 
 
 @sink.command("images")
@@ -379,6 +380,7 @@ def sink_images(
     directory: str, inbound: str | None, source_ids: tuple[str, ...], exit_after: int | None,
     idle_timeout: float | None, trace_ratio: float | None, trace_exporter: str,
     metrics_port: int | None, metrics_address: str, nats_url: str | None, prefix: str,
+    start: str,
 ) -> None:
     """Write results' images (module --content original or image) under DIRECTORY/<source>/."""
     from torchstream.transport._adapters import ImageResultWriter
@@ -386,7 +388,7 @@ def sink_images(
     writer = ImageResultWriter(directory)
     _receive("images", [writer], (inbound, source_ids, exit_after, idle_timeout),
              _Telemetry(trace_ratio, trace_exporter, metrics_port, metrics_address),
-             (nats_url, prefix))
+             (nats_url, prefix, start))
 
 
 @sink.command("video")
@@ -396,6 +398,7 @@ def sink_video(
     pattern: str, inbound: str | None, source_ids: tuple[str, ...], exit_after: int | None,
     idle_timeout: float | None, trace_ratio: float | None, trace_exporter: str,
     metrics_port: int | None, metrics_address: str, nats_url: str | None, prefix: str,
+    start: str,
 ) -> None:
     """Write each source's results as a video into PATTERN, e.g. 'out/{source_id}.mp4':
     original packets (module --content original) re-muxed as they are, annotated pictures
@@ -408,7 +411,7 @@ def sink_video(
         raise click.BadParameter(str(exc), param_hint="PATTERN") from None
     _receive("video", [writer], (inbound, source_ids, exit_after, idle_timeout),
              _Telemetry(trace_ratio, trace_exporter, metrics_port, metrics_address),
-             (nats_url, prefix))
+             (nats_url, prefix, start))
 
 
 def register(group: click.Group) -> None:

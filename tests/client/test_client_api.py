@@ -9,9 +9,10 @@ import sys
 import pytest
 
 PUBLIC = {
-    "AsyncClient", "AsyncMatcher", "AsyncSink", "AsyncSource", "ContentKind", "ImageFormat",
-    "Matcher", "MatcherStatistics", "RawFormat", "Result", "SendResult", "Sink",
-    "SinkStatistics", "Source", "SourceStatistics", "image_format", "new_traceparent",
+    "AsyncClient", "AsyncMatcher", "AsyncNatsSink", "AsyncSink", "AsyncSource", "ContentKind",
+    "ImageFormat", "Matcher", "MatcherStatistics", "NatsSink", "RawFormat", "Result",
+    "SendResult", "Sink", "SinkStatistics", "Source", "SourceStatistics", "image_format",
+    "new_traceparent",
 }
 
 

@@ -7,6 +7,9 @@ pipeline module over ZeroMQ, and read its results, blocking or with asyncio.
 - :class:`Sink` / :class:`AsyncSink` iterate :class:`Result` objects (frame metadata,
   optional content, end-of-stream markers), each with the trace id of the request that
   caused it, filtered by source id or prefix, until an idle timeout.
+- :class:`NatsSink` / :class:`AsyncNatsSink` read the same results from NATS JetStream
+  workers (``torchstream worker``; needs ``torchstream[nats]``), each once: results of a
+  fenced worker and copies are dropped and counted; live, or from the results stream.
 - :class:`Matcher` / :class:`AsyncMatcher` route results to futures of pending requests;
   :class:`AsyncClient` puts it together for request/response services.
 
@@ -15,9 +18,11 @@ Both flavours share one sans-IO core, so they check, number and trace requests i
 """
 
 from torchstream.client._async_client import AsyncClient
+from torchstream.client._async_nats_sink import AsyncNatsSink
 from torchstream.client._async_sink import AsyncSink
 from torchstream.client._async_source import AsyncSource
 from torchstream.client._matcher import AsyncMatcher, Matcher, MatcherStatistics
+from torchstream.client._nats_sink import NatsSink
 from torchstream.client._requests import ImageFormat, RawFormat, SendResult, image_format
 from torchstream.client._results import ContentKind, Result
 from torchstream.client._sink import Sink
@@ -28,12 +33,14 @@ from torchstream.client._trace import new_traceparent
 __all__ = [
     "AsyncClient",
     "AsyncMatcher",
+    "AsyncNatsSink",
     "AsyncSink",
     "AsyncSource",
     "ContentKind",
     "ImageFormat",
     "Matcher",
     "MatcherStatistics",
+    "NatsSink",
     "RawFormat",
     "Result",
     "SendResult",

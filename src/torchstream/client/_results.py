@@ -30,7 +30,9 @@ class Result:
     ``trace_id`` / ``traceparent`` are those of the request that caused it, when the
     pipeline passed them on: the request's trace id; the parent is the request's, or the
     module's ``frame`` span when the module traced the frame (so spans you open from it
-    nest under the module's).
+    nest under the module's). ``stream_seq`` is the result's sequence in the NATS results
+    stream when a :class:`~torchstream.client.NatsSink` read it from there (pass
+    ``start=stream_seq + 1`` to resume after it), else None.
     """
 
     source_id: str
@@ -42,6 +44,7 @@ class Result:
     content: memoryview | None = None
     content_description: Payload | None = None
     end_of_stream: bool = False
+    stream_seq: int | None = None
 
     def __repr__(self) -> str:
         if self.end_of_stream:
@@ -104,9 +107,11 @@ class Results:
             return source_id in self._ids
         return self._prefix is None or source_id.startswith(self._prefix)
 
-    def accept(self, message: Message, payload: memoryview | None) -> Result | None:
+    def accept(
+        self, message: Message, payload: memoryview | None, *, stream_seq: int | None = None
+    ) -> Result | None:
         """The :class:`Result` for a received message, or None when it is filtered out or not
-        a result (counted)."""
+        a result (counted). ``stream_seq``: its sequence in a NATS stream, if read from one."""
         if isinstance(message, ResultMessage):
             if not self.wants(message.source_id):
                 self.filtered += 1
@@ -121,6 +126,7 @@ class Results:
                 content_kind=message.content,
                 content=payload,
                 content_description=message.payload,
+                stream_seq=stream_seq,
             )
         if isinstance(message, EndOfStream):
             if not self.wants(message.source_id):
@@ -134,6 +140,7 @@ class Results:
                 trace_id=_trace_id(message.traceparent),
                 traceparent=message.traceparent,
                 end_of_stream=True,
+                stream_seq=stream_seq,
             )
         self.unexpected += 1
         return None

@@ -42,6 +42,15 @@ class SinkStatistics:
     """Valid messages that are not results (frames, acknowledgements), skipped."""
     rejected: dict[str, int]
     """Malformed messages dropped, by :data:`~torchstream.transport.RejectReason`."""
+    fenced: int = 0
+    """NATS sinks: results dropped because a newer claim (epoch) of their partition was seen:
+    a worker that lost its partitions without knowing it."""
+    duplicates: int = 0
+    """NATS sinks: results at or below the last seq returned for their source (a copy, or a
+    stale owner's result that raced behind the new owner's), and repeated ends of stream."""
+    lost: int = 0
+    """NATS sinks reading live (``start="live"``): results the server sent that this sink
+    dropped because it had too many unread ones (read faster, or read the results stream)."""
 
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import urllib.parse
+from collections.abc import Callable
 
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -25,6 +26,7 @@ async def connect(
     ping_interval_seconds: float = 2.0,
     max_outstanding_pings: int = 2,
     reconnect_wait_seconds: float = 0.25,
+    on_error: Callable[[Exception], None] | None = None,
 ) -> NATS:
     """Connect to NATS (``servers``: one URL, a comma-separated list, or a list: give every
     node of a cluster so the client can move). Raises :class:`NatsUnavailableError` naming
@@ -34,6 +36,10 @@ async def connect(
     a link that answers no ``PING`` for ``ping_interval_seconds * max_outstanding_pings``
     counts as dead (a black-holed network shows in about that long, 4 s by default, where
     nats-py's own default is 4 minutes). Close it with ``await connection.close()``.
+
+    ``on_error`` is called (on the event loop) with each asynchronous error the client
+    reports: failed reconnect attempts, and ``nats.errors.SlowConsumerError`` for each
+    message a subscription dropped because it had too many unread ones.
     """
     if isinstance(servers, str):
         servers = [url.strip() for url in servers.split(",") if url.strip()]
@@ -45,6 +51,8 @@ async def connect(
     async def quiet(error: Exception) -> None:
         # nats-py reports every failed reconnect attempt here; its default prints them all.
         log.debug("nats: %s", error)
+        if on_error is not None:
+            on_error(error)
 
     async def disconnected() -> None:
         if not connection.is_closed:  # closing on purpose disconnects too

@@ -100,6 +100,12 @@ class Fence:
         self._admitted += 1
         return None
 
+    def forget_source(self, source_id: str) -> None:
+        """Forget the last seq admitted for ``source_id`` (its session ended: a new session of
+        the same id starts again at seq 0). The claims are kept, so a stale owner's late
+        result is still fenced by its epoch."""
+        self._last_seq.pop(source_id, None)
+
     def admit(self, *, partition: int, epoch: int, worker_id: str) -> bool:
         """The epoch check alone: True to emit the result, False to drop it (``fenced``)."""
         return self.check(partition=partition, epoch=epoch, worker_id=worker_id) is None

@@ -80,6 +80,7 @@ def send_video(
     max_lag_seconds: float | None = 1.0,
     monitor: SendMonitor | None = None,
     tracer: AdapterTracer | None = None,
+    raw_pictures: Literal["raw", "jpeg"] = "raw",
 ) -> SendReport:
     """Send the video packets of ``uri`` (a file or stream URL, demuxed by PyAV, never
     decoded here) as ``source_id``, then an end of stream.
@@ -96,8 +97,9 @@ def send_video(
     only ``stop`` does (or ``max_reconnects`` consecutive failed attempts, which raise
     :class:`SourceError` after the end of stream). ``transport`` (RTSP's), the open and read
     timeouts and ``max_lag_seconds`` (how far behind the stream sending may fall before it
-    skips to the next keyframe; None: never skip) apply to live inputs only, ``sync`` and
-    ``loop`` to files only.
+    skips to the next keyframe; None: never skip) and ``raw_pictures`` (how a stream of raw
+    pictures is sent, see :func:`~torchstream.transport._live_adapter.send_live`) apply to
+    live inputs only, ``sync`` and ``loop`` to files only.
     """
     stop = stop or threading.Event()
     if is_live(uri):
@@ -109,7 +111,8 @@ def send_video(
             max_reconnects=max_reconnects, max_lag_seconds=max_lag_seconds, options=options,
             stop_event=stop,
         )
-        return send_live(demuxer, endpoint, stop=stop, monitor=monitor, tracer=tracer)
+        return send_live(demuxer, endpoint, stop=stop, monitor=monitor, tracer=tracer,
+                         raw_pictures=raw_pictures)
     sent = 0
     offset = 0  # pts added to each loop, so the stream's clock never goes back
     with open_sender(endpoint) as sender, _monitored(monitor, source_id, sender):

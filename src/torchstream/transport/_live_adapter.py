@@ -10,9 +10,11 @@ from typing import Any, Literal
 
 import av
 import msgspec
+import torch
 
 from torchstream._errors import SourceError
 from torchstream.frame import Frame
+from torchstream.sinks._images import encode_picture
 from torchstream.sources._live import LiveDemuxer, LivePacket, LiveStream
 from torchstream.transport._adapter_stats import AdapterTracer, SendMonitor
 from torchstream.transport._adapters import (
@@ -112,12 +114,15 @@ class _Timeline:
 
 class _RawPictures:
     """Raw camera pictures as wire payloads: layouts the wire knows go as they are, others
-    (``yuyv422``, ``uyvy422``, …) are converted to ``nv12`` (``rgb24`` for odd sizes)."""
+    (``yuyv422``, ``uyvy422``, …) are converted to ``nv12`` (``rgb24`` for odd sizes); or,
+    ``as_jpeg``, every picture encoded as a JPEG image (for destinations that take no raw
+    pixels: NATS workers)."""
 
-    def __init__(self, stream: LiveStream, source_id: str) -> None:
+    def __init__(self, stream: LiveStream, source_id: str, *, as_jpeg: bool = False) -> None:
         self._stream = stream
         pixel_format = stream.pixel_format or ""
-        self._as_is = _RAW_AS_IS.get(pixel_format)
+        self._as_jpeg = as_jpeg
+        self._as_is = None if as_jpeg else _RAW_AS_IS.get(pixel_format)
         self._target = "nv12" if stream.width % 2 == 0 and stream.height % 2 == 0 else "rgb24"
         self._context: Any = None
         if self._as_is is None:
@@ -132,7 +137,7 @@ class _RawPictures:
                 ) from exc
             self._context = context
 
-    def convert(self, data: bytes) -> tuple[RawPayload, bytes]:
+    def convert(self, data: bytes) -> tuple[RawPayload | ImagePayload, bytes]:
         stream = self._stream
         if self._as_is is not None:
             payload = RawPayload(width=stream.width, height=stream.height,
@@ -141,6 +146,9 @@ class _RawPictures:
         pictures = self._context.decode(av.Packet(data))
         if not pictures:
             raise ValueError("a raw packet without a picture")
+        if self._as_jpeg:
+            rgb = pictures[0].reformat(format="rgb24").to_ndarray()
+            return ImagePayload(format="jpeg"), encode_picture(torch.from_numpy(rgb))
         picture = pictures[0].reformat(format=self._target)
         payload = RawPayload(width=stream.width, height=stream.height,
                              format=self._target)  # type: ignore[arg-type]
@@ -155,6 +163,7 @@ def send_live(
     stop: threading.Event | None = None,
     monitor: SendMonitor | None = None,
     tracer: AdapterTracer | None = None,
+    raw_pictures: Literal["raw", "jpeg"] = "raw",
 ) -> SendReport:
     """Send the packets of a live input (``demuxer``) to a module as ``source_id`` (default:
     the demuxer's), across outages, until ``stop`` is set (give the demuxer the same event
@@ -164,7 +173,10 @@ def send_live(
 
     Packets are sent as they are: H.264/HEVC in Annex B, each connection starting at a
     keyframe with its parameter sets. MJPEG pictures go as JPEG images, raw pictures as raw
-    payloads (see :class:`_RawPictures`). Every frame's metadata carries
+    payloads (see :class:`_RawPictures`), or with ``raw_pictures="jpeg"`` encoded as JPEG
+    images on this thread (NATS workers take no raw pixels, and a raw HD picture exceeds a
+    NATS message). ``endpoint`` may be a NATS outlet
+    (:class:`~torchstream.nats._outlet.NatsOutlet`). Every frame's metadata carries
     ``live.wallclock_seconds`` (when its packet arrived), the first one after an outage
     ``live.gap_seconds``, and timestamps go on increasing across outages (see
     :class:`_Timeline`); a module restarts decoding at that frame.
@@ -173,6 +185,8 @@ def send_live(
     failed); ``tracer`` wraps each frame's send in a span whose ``traceparent`` the frame
     message carries, as for :func:`~torchstream.transport._adapters.send_video`.
     """
+    if raw_pictures not in ("raw", "jpeg"):
+        raise ValueError(f"raw_pictures must be 'raw' or 'jpeg', got {raw_pictures!r}")
     stop = stop or threading.Event()
     sid = source_id or demuxer.source_id
     sent = 0
@@ -188,7 +202,9 @@ def send_live(
                 if item.restart:
                     timeline.restart(item.gap_seconds)
                     is_raw = item.stream.codec == "rawvideo"
-                    raw = _RawPictures(item.stream, sid) if is_raw else None
+                    raw = _RawPictures(
+                        item.stream, sid, as_jpeg=raw_pictures == "jpeg"
+                    ) if is_raw else None
                 try:
                     message, data = _message(item, sid, sent, timeline, raw)
                 except (ValueError, av.error.FFmpegError) as exc:  # a damaged raw picture
