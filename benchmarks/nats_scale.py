@@ -35,6 +35,7 @@ import json
 import multiprocessing
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -185,9 +186,16 @@ class Checker:
         worker, epoch = headers[WORKER_HEADER], int(headers[EPOCH_HEADER])
         partition = int(headers[PARTITION_HEADER])
         camera = decoded.frame.source_id
-        if self.fence.check(partition=partition, epoch=epoch, worker_id=worker,
-                            source_id=camera, seq=decoded.frame.seq) is not None:
+        verdict = self.fence.check(partition=partition, epoch=epoch, worker_id=worker,
+                                   source_id=camera, seq=decoded.frame.seq)
+        if verdict == "fenced":
+            # A sink drops the result of a superseded claim and counts it: for this sink the
+            # frame is lost, counted (unless its new owner processes it again).
             self.fenced += 1
+            self.accounting.drop(DropRecord(camera, decoded.frame.seq, decoded.frame.seq,
+                                            "fenced"))
+            return
+        if verdict is not None:  # a stale copy of a frame that already has its result
             return
         previous = self.last.get(camera)
         if previous is not None and previous[0] != worker:
@@ -284,6 +292,8 @@ def main() -> None:
     parser.add_argument("--publishers", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--record", action="store_true", help="append the table to RESULTS.md")
+    parser.add_argument("--worker-args", default="",
+                        help="more options for each `torchstream worker` (one string)")
     parser.add_argument("--logs", type=Path, default=None,
                         help="copy the workers' and the server's logs into this folder")
     args = parser.parse_args()
@@ -310,7 +320,8 @@ def main() -> None:
                 log = open(Path(folder) / f"w{n + 1}.log", "wb")  # noqa: SIM115 (child keeps it)
                 processes.append(subprocess.Popen(
                     [sys.executable, "-m", "torchstream.cli", "worker", str(pipeline),
-                     "--nats", server.url, "--worker-id", f"w{n + 1}", "--log-level", "warning"],
+                     "--nats", server.url, "--worker-id", f"w{n + 1}", "--log-level", "warning",
+                     *shlex.split(args.worker_args)],
                     env=env, stdout=log, stderr=subprocess.STDOUT,
                 ))
             _wait(lambda: len(checker.ready) >= args.workers, 120, "the workers to join")
@@ -407,7 +418,8 @@ def main() -> None:
         f"{len(image)} bytes, {args.seconds:g} s of publishing; workers caught up "
         f"{drain_seconds:.1f} s after the publishers stopped.",
         f"Command: `python3 benchmarks/nats_scale.py --cameras {args.cameras} --fps {args.fps:g} "
-        f"--workers {args.workers} --publishers {args.publishers} --seconds {args.seconds:g}`",
+        f"--workers {args.workers} --publishers {args.publishers} --seconds {args.seconds:g}"
+        + (f" --worker-args '{args.worker_args}'" if args.worker_args else "") + "`",
         "",
         "| measure | value |",
         "|---|---|",

@@ -56,9 +56,13 @@ class Emitter:
         self._orders: dict[str, Reorder] = collections.defaultdict(Reorder)
         self._inbox = connection.new_inbox()
         self._tokens = itertools.count()
-        self._waiting: dict[str, asyncio.Future[bool]] = {}
+        self._waiting: dict[str, Ticket] = {}
+        """Results sent, waiting for the results stream's ack, by reply token."""
+        self._deadlines: collections.deque[tuple[float, str]] = collections.deque()
+        """(time the ack is due, token) in sending order, for :meth:`_expire`."""
         self._subscription: object = None
         self._task: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._acks: set[asyncio.Task[None]] = set()
         self.published = 0
         self.unstored = 0
@@ -68,13 +72,15 @@ class Emitter:
             self._subscription = await self._connection.subscribe(
                 f"{self._inbox}.*", cb=self._on_reply
             )
+            self._sweeper = asyncio.create_task(self._expire(), name="ts/nats/emit-acks")
         self._task = asyncio.create_task(self._run(), name="ts/nats/emit")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._sweeper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     # -- tickets in ---------------------------------------------------------------------
 
@@ -127,7 +133,7 @@ class Emitter:
             if ticket.extra.get("no_ack"):
                 self._on_done(ticket)
             else:
-                await self._ack(ticket, None)
+                await self._ack(ticket)
             return
         encoded = ticket.encoded
         if encoded is None or not await self._may_emit(ticket):
@@ -136,15 +142,11 @@ class Emitter:
                 self._on_drop(record, ticket.partition, ticket.epoch)
             self._on_done(ticket)  # not acknowledged: the partition's new owner decides
             return
-        stored: asyncio.Future[bool] | None = None
-        reply = None
-        if self._stored:
-            token = str(next(self._tokens))
-            stored = self._waiting[token] = asyncio.get_running_loop().create_future()
-            reply = f"{self._inbox}.{token}"
+        token = str(next(self._tokens)) if self._stored else ""
         try:
             await self._connection.publish(
-                encoded.subject, encoded.body, reply=reply or "", headers=encoded.headers
+                encoded.subject, encoded.body,
+                reply=f"{self._inbox}.{token}" if self._stored else "", headers=encoded.headers,
             )
         except nats.errors.Error as exc:
             log.warning("worker: cannot publish %s #%d: %r", ticket.source_id, ticket.seq, exc)
@@ -152,20 +154,17 @@ class Emitter:
             return
         if not ticket.end_of_stream:
             self.published += 1
-        task = asyncio.create_task(self._ack(ticket, stored))
-        self._acks.add(task)
-        task.add_done_callback(self._acks.discard)
+        if self._stored:
+            # Acknowledged when the results stream's ack comes (see _on_reply); one table
+            # and one sweeper for the acks that never come, no task or timer per result.
+            self._waiting[token] = ticket
+            loop = asyncio.get_running_loop()
+            self._deadlines.append((loop.time() + self._ack_timeout, token))
+        else:
+            await self._ack(ticket)
 
-    async def _ack(self, ticket: Ticket, stored: asyncio.Future[bool] | None) -> None:
+    async def _ack(self, ticket: Ticket) -> None:
         try:
-            if stored is not None:
-                try:
-                    ok = await asyncio.wait_for(stored, self._ack_timeout)
-                except asyncio.TimeoutError:
-                    ok = False
-                if not ok:
-                    self.unstored += 1
-                    return  # redelivered after its ack wait
             if ticket.message is not None:
                 with contextlib.suppress(nats.errors.Error):
                     await ticket.message.ack()
@@ -174,14 +173,33 @@ class Emitter:
 
     async def _on_reply(self, reply: object) -> None:
         subject: str = getattr(reply, "subject", "")
-        future = self._waiting.pop(subject.rsplit(".", 1)[-1], None)
-        if future is None or future.done():
-            return
+        ticket = self._waiting.pop(subject.rsplit(".", 1)[-1], None)
+        if ticket is None:
+            return  # answered after its timeout: counted already
         try:
             answer = json.loads(getattr(reply, "data", b"") or b"{}")
         except ValueError:
             answer = {"error": "unreadable"}
-        future.set_result("error" not in answer)
+        if "error" in answer:
+            self.unstored += 1  # not acknowledged: redelivered after its ack wait
+            self._on_done(ticket)
+            return
+        await self._ack(ticket)
+
+    async def _expire(self) -> None:
+        """Give up on results whose ack did not come within the ack timeout: their inputs
+        stay unacknowledged (redelivered after the consumer's ack wait)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(1.0, self._ack_timeout / 2))
+            now = loop.time()
+            deadlines = self._deadlines
+            while deadlines and deadlines[0][0] <= now:
+                _, token = deadlines.popleft()
+                ticket = self._waiting.pop(token, None)
+                if ticket is not None:
+                    self.unstored += 1
+                    self._on_done(ticket)
 
     def publish_drop(self, record: DropRecord, body: bytes) -> None:
         """Send a drop record (fire and forget, in order with the results)."""

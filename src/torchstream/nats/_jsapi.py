@@ -19,6 +19,8 @@ What nats-py does have (connections, stream and KV management, acks on a deliver
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextlib
 import itertools
 import json
@@ -188,6 +190,11 @@ def _status_of(message: Msg) -> tuple[str, str] | None:
     return status, str(headers.get("Description", ""))
 
 
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class PinnedPuller:
     """Pulls from one durable consumer as one member of its ``pinned_client`` priority
     ``group``, remembering its pin.
@@ -223,15 +230,41 @@ class PinnedPuller:
         """The pin this puller holds as far as it knows (None: it holds none)."""
         self._inbox = connection.new_inbox()
         self._subscription: Any = None
+        self._arrivals: collections.deque[Msg] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
         self._counter = itertools.count()
         self._subject = f"{self.api.prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
 
     async def _subscribed(self) -> Any:
         if self._subscription is None:
+            # A callback that queues, not ``next_msg``: that one costs a task and a timer
+            # per message, which at thousands of messages a second is most of the work.
             self._subscription = await self.connection.subscribe(
-                f"{self._inbox}.*", pending_msgs_limit=1 << 20, pending_bytes_limit=1 << 30
+                f"{self._inbox}.*", cb=self._arrived,
+                pending_msgs_limit=1 << 20, pending_bytes_limit=1 << 30,
             )
         return self._subscription
+
+    async def _arrived(self, message: Msg) -> None:
+        self._arrivals.append(message)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _next(self, timeout_seconds: float) -> Msg | None:
+        """The next message on the inbox, or None after ``timeout_seconds`` without one."""
+        if not self._arrivals:
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(timeout_seconds, _wake, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+            if not self._arrivals:
+                return None
+        return self._arrivals.popleft()
 
     async def pull(
         self,
@@ -263,7 +296,7 @@ class PinnedPuller:
                 f"heartbeat_seconds must be > 0 and at most half of expires_seconds "
                 f"({expires_seconds}), got {heartbeat_seconds}"
             )
-        subscription = await self._subscribed()
+        await self._subscribed()
         request: dict[str, Any] = {"batch": batch, "group": self.group}
         if no_wait:
             request["no_wait"] = True
@@ -295,9 +328,8 @@ class PinnedPuller:
         messages: list[Msg] = []
         pin_seen: str | None = None
         while True:
-            try:
-                message = await subscription.next_msg(timeout=quiet_seconds)
-            except nats.errors.TimeoutError:
+            message = await self._next(quiet_seconds)
+            if message is None:
                 return self._result(messages, "no_reply", "", pin_seen, None, started)
             status = _status_of(message)
             if status is None:
