@@ -5,6 +5,11 @@ device that decoded it. Every function here reads it and returns a new float ten
 first layout with values in [0, 255] (not normalised: do that in your model, where it fuses with
 the first layer). None of them modifies the surface, which other stages and sinks share.
 
+NVDEC's native output is NV12 (a Y plane, then U/V at half resolution): ``nv12_to_rgb`` makes
+a surface of it, and ``letterbox_nv12`` / ``letterbox_nv12_batch`` go from NV12 straight to a
+model input without an RGB copy. The batch functions (``letterbox_batch``,
+``letterbox_nv12_batch``) normalise too and, on CUDA, run as one Triton kernel launch per batch.
+
 Coordinates are continuous frame pixels: pixel ``(row, col)`` covers ``[col, col + 1) x
 [row, row + 1)`` and its centre is at ``(col + 0.5, row + 0.5)``; boxes are ``[x1, y1, x2, y2]``
 with exclusive x2/y2, as in :class:`~torchstream.ObjectMeta`.
