@@ -24,9 +24,10 @@ LETTERBOX_FIELDS = 9
 width, row stride (bytes), top and left padding, content height and width, and the float32
 bits of 1 / scale."""
 
-NV12_FIELDS = 8
+NV12_FIELDS = 10
 """int64 fields per picture in the NV12 kernel's table: picture address, luma height and
-width, row stride (bytes), top and left padding, content height and width."""
+width, row stride (bytes), top and left padding, content height and width, and the float32
+bits of 1 / content height and 1 / content width."""
 
 
 @functools.cache
@@ -224,13 +225,19 @@ def letterbox_nv12_batch(
             [
                 picture.data_ptr(), picture.shape[0] * 2 // 3, picture.shape[1],
                 picture.stride(0), top, left, content_h, content_w,
+                _float_bits(1.0 / content_h), _float_bits(1.0 / content_w),
             ]
         )
     table = _upload(rows, out.device)
     height, width = out.shape[2], out.shape[3]
-    block = 1024
-    grid = ((height * width + block - 1) // block, len(rows))
+    block_y, block_x = 8, 128
+    grid = (-(-width // block_x), -(-height // block_y), len(rows))
     _nv12_kernel()[grid](
         table, out, norm, height, width, float(fill), *map(float, coefficients),
-        BGR=bgr, BLOCK=block, num_warps=4,
+        BGR=bgr, BLOCK_Y=block_y, BLOCK_X=block_x, num_warps=4,
     )
+
+
+def _float_bits(value: float) -> int:
+    """The float32 nearest ``value`` as the int its bits spell (a table field)."""
+    return int(struct.unpack("<I", struct.pack("<f", value))[0])

@@ -16,25 +16,27 @@ __all__ = ["letterbox_nv12"]
 
 
 @triton.jit  # type: ignore[untyped-decorator]
-def _sample(  # type: ignore[no-untyped-def]
-    plane, gx, gy, plane_h, plane_w, stride, channel: tl.constexpr, mask
+def _axis(g, size):  # type: ignore[no-untyped-def]
+    # F.grid_sample(bilinear, padding_mode="border", align_corners=False) along one axis of a
+    # plane of `size` samples, at normalised g, in torch's order of operations: the two
+    # neighbours and their weights (torch's corner weights are products of these).
+    size_f = size.to(tl.float32)
+    i = tl.minimum(tl.maximum(((g + 1.0) * size_f - 1.0) * 0.5, 0.0), size_f - 1.0)
+    near = i.to(tl.int32)  # floor: i >= 0
+    # At the last sample the far neighbour's weight is 0 (torch skips it as out of bounds):
+    # read the edge again rather than past it.
+    far = tl.minimum(near + 1, size - 1)
+    return near, far, (near + 1).to(tl.float32) - i, i - near.to(tl.float32)
+
+
+@triton.jit  # type: ignore[untyped-decorator]
+def _bilinear(  # type: ignore[no-untyped-def]
+    plane, stride, step, x0, x1, west, east, y0, y1, north, south, mask
 ):
-    # F.grid_sample(bilinear, padding_mode="border", align_corners=False) of one channel at
-    # normalised (gx, gy), in torch's order of operations and with its corner weights.
-    # `channel` picks U (0) or V (1) of the interleaved chroma plane; -1 is the luma plane.
-    size_x, size_y = plane_w.to(tl.float32), plane_h.to(tl.float32)
-    ix = tl.minimum(tl.maximum(((gx + 1.0) * size_x - 1.0) / 2.0, 0.0), size_x - 1.0)
-    iy = tl.minimum(tl.maximum(((gy + 1.0) * size_y - 1.0) / 2.0, 0.0), size_y - 1.0)
-    x0, y0 = ix.to(tl.int32), iy.to(tl.int32)  # floor: both are >= 0
-    # At the last row or column the far neighbour's weight is 0 (torch skips it as out of
-    # bounds): read the edge again rather than past it.
-    x1, y1 = tl.minimum(x0 + 1, plane_w - 1), tl.minimum(y0 + 1, plane_h - 1)
-    east, south = ix - x0.to(tl.float32), iy - y0.to(tl.float32)
-    west, north = (x0 + 1).to(tl.float32) - ix, (y0 + 1).to(tl.float32) - iy
-    step: tl.constexpr = 1 if channel < 0 else 2
-    lane: tl.constexpr = 0 if channel < 0 else channel
-    upper = plane + y0.to(tl.int64) * stride + lane
-    lower = plane + y1.to(tl.int64) * stride + lane
+    # Rows (y) come as (BLOCK_Y, 1) vectors, columns (x) as (1, BLOCK_X): the loads and the
+    # weights broadcast to the block. Accumulated in torch's order (nw, ne, sw, se).
+    upper = plane + y0.to(tl.int64) * stride
+    lower = plane + y1.to(tl.int64) * stride
     nw = tl.load(upper + x0 * step, mask=mask, other=0).to(tl.float32)
     ne = tl.load(upper + x1 * step, mask=mask, other=0).to(tl.float32)
     sw = tl.load(lower + x0 * step, mask=mask, other=0).to(tl.float32)
@@ -44,12 +46,12 @@ def _sample(  # type: ignore[no-untyped-def]
 
 @triton.jit  # type: ignore[untyped-decorator]
 def _store(  # type: ignore[no-untyped-def]
-    base, plane, offsets, value, fill, inside, in_canvas, norm, target: tl.constexpr
+    pixels, plane, value, fill, inside, in_canvas, norm, target: tl.constexpr
 ):
     # RGB is clamped to 0..255 (as the torch path does) before the padding and normalising.
     value = tl.where(inside, tl.minimum(tl.maximum(value, 0.0), 255.0), fill)
     scaled = value * tl.load(norm + target) + tl.load(norm + 3 + target)
-    tl.store(base + target * plane + offsets, scaled.to(base.dtype.element_ty), mask=in_canvas)
+    tl.store(pixels + target * plane, scaled.to(pixels.dtype.element_ty), mask=in_canvas)
 
 
 @triton.jit  # type: ignore[untyped-decorator]
@@ -68,14 +70,15 @@ def letterbox_nv12(  # type: ignore[no-untyped-def]
     g_v,
     b_u,
     BGR: tl.constexpr,
-    BLOCK: tl.constexpr,
+    BLOCK_Y: tl.constexpr,
+    BLOCK_X: tl.constexpr,
 ):
-    frame = tl.program_id(1)
-    offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    in_canvas = offsets < height * width
-    oy = offsets // width
-    ox = offsets - oy * width
-    row = table + frame * 8
+    # One program: a BLOCK_Y x BLOCK_X tile of one frame's output. Sampling positions are
+    # separable, so each row's and each column's are computed once per tile, not per pixel.
+    frame = tl.program_id(2)
+    oy = tl.program_id(1) * BLOCK_Y + tl.arange(0, BLOCK_Y)[:, None]
+    ox = tl.program_id(0) * BLOCK_X + tl.arange(0, BLOCK_X)[None, :]
+    row = table + frame * 10
     luma = tl.load(row).to(tl.pointer_type(tl.uint8))
     source_h = tl.load(row + 1).to(tl.int32)
     source_w = tl.load(row + 2).to(tl.int32)
@@ -84,24 +87,31 @@ def letterbox_nv12(  # type: ignore[no-untyped-def]
     left = tl.load(row + 5).to(tl.int32)
     content_h = tl.load(row + 6).to(tl.int32)
     content_w = tl.load(row + 7).to(tl.int32)
+    inverse_h = tl.load(row + 8).to(tl.int32).to(tl.float32, bitcast=True)
+    inverse_w = tl.load(row + 9).to(tl.int32).to(tl.float32, bitcast=True)
+    in_canvas = (oy < height) & (ox < width)
     inside = in_canvas & (oy >= top) & (oy < top + content_h)
     inside = inside & (ox >= left) & (ox < left + content_w)
-    # The torch path's grid: the content spans the whole picture, each plane alike.
-    gx = ((ox - left).to(tl.float32) + 0.5) / content_w.to(tl.float32) * 2.0 - 1.0
-    gy = ((oy - top).to(tl.float32) + 0.5) / content_h.to(tl.float32) * 2.0 - 1.0
-    chroma = luma + source_h.to(tl.int64) * stride
-    y = _sample(luma, gx, gy, source_h, source_w, stride, -1, inside)
-    u = _sample(chroma, gx, gy, source_h // 2, source_w // 2, stride, 0, inside)
-    v = _sample(chroma, gx, gy, source_h // 2, source_w // 2, stride, 1, inside)
+    # The torch path's grid: the content spans the whole picture, each plane alike; times the
+    # float32 reciprocal of the content size, as torch divides by a number.
+    gx = ((ox - left).to(tl.float32) + 0.5) * inverse_w * 2.0 - 1.0
+    gy = ((oy - top).to(tl.float32) + 0.5) * inverse_h * 2.0 - 1.0
+    x0, x1, west, east = _axis(gx, source_w)
+    y0, y1, north, south = _axis(gy, source_h)
+    y = _bilinear(luma, stride, 1, x0, x1, west, east, y0, y1, north, south, inside)
+    chroma = luma + source_h.to(tl.int64) * stride  # U, V interleaved
+    x0, x1, west, east = _axis(gx, source_w // 2)
+    y0, y1, north, south = _axis(gy, source_h // 2)
+    u = _bilinear(chroma, stride, 2, x0, x1, west, east, y0, y1, north, south, inside)
+    v = _bilinear(chroma + 1, stride, 2, x0, x1, west, east, y0, y1, north, south, inside)
     bright = (y - luma_offset) * luma_scale
     cb = (u - 128.0) * chroma_scale
     cr = (v - 128.0) * chroma_scale
     plane = height * width
-    base = out + frame.to(tl.int64) * 3 * plane
+    pixels = out + frame.to(tl.int64) * 3 * plane + oy * width + ox
     red: tl.constexpr = 2 if BGR else 0
     blue: tl.constexpr = 0 if BGR else 2
-    _store(base, plane, offsets, bright + r_v * cr, fill, inside, in_canvas, norm, red)
+    _store(pixels, plane, bright + r_v * cr, fill, inside, in_canvas, norm, red)
     green = bright - g_u * cb - g_v * cr
-    _store(base, plane, offsets, green, fill, inside, in_canvas, norm, 1)
-    _store(base, plane, offsets, bright + b_u * cb, fill, inside, in_canvas, norm, blue)
-
+    _store(pixels, plane, green, fill, inside, in_canvas, norm, 1)
+    _store(pixels, plane, bright + b_u * cb, fill, inside, in_canvas, norm, blue)

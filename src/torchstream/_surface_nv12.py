@@ -195,10 +195,12 @@ def _sample_and_convert(
     Y and U/V sampled bilinearly at each content pixel's centre, then converted."""
     content_h, content_w, device = box.content_height, box.content_width, luma.device
     # The content covers the whole source: output pixel j samples the source at normalised
-    # (j + 0.5) / content_w * 2 - 1, the same for the half-resolution chroma plane. (The
-    # Triton kernel computes these coordinates in the same order.)
-    xs = (torch.arange(content_w, device=device, dtype=torch.float32) + 0.5) / content_w * 2 - 1
-    ys = (torch.arange(content_h, device=device, dtype=torch.float32) + 0.5) / content_h * 2 - 1
+    # (j + 0.5) / content_w * 2 - 1, the same for the half-resolution chroma plane. Written as
+    # a product with the float32 reciprocal, which is what torch computes on CUDA for a
+    # division by a number: the same coordinates on every device and in the Triton kernel.
+    xs = (torch.arange(content_w, device=device, dtype=torch.float32) + 0.5) * (1 / content_w)
+    ys = (torch.arange(content_h, device=device, dtype=torch.float32) + 0.5) * (1 / content_h)
+    xs, ys = xs * 2 - 1, ys * 2 - 1
     grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], dim=-1)[None]
 
     def sample(plane: Tensor) -> Tensor:
