@@ -158,12 +158,11 @@ def letterbox_nv12_batch(
     launch: each output pixel reads its four Y and four U/V samples, converts them, and is
     written once, normalised, in ``dtype``; no RGB picture is ever made. Elsewhere (or with
     ``backend="torch"``) :func:`letterbox_nv12`'s torch ops compute it frame by frame, then
-    normalise. Both sample at the same positions with the same weights as :func:`letterbox_nv12`
-    (to float rounding), and all pictures of a batch
-    share ``colorspace`` and ``full_range``. ``mean``, ``std``, ``fill`` and ``out`` work as in
-    :func:`letterbox_batch`. Rule of thumb: decode to NV12 and call this instead of
-    converting each frame to RGB first; it reads 1.5 bytes per source pixel instead of 3 and
-    skips the full-resolution RGB copy.
+    normalise. Both sample at the positions and with the weights of :func:`letterbox_nv12` (to
+    float rounding), and all pictures of a batch share ``colorspace`` and ``full_range``.
+    ``mean``, ``std``, ``fill`` and ``out`` work as in :func:`letterbox_batch`. Rule of thumb:
+    decode to NV12 and call this instead of converting each frame to RGB first; it reads 1.5
+    bytes per source pixel instead of 3 and skips the full-resolution RGB copy.
     """
     check_size(height, width)
     check_dtype(dtype)
