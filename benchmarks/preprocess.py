@@ -1,14 +1,17 @@
-"""Preprocessing cost on the GPU machine, in one run: B decoded 1080p RGB surfaces → one
-letterboxed, normalised float16 (B, 3, 384, 640) model input.
+"""Preprocessing cost on the GPU machine, in one run: B decoded 1080p surfaces → one
+letterboxed, normalised float16 (B, 3, 384, 640) model input, from RGB and from NV12 (NVDEC's
+native output).
 
     python3 benchmarks/preprocess.py [--batches 1 8 32] [--iterations 50] [--record]
 
-Compared: torch ops frame by frame with ``letterbox()`` (antialiased), the same batched the
-way a careful user would for same-size frames (stack, one interpolate, pad, normalise),
-``letterbox_batch`` on torch ops, and ``letterbox_batch``'s Triton kernel (one launch per
-batch). GPU time comes from CUDA events around many back-to-back iterations; host time is
-what one call costs the calling thread (launches, Python) with the device idle, which bounds
-a stage thread under the GIL.
+Compared, from RGB: torch ops frame by frame with ``letterbox()`` (antialiased), the same
+batched the way a careful user would for same-size frames (stack, one interpolate, pad,
+normalise), ``letterbox_batch`` on torch ops, and ``letterbox_batch``'s Triton kernel (one
+launch per batch). From NV12: ``letterbox_nv12_batch`` on torch ops, ``nv12_to_rgb`` per frame
+followed by ``letterbox_batch``'s kernel (two passes, a full-size RGB copy in between), and
+``letterbox_nv12_batch``'s Triton kernel (one launch per batch). GPU time comes from CUDA
+events around many back-to-back iterations; host time is what one call costs the calling
+thread (launches, Python) with the device idle, which bounds a stage thread under the GIL.
 """
 
 from __future__ import annotations
@@ -23,7 +26,12 @@ import torch
 import torch.nn.functional as F
 from _report import report
 
-from torchstream.surface import letterbox, letterbox_batch
+from torchstream.surface import (
+    letterbox,
+    letterbox_batch,
+    letterbox_nv12_batch,
+    nv12_to_rgb,
+)
 
 HEIGHT, WIDTH = 384, 640
 
@@ -50,6 +58,26 @@ def ours(backend: str) -> Callable[[list[torch.Tensor]], torch.Tensor]:
         return out
 
     return run
+
+
+def ours_nv12(backend: str) -> Callable[[list[torch.Tensor]], torch.Tensor]:
+    def run(pictures: list[torch.Tensor]) -> torch.Tensor:
+        out, _ = letterbox_nv12_batch(
+            pictures, height=HEIGHT, width=WIDTH, dtype=torch.float16,
+            std=(255.0, 255.0, 255.0), backend=backend,  # type: ignore[arg-type]
+        )
+        return out
+
+    return run
+
+
+def nv12_via_rgb(pictures: list[torch.Tensor]) -> torch.Tensor:
+    surfaces = [nv12_to_rgb(picture) for picture in pictures]
+    out, _ = letterbox_batch(
+        surfaces, height=HEIGHT, width=WIDTH, dtype=torch.float16, std=(255.0, 255.0, 255.0),
+        backend="triton",
+    )
+    return out
 
 
 def measure(
@@ -80,6 +108,21 @@ def measure(
     return start.elapsed_time(end) / iterations, 1e6 * host / iterations
 
 
+# (input layout, method, the method whose output this one is compared with, or None)
+METHODS: list[tuple[str, str, Callable[[list[torch.Tensor]], torch.Tensor], str | None]] = [
+    ("RGB", "letterbox() per frame, antialiased", per_frame_letterbox, None),
+    ("RGB", "batched torch ops (same-size frames only)", batched_torch, None),
+    ("RGB", "letterbox_batch, torch ops", ours("torch"), None),
+    ("RGB", "letterbox_batch, Triton (1 launch)", ours("triton"), "letterbox_batch, torch ops"),
+    ("NV12", "letterbox_nv12_batch, torch ops", ours_nv12("torch"), None),
+    ("NV12", "nv12_to_rgb per frame + letterbox_batch Triton", nv12_via_rgb, None),
+    (
+        "NV12", "letterbox_nv12_batch, Triton (1 launch)", ours_nv12("triton"),
+        "letterbox_nv12_batch, torch ops",
+    ),
+]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
@@ -87,43 +130,43 @@ def main() -> None:
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
     generator = torch.Generator(device="cuda").manual_seed(0)
-    methods = {
-        "letterbox() per frame, antialiased": per_frame_letterbox,
-        "batched torch ops (same-size frames only)": batched_torch,
-        "letterbox_batch, torch ops": ours("torch"),
-        "letterbox_batch, Triton (1 launch)": ours("triton"),
-    }
-    reference = None
     rows = []
     for batch in args.batches:
-        surfaces = [
-            torch.randint(0, 256, (1080, 1920, 3), dtype=torch.uint8, device="cuda",
-                          generator=generator)
-            for _ in range(batch)
-        ]
-        for name, fn in methods.items():
-            gpu_ms, host_us = measure(fn, surfaces, args.iterations)
-            if name.startswith("letterbox_batch, Triton"):
-                difference = (fn(surfaces).float() - reference).abs().max().item()  # type: ignore[operator]
+        inputs = {
+            "RGB": [
+                torch.randint(0, 256, (1080, 1920, 3), dtype=torch.uint8, device="cuda",
+                              generator=generator)
+                for _ in range(batch)
+            ],
+            "NV12": [
+                torch.randint(0, 256, (1620, 1920), dtype=torch.uint8, device="cuda",
+                              generator=generator)
+                for _ in range(batch)
+            ],
+        }
+        outputs: dict[str, torch.Tensor] = {}
+        for layout, name, fn, compared_with in METHODS:
+            gpu_ms, host_us = measure(fn, inputs[layout], args.iterations)
+            outputs[name] = fn(inputs[layout]).float()
+            if compared_with is not None:
+                difference = (outputs[name] - outputs[compared_with]).abs().max().item()
                 name += f" (max diff vs torch ops {difference:.1e})"
-            if name == "letterbox_batch, torch ops":
-                reference = fn(surfaces).float()
             rows.append(
-                f"| {batch} | {name} | {gpu_ms:.3f} | {batch / gpu_ms * 1e3:,.0f} | "
+                f"| {batch} | {layout} | {name} | {gpu_ms:.3f} | {batch / gpu_ms * 1e3:,.0f} | "
                 f"{host_us:,.0f} |"
             )
             print(rows[-1], flush=True)
     card = torch.cuda.get_device_name(0)
     report([
-        f"### Preprocess, 1080p RGB → letterboxed fp16 640x384 — {card} — "
+        f"### Preprocess, 1080p RGB or NV12 → letterboxed fp16 640x384 — {card} — "
         f"{datetime.date.today().isoformat()}",
         "",
         f"torch {torch.__version__}; {args.iterations} iterations per row. Command: "
         f"`python3 benchmarks/preprocess.py --batches {' '.join(map(str, args.batches))} "
         f"--record`",
         "",
-        "| batch | method | GPU ms per batch | frames/s (GPU time) | host µs per batch |",
-        "|---|---|---|---|---|",
+        "| batch | input | method | GPU ms per batch | frames/s (GPU time) | host µs per batch |",
+        "|---|---|---|---|---|---|",
         *rows,
     ], record=args.record)
 

@@ -11,12 +11,23 @@ from typing import Any
 
 import torch
 
-__all__ = ["LETTERBOX_FIELDS", "letterbox_rgb_batch", "triton_available"]
+__all__ = [
+    "LETTERBOX_FIELDS",
+    "NV12_FIELDS",
+    "letterbox_nv12_batch",
+    "letterbox_rgb_batch",
+    "triton_available",
+]
 
 LETTERBOX_FIELDS = 9
 """int64 fields per frame in the letterbox kernel's table: surface address, source height and
 width, row stride (bytes), top and left padding, content height and width, and the float32
 bits of 1 / scale."""
+
+NV12_FIELDS = 10
+"""int64 fields per picture in the NV12 kernel's table: picture address, luma height and
+width, row stride (bytes), top and left padding, content height and width, and the float32
+bits of 1 / content height and 1 / content width."""
 
 
 @functools.cache
@@ -93,6 +104,13 @@ def _letterbox_kernel() -> Any:
     return letterbox_rgb
 
 
+@functools.cache
+def _nv12_kernel() -> Any:
+    from torchstream._nv12_kernel import letterbox_nv12
+
+    return letterbox_nv12
+
+
 class _PinnedRing:
     """Pinned staging buffers for the kernels' small per-batch tables, reused in turn.
 
@@ -138,6 +156,8 @@ _rings_lock = threading.Lock()
 
 
 def _upload(rows: list[list[int]], device: torch.device) -> torch.Tensor:
+    if device.type != "cuda":  # Triton's interpreter (TRITON_INTERPRET=1) on CPU tensors
+        return torch.tensor(rows, dtype=torch.int64, device=device)
     with _rings_lock:
         ring = _rings.get(device)
         if ring is None:
@@ -177,3 +197,52 @@ def letterbox_rgb_batch(
     _letterbox_kernel()[grid](
         table, out, norm, height, width, float(fill), BGR=bgr, BLOCK=block, num_warps=4
     )
+
+
+def letterbox_nv12_batch(
+    pictures: Sequence[torch.Tensor],
+    placements: Sequence[tuple[float, int, int, int, int]],
+    out: torch.Tensor,
+    norm: torch.Tensor,
+    coefficients: Sequence[float],
+    *,
+    fill: float,
+    bgr: bool,
+) -> None:
+    """One launch for the whole batch: ``out[i]`` = NV12 picture ``i`` sampled bilinearly
+    (Y and U/V each, as ``F.grid_sample`` with border padding) over its placement's content
+    rectangle, converted to RGB with ``coefficients`` (see ``_surface_nv12._coefficients``),
+    clamped to 0..255, the rest ``fill``, all times ``norm``.
+
+    ``placements[i]`` is ``(scale, top, left, content_h, content_w)`` (the scale is unused:
+    the content spans the picture exactly, as in the torch path). Pictures are ``uint8 (h * 3
+    / 2, w)`` with a column stride of 1 (row stride free). Queued on the current stream; the
+    caller keeps the pictures alive and on that stream until it has run.
+    """
+    rows = []
+    for picture, (_, top, left, content_h, content_w) in zip(pictures, placements, strict=True):
+        rows.append(
+            [
+                picture.data_ptr(), picture.shape[0] * 2 // 3, picture.shape[1],
+                picture.stride(0), top, left, content_h, content_w,
+                *_inverse_bits(content_h, content_w),
+            ]
+        )
+    table = _upload(rows, out.device)
+    height, width = out.shape[2], out.shape[3]
+    # Tiles of 4 x 128 pixels, 4 warps: the fastest of 8 shapes x 2, 4, 8 warps on an H100
+    # (32 1080p pictures to 640x384 fp16: 0.076 ms; 8 x 128: 0.126 ms; 32 x 32: 0.38 ms).
+    block_y, block_x = 4, 128
+    grid = (-(-width // block_x), -(-height // block_y), len(rows))
+    _nv12_kernel()[grid](
+        table, out, norm, height, width, float(fill), *map(float, coefficients),
+        BGR=bgr, BLOCK_Y=block_y, BLOCK_X=block_x, num_warps=4,
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _inverse_bits(content_h: int, content_w: int) -> tuple[int, int]:
+    """The float32 nearest 1 / content_h and 1 / content_w, as the ints their bits spell."""
+    (height_bits,) = struct.unpack("<I", struct.pack("<f", 1.0 / content_h))
+    (width_bits,) = struct.unpack("<I", struct.pack("<f", 1.0 / content_w))
+    return height_bits, width_bits
