@@ -18,6 +18,12 @@ checks, per camera:
 - order and accounting: :class:`~torchstream.nats._accounting.Accounting` (every
   acknowledged frame processed once or counted as dropped, results in seq order).
 
+The data plane (``--video CLIP --pipeline driving --worker-args "--device cuda ..."``): the
+publishers replay real H.264 instead, every camera looping ``CLIP`` re-encoded as a camera
+would send it (``--video-size``, 30 frames a keyframe, no B-frames) at ``--fps``, and the
+workers run a real pipeline (a bundled sample or a file, with its options in
+``--worker-args``) that decodes and infers.
+
 It prints msgs/s and MB/s (frames acknowledged by JetStream, results received), the publish
 → result latency (p50/p99, wall clock: publisher and sink share this machine's clock), the
 partitions each worker owns at the end, and the invariant report. Server, publishers,
@@ -30,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import datetime
 import json
 import multiprocessing
@@ -127,6 +134,92 @@ def _publish(url: str, cameras: list[str], fps: float, size: int, seconds: float
             )
             waiting.append((camera, seq, asyncio.ensure_future(
                 publisher.publish(message, image, wait=True))))
+            n += 1
+        outcome: dict[str, tuple[list[int], list[int]]] = {c: ([], []) for c in cameras}
+        for camera, seq, future in waiting:
+            try:
+                stored = bool(await future)
+            except Exception:
+                stored = False
+            outcome[camera][0 if stored else 1].append(seq)
+        await publisher.close()
+        await close_quietly(connection)
+        return outcome
+
+    results.put(asyncio.run(run()))
+
+
+def _clip_packets(clip: Path) -> list[Any]:
+    from torchstream.codecs._pyav import demux_packets
+
+    return list(demux_packets(str(clip), source_id="clip"))
+
+
+def camera_clip(source: Path, target: Path, *, size: tuple[int, int], frames: int) -> Path:
+    """``source`` re-encoded as a camera sends it: ``size``, 30 fps, a keyframe every 30
+    frames, no B-frames, looped forward and backward to ``frames`` pictures."""
+    import av
+
+    width, height = size
+    with av.open(str(source)) as src:
+        pictures = [
+            f.reformat(width=width, height=height, format="yuv420p").to_ndarray()
+            for f in src.decode(video=0)
+        ]
+    period = max(1, 2 * len(pictures) - 2)
+    options = {"preset": "veryfast", "crf": "23", "g": "30", "bf": "0", "sc_threshold": "0"}
+    with av.open(str(target), "w") as out:
+        stream: Any = out.add_stream("libx264", rate=30, options=options)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(frames):
+            k = i % period
+            picture = pictures[k if k < len(pictures) else period - k]
+            for packet in stream.encode(av.VideoFrame.from_ndarray(picture, format="yuv420p")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return target
+
+
+def _publish_video(url: str, cameras: list[str], fps: float, clip: str, seconds: float,
+                   start_at: float, results: Any) -> None:
+    """One publisher process replaying ``clip``'s H.264 packets for each of ``cameras`` at
+    ``fps`` (the cameras staggered over a frame interval); as :func:`_publish`."""
+    from torchstream.transport import PacketPayload
+
+    packets = _clip_packets(Path(clip))
+    span = len(packets)
+    layout = Layout()
+
+    async def run() -> dict[str, tuple[list[int], list[int]]]:
+        connection = await connect(url, name="bench-publisher")
+        publisher = Publisher(connection, layout, max_in_flight=8192, ack_timeout_seconds=10)
+        waiting: list[tuple[str, int, asyncio.Future[bool | None]]] = []
+        interval = 1 / (fps * len(cameras))
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        started = time.monotonic()
+        n = 0
+        while (elapsed := time.monotonic() - started) < seconds:
+            due = n * interval
+            if due > elapsed:
+                await asyncio.sleep(due - elapsed)
+            camera, seq = cameras[n % len(cameras)], n // len(cameras)
+            packet = packets[seq % span]
+            pts = (packet.pts or 0) + (seq // span) * span * 3000  # 1/90000 s at 30 fps
+            time_base = packet.time_base
+            message = FrameMessage(
+                source_id=camera, seq=seq, pts_seconds=seq / fps, keyframe=packet.keyframe,
+                payload=PacketPayload(
+                    codec=packet.codec, width=packet.width, height=packet.height,
+                    time_base=(time_base.numerator, time_base.denominator) if time_base
+                    else (1, 90000),
+                    pts=pts,
+                ),
+                metadata=Frame(source_id=camera, seq=seq, width=packet.width,
+                               height=packet.height, attributes={SENT: time.time()}),
+            )
+            waiting.append((camera, seq, asyncio.ensure_future(
+                publisher.publish(message, packet.data, wait=True))))
             n += 1
         outcome: dict[str, tuple[list[int], list[int]]] = {c: ([], []) for c in cameras}
         for camera, seq, future in waiting:
@@ -292,6 +385,12 @@ def main() -> None:
     parser.add_argument("--publishers", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--record", action="store_true", help="append the table to RESULTS.md")
+    parser.add_argument("--video", type=Path, default=None,
+                        help="data plane: replay this clip's H.264 (re-encoded) per camera")
+    parser.add_argument("--video-size", default="1920x1080", help="with --video: WxH")
+    parser.add_argument("--pipeline", default=None,
+                        help="the workers' pipeline (a bundled sample or a file; default: one "
+                             "stage that marks each frame)")
     parser.add_argument("--worker-args", default="",
                         help="more options for each `torchstream worker` (one string)")
     parser.add_argument("--logs", type=Path, default=None,
@@ -313,6 +412,17 @@ def main() -> None:
         asyncio.run(init())
         pipeline = Path(folder) / "mark.py"
         pipeline.write_text(PIPELINE)
+        if args.pipeline is not None:
+            pipeline = args.pipeline
+        clip = None
+        if args.video is not None:
+            width, _, height = args.video_size.partition("x")
+            clip = camera_clip(args.video, Path(folder) / "camera.mp4",
+                               size=(int(width), int(height)), frames=150)
+            sizes = [len(p.data) for p in _clip_packets(clip)]
+            payload_bytes = sum(sizes) / len(sizes)
+        else:
+            payload_bytes = float(len(_jpeg(args.size)))
         checker = Checker(server.url).start()
         env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
         try:
@@ -334,6 +444,9 @@ def main() -> None:
             publishers = [
                 context.Process(target=_publish, args=(
                     server.url, part, args.fps, args.size, args.seconds, start_at, outcomes))
+                if clip is None else
+                context.Process(target=_publish_video, args=(
+                    server.url, part, args.fps, str(clip), args.seconds, start_at, outcomes))
                 for part in share if part
             ]
             for process in publishers:
@@ -398,7 +511,6 @@ def main() -> None:
         decided[camera] = max(decided.get(camera, -1), *(r.last_seq for r in records))
     backlog = sum(1 for s in accounting.sources for q in s.unaccounted if q > decided[s.source_id])
     silent = sum(len(s.unaccounted) for s in accounting.sources) - backlog
-    image = _jpeg(args.size)
     per_worker = collections.Counter(checker.owner.values())
     lost = collections.Counter[str]()
     for source in accounting.sources:
@@ -408,23 +520,38 @@ def main() -> None:
     ok = accounting.ok and not checker.ownership_violations
     others = sum(len(s.duplicates) + len(s.out_of_order) + len(s.unpublished)
                  for s in accounting.sources)
+    plane = "data plane" if clip is not None else "control plane"
+    what = (f"H.264 {args.video_size} of {payload_bytes / 1e3:.1f} KB a frame on average "
+            f"({args.video.name} re-encoded: 30 frames a keyframe, no B-frames)"
+            if clip is not None else f"JPEG of {payload_bytes:.0f} bytes")
+    card = ""
+    if clip is not None:
+        with contextlib.suppress(Exception):
+            import torch
+
+            card = f" — {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    extra = "".join(
+        f" --{name} {value}" for name, value in (
+            ("video", args.video and args.video.name), ("video-size", clip and args.video_size),
+            ("pipeline", args.pipeline)) if value
+    ) + (f" --worker-args '{args.worker_args}'" if args.worker_args else "")
     lines = [
-        f"### NATS control plane, {args.cameras} cameras — {platform.node() or 'this machine'} "
+        f"### NATS {plane}, {args.cameras} cameras — {platform.node() or 'this machine'}{card} "
         f"— {datetime.date.today().isoformat()}",
         "",
         f"{os.cpu_count()} CPUs shared by nats-server, {len(publishers)} publisher processes, "
-        f"{args.workers} `torchstream worker` processes (trivial pipeline) and the checker; "
-        f"{args.partitions} partitions, {args.fps:g} frames/s per camera, JPEG of "
-        f"{len(image)} bytes, {args.seconds:g} s of publishing; workers caught up "
+        f"{args.workers} `torchstream worker` processes ({args.pipeline or 'trivial pipeline'}) "
+        f"and the checker; {args.partitions} partitions, {args.fps:g} frames/s per camera, "
+        f"{what}, {args.seconds:g} s of publishing; workers caught up "
         f"{drain_seconds:.1f} s after the publishers stopped.",
         f"Command: `python3 benchmarks/nats_scale.py --cameras {args.cameras} --fps {args.fps:g} "
         f"--workers {args.workers} --publishers {args.publishers} --seconds {args.seconds:g}"
-        + (f" --worker-args '{args.worker_args}'" if args.worker_args else "") + "`",
+        f"{extra}`",
         "",
         "| measure | value |",
         "|---|---|",
         f"| frames acknowledged (published) | {acknowledged} ({in_rate:.0f} msgs/s, "
-        f"{in_rate * len(image) / 1e6:.2f} MB/s) |",
+        f"{in_rate * payload_bytes / 1e6:.2f} MB/s) |",
         f"| results received | {checker.results} ({out_rate:.0f} msgs/s) |",
         f"| publish → result latency p50 / p99 | {_percentile(checker.latencies, 0.5) * 1e3:.0f}"
         f" ms / {_percentile(checker.latencies, 0.99) * 1e3:.0f} ms |",

@@ -26,6 +26,7 @@ import itertools
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -276,10 +277,14 @@ class PinnedPuller:
         min_pending: int | None = None,
         min_ack_pending: int | None = None,
         no_wait: bool = False,
+        on_message: Callable[[Msg], Awaitable[None]] | None = None,
     ) -> PullResult:
         """Ask for up to ``batch`` messages, waiting at most ``expires_seconds`` on the
         server (``no_wait``: answer at once). Returns when ``batch`` messages came or the
-        server ended the request with a status; see :data:`PullOutcome`.
+        server ended the request with a status; see :data:`PullOutcome`. ``on_message`` is
+        awaited for each message as it arrives (they are in the result too): a request
+        waiting for a batch that a slow partition never fills does not hold the first
+        messages back until it expires.
 
         ``heartbeat_seconds`` makes the server send idle heartbeats while the request waits,
         so that a dead link shows as ``no_reply`` after about two heartbeats instead of
@@ -337,6 +342,8 @@ class PinnedPuller:
                 pin = pin_id_of(message)
                 if pin is not None:
                     pin_seen = self.pin_id = pin
+                if on_message is not None:
+                    await on_message(message)
                 if len(messages) >= batch:
                     return self._result(messages, "complete", "", pin_seen, None, started)
                 continue

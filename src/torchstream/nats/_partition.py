@@ -100,6 +100,7 @@ class OwnedPartition:
                     result = await self.puller.pull(
                         batch=min(worker.pull_batch, room),
                         expires_seconds=worker.pull_expires_seconds,
+                        on_message=self._deliver,
                     )
             except NatsUnavailableError:
                 await asyncio.sleep(worker.pull_expires_seconds)
@@ -110,10 +111,6 @@ class OwnedPartition:
                 await worker.after_stall()
                 if self.stopping:
                     return
-            if result.messages and self.first_delivery_seconds is None:
-                self.first_delivery_seconds = time.monotonic()
-            for message in result.messages:
-                await self._handle(message)
             if room <= 0:
                 continue
             if result.outcome == "wrong_pin" and not result.messages:
@@ -127,6 +124,17 @@ class OwnedPartition:
                 )
                 await asyncio.sleep(worker.pull_expires_seconds / 2)
 
+    async def _deliver(self, message: Msg) -> None:
+        """Handle one message as it arrives (the pull it came with may wait for more)."""
+        worker = self.worker
+        if not worker.check_progress():
+            # Stalled: the worker checks its claims; fenced, this task is cancelled (the
+            # message comes back to the partition's new owner).
+            await worker.after_stall()
+        if self.first_delivery_seconds is None:
+            self.first_delivery_seconds = time.monotonic()
+        await self._handle(message)
+
     async def _wait_for_room(self) -> PullResult:
         """At the in-flight budget: keep the pin with a request that cannot deliver (one
         byte at most: the server answers at once, or when the request expires, without a
@@ -137,7 +145,8 @@ class OwnedPartition:
         self.room.clear()
         started = time.monotonic()
         result = await self.puller.pull(
-            batch=1, expires_seconds=worker.pull_expires_seconds, max_bytes=1
+            batch=1, expires_seconds=worker.pull_expires_seconds, max_bytes=1,
+            on_message=self._deliver,  # one left over from an earlier request
         )
         left = worker.pull_expires_seconds / 2 - (time.monotonic() - started)
         if left > 0 and worker.room(self.partition) <= 0:
