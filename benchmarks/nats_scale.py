@@ -424,7 +424,10 @@ def main() -> None:
         else:
             payload_bytes = float(len(_jpeg(args.size)))
         checker = Checker(server.url).start()
-        env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+        # This checkout's package first, then what the caller's path has (on a GPU machine the
+        # unpacked wheels: PyAV, nats-py).
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])))
         try:
             for n in range(args.workers):
                 log = open(Path(folder) / f"w{n + 1}.log", "wb")  # noqa: SIM115 (child keeps it)
@@ -434,7 +437,15 @@ def main() -> None:
                      *shlex.split(args.worker_args)],
                     env=env, stdout=log, stderr=subprocess.STDOUT,
                 ))
-            _wait(lambda: len(checker.ready) >= args.workers, 120, "the workers to join")
+            def joined() -> bool:
+                for n, process in enumerate(processes):
+                    if process.poll() is not None:  # it died: say why, not "timed out"
+                        log = (Path(folder) / f"w{n + 1}.log").read_text(errors="replace")
+                        raise SystemExit(f"worker w{n + 1} exited ({process.returncode}):\n"
+                                         f"{log[-4000:]}")
+                return len(checker.ready) >= args.workers
+
+            _wait(joined, 300, "the workers to join")
             time.sleep(3.0)  # the partitions settle (a few heartbeat intervals)
 
             context = multiprocessing.get_context("spawn")

@@ -18,7 +18,8 @@
 # What runs (each 0/1): TESTS (the GPU tests, then the whole suite), FACES (the sample on
 # CUDA), BENCH (preprocess and decode benchmarks), HTTP (benchmarks/http.py, all servers),
 # VIDEO (benchmarks/video.py, the driving race; VIDEO_ARGS passes options), GPU_TESTS (only
-# the tests marked gpu, in the folders named, e.g. GPU_TESTS="tests/samples tests/pipeline").
+# the tests marked gpu, in the folders named, e.g. GPU_TESTS="tests/samples tests/pipeline"),
+# NATS_ARGS (benchmarks/nats_scale.py runs, e.g. the data plane with --video and --pipeline).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT=${OUT:-/tmp/ts-gpu-out}
@@ -60,6 +61,15 @@ if [ "${VIDEO:-0}" = 1 ]; then
     python3 benchmarks/video.py --source .gpu-pack/solidWhiteRight.mp4 \
       --weights .gpu-pack/twinlitenet_best.pth ${video_runs[$i]} 2>&1 \
       | tee "$OUT/video-$i.log" || status=1
+  done
+fi
+if [ -n "${NATS_ARGS:-}" ]; then
+  # NATS_ARGS: options of benchmarks/nats_scale.py per run, runs separated by '|' (quoted
+  # values such as --worker-args "--device cuda --half" are kept whole).
+  IFS='|' read -ra nats_runs <<< "$NATS_ARGS"
+  for i in "${!nats_runs[@]}"; do
+    eval python3 benchmarks/nats_scale.py --logs "$OUT/nats-$i" "${nats_runs[$i]}" 2>&1 \
+      | tee "$OUT/nats-$i.log" || status=1
   done
 fi
 if [ -f .gpu-pack/solidWhiteRight.mp4 ] && [ "${BENCH:-1}" = 1 ] && [ "${SKIP_BENCH:-0}" != 1 ]; then
