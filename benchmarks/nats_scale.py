@@ -270,6 +270,8 @@ class Checker:
         self.owner: dict[int, str] = {}  # partition -> worker of its last result
         self.last: dict[str, tuple[str, int]] = {}  # camera -> (worker, epoch) of last result
         self.moves = 0
+        self.trail: dict[str, list[tuple[Any, ...]]] = collections.defaultdict(list)
+        """Per camera, everything heard about it in arrival order (--trail)."""
         self.ownership_violations: list[str] = []
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -298,6 +300,8 @@ class Checker:
         camera = decoded.frame.source_id
         verdict = self.fence.check(partition=partition, epoch=epoch, worker_id=worker,
                                    source_id=camera, seq=decoded.frame.seq)
+        if verdict is not None:
+            self.trail[camera].append((verdict, decoded.frame.seq, worker, epoch, partition))
         if verdict == "fenced":
             # A sink drops the result of a superseded claim and counts it: for this sink the
             # frame is lost, counted (unless its new owner processes it again).
@@ -322,6 +326,7 @@ class Checker:
             if sent >= self.steady_after:
                 self.steady.append(now - sent)
         self.accounting.result(ResultRecord(camera, decoded.frame.seq, worker, epoch))
+        self.trail[camera].append(("result", decoded.frame.seq, worker, epoch, partition))
 
     def _on_drop(self, message: Any) -> None:
         body = json.loads(message.data)
@@ -329,6 +334,9 @@ class Checker:
                             body["reason"])
         self.drops[record.reason] += record.frames
         self.accounting.drop(record)
+        self.trail[record.source_id].append(
+            ("drop:" + record.reason, record.first_seq, record.last_seq, body.get("worker"),
+             body.get("epoch")))
 
     def _on_heartbeat(self, message: Any) -> None:
         beat = json.loads(message.data)
@@ -412,6 +420,8 @@ def main() -> None:
                              "stage that marks each frame)")
     parser.add_argument("--worker-args", default="",
                         help="more options for each `torchstream worker` (one string)")
+    parser.add_argument("--trail", type=Path, default=None,
+                        help="write what the checker heard about each failing camera here")
     parser.add_argument("--logs", type=Path, default=None,
                         help="copy the workers' and the server's logs into this folder")
     args = parser.parse_args()
@@ -610,6 +620,14 @@ def main() -> None:
         f"{'OK' if ok else 'FAILED'} ({len(accounting.sources)} cameras) |",
     ]
     report(lines, record=args.record)
+    if args.trail is not None:
+        failing = [src.source_id for src in accounting.sources if not src.ok][:20]
+        args.trail.write_text(json.dumps({
+            camera: {"unaccounted": list(next(
+                src.unaccounted for src in accounting.sources if src.source_id == camera)),
+                "trail": checker.trail[camera]}
+            for camera in failing
+        }))
     if not ok:
         for line in (*accounting.violations()[:20], *checker.ownership_violations[:20]):
             print("VIOLATION", line)

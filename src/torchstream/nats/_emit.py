@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -66,6 +67,8 @@ class Emitter:
         self._acks: set[asyncio.Task[None]] = set()
         self.published = 0
         self.unstored = 0
+        self.drops_unsent = 0
+        """Frames whose drop record could not be sent."""
 
     async def start(self) -> None:
         if self._stored:
@@ -208,3 +211,11 @@ class Emitter:
         )
         self._acks.add(task)  # type: ignore[arg-type]
         task.add_done_callback(self._acks.discard)  # type: ignore[arg-type]
+        task.add_done_callback(functools.partial(self._drop_sent, record))
+
+    def _drop_sent(self, record: DropRecord, task: asyncio.Future[None]) -> None:
+        error = None if task.cancelled() else task.exception()
+        if task.cancelled() or error is not None:
+            self.drops_unsent += record.frames
+            log.warning("worker: drop record of %s #%d-%d (%s) not sent: %r", record.source_id,
+                        record.first_seq, record.last_seq, record.reason, error or "cancelled")
