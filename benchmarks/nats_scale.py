@@ -110,16 +110,18 @@ def _jpeg(size: int) -> bytes:
         side += 4
 
 
-def _publish(url: str, cameras: list[str], fps: float, size: int, seconds: float,
-             start_at: float, results: Any) -> None:
-    """One publisher process: ``cameras`` at ``fps`` each, for ``seconds`` from the wall
-    clock ``start_at``; puts ``{camera: (acknowledged seqs, unknown seqs)}`` on ``results``."""
-    image = _jpeg(size)
+def _paced(url: str, cameras: list[str], fps: float, seconds: float, start_at: float,
+           results: Any, frame: Any) -> None:
+    """One publisher process: ``cameras`` at ``fps`` each (staggered over a frame interval),
+    for ``seconds`` from the wall clock ``start_at``, each message and payload made by
+    ``frame(camera, seq)``; then every camera ends (an end of stream: decoders give up the
+    pictures they still hold). Puts ``{camera: (acknowledged seqs, unknown seqs)}`` on
+    ``results``."""
     layout = Layout()
 
     async def run() -> dict[str, tuple[list[int], list[int]]]:
         connection = await connect(url, name="bench-publisher")
-        publisher = Publisher(connection, layout, max_in_flight=4096, ack_timeout_seconds=10)
+        publisher = Publisher(connection, layout, max_in_flight=8192, ack_timeout_seconds=10)
         waiting: list[tuple[str, int, asyncio.Future[bool | None]]] = []
         interval = 1 / (fps * len(cameras))
         await asyncio.sleep(max(0.0, start_at - time.time()))
@@ -130,14 +132,9 @@ def _publish(url: str, cameras: list[str], fps: float, size: int, seconds: float
             if due > elapsed:
                 await asyncio.sleep(due - elapsed)
             camera, seq = cameras[n % len(cameras)], n // len(cameras)
-            message = FrameMessage(
-                source_id=camera, seq=seq, pts_seconds=seq / fps,
-                payload=ImagePayload(format="jpeg"),
-                metadata=Frame(source_id=camera, seq=seq, width=40, height=40,
-                               attributes={SENT: time.time()}),
-            )
+            message, payload = frame(camera, seq)
             waiting.append((camera, seq, asyncio.ensure_future(
-                publisher.publish(message, image, wait=True))))
+                publisher.publish(message, payload, wait=True))))
             n += 1
         outcome: dict[str, tuple[list[int], list[int]]] = {c: ([], []) for c in cameras}
         for camera, seq, future in waiting:
@@ -146,7 +143,6 @@ def _publish(url: str, cameras: list[str], fps: float, size: int, seconds: float
             except Exception:
                 stored = False
             outcome[camera][0 if stored else 1].append(seq)
-        # The cameras end: their decoders give up the pictures they still hold.
         await asyncio.gather(*(
             publisher.end(camera, last_seq=max(seqs[0] + seqs[1], default=None))
             for camera, seqs in outcome.items()
@@ -156,6 +152,22 @@ def _publish(url: str, cameras: list[str], fps: float, size: int, seconds: float
         return outcome
 
     results.put(asyncio.run(run()))
+
+
+def _publish(url: str, cameras: list[str], fps: float, size: int, seconds: float,
+             start_at: float, results: Any) -> None:
+    """Noise JPEGs of about ``size`` bytes (the control plane)."""
+    image = _jpeg(size)
+
+    def frame(camera: str, seq: int) -> tuple[FrameMessage, bytes]:
+        return FrameMessage(
+            source_id=camera, seq=seq, pts_seconds=seq / fps,
+            payload=ImagePayload(format="jpeg"),
+            metadata=Frame(source_id=camera, seq=seq, width=40, height=40,
+                           attributes={SENT: time.time()}),
+        ), image
+
+    _paced(url, cameras, fps, seconds, start_at, results, frame)
 
 
 def _clip_packets(clip: Path) -> list[Any]:
@@ -192,61 +204,29 @@ def camera_clip(source: Path, target: Path, *, size: tuple[int, int], frames: in
 
 def _publish_video(url: str, cameras: list[str], fps: float, clip: str, seconds: float,
                    start_at: float, results: Any) -> None:
-    """One publisher process replaying ``clip``'s H.264 packets for each of ``cameras`` at
-    ``fps`` (the cameras staggered over a frame interval); as :func:`_publish`."""
+    """``clip``'s H.264 packets, looped with growing pts, for each camera (the data plane)."""
     from torchstream.transport import PacketPayload
 
     packets = _clip_packets(Path(clip))
     span = len(packets)
-    layout = Layout()
 
-    async def run() -> dict[str, tuple[list[int], list[int]]]:
-        connection = await connect(url, name="bench-publisher")
-        publisher = Publisher(connection, layout, max_in_flight=8192, ack_timeout_seconds=10)
-        waiting: list[tuple[str, int, asyncio.Future[bool | None]]] = []
-        interval = 1 / (fps * len(cameras))
-        await asyncio.sleep(max(0.0, start_at - time.time()))
-        started = time.monotonic()
-        n = 0
-        while (elapsed := time.monotonic() - started) < seconds:
-            due = n * interval
-            if due > elapsed:
-                await asyncio.sleep(due - elapsed)
-            camera, seq = cameras[n % len(cameras)], n // len(cameras)
-            packet = packets[seq % span]
-            pts = (packet.pts or 0) + (seq // span) * span * 3000  # 1/90000 s at 30 fps
-            time_base = packet.time_base
-            message = FrameMessage(
-                source_id=camera, seq=seq, pts_seconds=seq / fps, keyframe=packet.keyframe,
-                payload=PacketPayload(
-                    codec=packet.codec, width=packet.width, height=packet.height,
-                    time_base=(time_base.numerator, time_base.denominator) if time_base
-                    else (1, 90000),
-                    pts=pts,
-                ),
-                metadata=Frame(source_id=camera, seq=seq, width=packet.width,
-                               height=packet.height, attributes={SENT: time.time()}),
-            )
-            waiting.append((camera, seq, asyncio.ensure_future(
-                publisher.publish(message, packet.data, wait=True))))
-            n += 1
-        outcome: dict[str, tuple[list[int], list[int]]] = {c: ([], []) for c in cameras}
-        for camera, seq, future in waiting:
-            try:
-                stored = bool(await future)
-            except Exception:
-                stored = False
-            outcome[camera][0 if stored else 1].append(seq)
-        # The cameras end: their decoders give up the pictures they still hold.
-        await asyncio.gather(*(
-            publisher.end(camera, last_seq=max(seqs[0] + seqs[1], default=None))
-            for camera, seqs in outcome.items()
-        ))
-        await publisher.close()
-        await close_quietly(connection)
-        return outcome
+    def frame(camera: str, seq: int) -> tuple[FrameMessage, bytes]:
+        packet = packets[seq % span]
+        pts = (packet.pts or 0) + (seq // span) * span * 3000  # 1/90000 s at 30 fps
+        time_base = packet.time_base
+        return FrameMessage(
+            source_id=camera, seq=seq, pts_seconds=seq / fps, keyframe=packet.keyframe,
+            payload=PacketPayload(
+                codec=packet.codec, width=packet.width, height=packet.height,
+                time_base=(time_base.numerator, time_base.denominator) if time_base
+                else (1, 90000),
+                pts=pts,
+            ),
+            metadata=Frame(source_id=camera, seq=seq, width=packet.width,
+                           height=packet.height, attributes={SENT: time.time()}),
+        ), packet.data
 
-    results.put(asyncio.run(run()))
+    _paced(url, cameras, fps, seconds, start_at, results, frame)
 
 
 # -- the checker (this process) ---------------------------------------------------------------
