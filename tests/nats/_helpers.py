@@ -164,6 +164,8 @@ class Collector:
     accounting: Accounting
     results: list[tuple[float, ResultRecord]] = field(default_factory=list)
     drops: list[DropRecord] = field(default_factory=list)
+    drop_claims: list[tuple[str, int]] = field(default_factory=list)
+    """The (worker, claim epoch) that sent each of ``drops``, in the same order."""
     fenced: int = 0
     """Results dropped by the sink's fence: an older claim (epoch) than the newest seen."""
     fenced_from: collections.Counter[str] = field(default_factory=collections.Counter)
@@ -195,6 +197,14 @@ class Collector:
 
     def workers_of(self, source_id: str) -> list[str]:
         return [r.worker_id for _, r in self.results if r.source_id == source_id]
+
+    def drops_from(self, worker_id: str, reason: str) -> list[tuple[int, DropRecord]]:
+        """(claim epoch, record) of each drop record ``worker_id`` sent for ``reason``."""
+        return [
+            (epoch, record)
+            for record, (worker, epoch) in zip(self.drops, self.drop_claims, strict=True)
+            if worker == worker_id and record.reason == reason
+        ]
 
     async def _run(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -234,6 +244,7 @@ class Collector:
                 body["source_id"], body["first_seq"], body["last_seq"], body["reason"]
             )
             self.drops.append(record)
+            self.drop_claims.append((str(body.get("worker")), int(body.get("epoch", -1))))
             self.accounting.drop(record)
 
         async def on_heartbeat(message: object) -> None:
@@ -256,7 +267,10 @@ IDENTITY_PIPELINE = '''
 """An identity pipeline for the fault suite: one cheap stage that marks each frame. A slow
 worker: ``--delay-ms`` per frame, or the number of milliseconds written in the file
 ``--delay-file`` (read at every batch, so a test can slow the worker down and let it
-catch up again)."""
+catch up again). Frames held in flight on demand: while the file ``--hold-file`` exists,
+the stage holds the batch it has, after listing its frames ("<source id> <seq>" lines) in
+``<hold file>.held``."""
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -268,6 +282,7 @@ from torchstream import PipelineSpec
 class Options:
     delay_ms: float = 0.0
     delay_file: str = ""
+    hold_file: str = ""
 
 
 class Mark:
@@ -276,8 +291,16 @@ class Mark:
     def __init__(self, options):
         self.delay_seconds = options.delay_ms / 1000 if options else 0.0
         self.delay_file = Path(options.delay_file) if options and options.delay_file else None
+        self.hold_file = Path(options.hold_file) if options and options.hold_file else None
 
     def process(self, frames):
+        if self.hold_file is not None and self.hold_file.exists():
+            listing = Path(f"{self.hold_file}.held")
+            partial = Path(f"{self.hold_file}.held.partial")
+            partial.write_text("".join(f"{f.source_id} {f.seq}\\n" for f in frames))
+            os.replace(partial, listing)  # seen whole or not at all
+            while self.hold_file.exists():
+                time.sleep(0.005)
         delay = self.delay_seconds
         if self.delay_file is not None:
             try:

@@ -173,35 +173,54 @@ def test_add_and_remove_a_worker_gracefully(deployment: Deployment) -> None:
     assert max(gaps) < 0.5 + 1 / FPS
 
 
-def test_sigstop_a_worker_for_3_seconds(deployment: Deployment) -> None:
-    # A stage of 20 ms a frame: the paused worker holds frames in its pipeline when
-    # SIGSTOP comes, and finishes them when it resumes: they must be fenced, not emitted.
-    deployment.add("w1", "--delay-ms", "20")
-    deployment.add("w2", "--delay-ms", "20")
+def test_sigstop_a_worker_for_3_seconds(deployment: Deployment, tmp_path: Path) -> None:
+    # The victim is paused with frames in its pipeline, not by luck: its stage holds a batch
+    # while a file exists and lists the frames it holds. Released during the pause, the
+    # stage finishes them when the worker resumes: they must not go out as results.
+    for name in ("w1", "w2"):
+        deployment.add(name, "--hold-file", str(tmp_path / f"{name}.hold"))
     deployment.replay()
     time.sleep(1.0)
+    collector = deployment.collector
     victim = deployment.owner_of(CAMERAS[0])
+    hold, listing = tmp_path / f"{victim}.hold", tmp_path / f"{victim}.hold.held"
+    hold.touch()
+    assert wait_for(listing.exists, 10, interval=0.005), deployment.log(victim)
     process = deployment.workers[victim]
     process.send_signal(signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    hold.unlink()
+    held = {(s, int(n)) for s, n in (line.split() for line in listing.read_text().splitlines())}
+    # Its claims when it stopped: the epochs of its results so far.
+    stale = {r.epoch for t, r in collector.results if r.worker_id == victim and t <= stopped_at}
     time.sleep(3.0)
     process.send_signal(signal.SIGCONT)
+    resumed_at = time.monotonic()
     time.sleep(LAYOUT.ack_wait_seconds + 2.0)
     deployment.finish()
     report = deployment.accounting.report()
-    collector = deployment.collector
-    fenced = sum(r.frames for r in collector.drops if r.reason == "fenced")
-    print(report, f"fenced: {fenced} by the worker, {collector.fenced} at the sink "
-          f"{dict(collector.fenced_from)} (+{collector.stale_duplicates} stale duplicates); "
-          f"victim {victim}")
+    fenced_by_victim = collector.drops_from(victim, "fenced")
+    print(report, f"held by {victim} when stopped: {sorted(held)}; its claims then: "
+          f"{sorted(stale)}; fenced by {victim}: "
+          f"{sorted((e, r.source_id, r.first_seq) for e, r in fenced_by_victim)}; "
+          f"fenced at the sink: {dict(collector.fenced_from)} "
+          f"(+{collector.stale_duplicates} stale duplicates)")
     assert report.ok, str(report)
-    assert all(not s.out_of_order and not s.duplicates for s in report.sources)
+    assert all(not s.out_of_order and not s.duplicates for s in report.sources), str(report)
+    assert held and stale, (held, stale)
     assert "stalled" in deployment.log(victim)
-    # Results of a claim that a newer one replaced were stopped: by their worker (counted
-    # as fenced drops) or by the sink's epoch fence. Seen here: mostly the sink's, for the
-    # results of the worker that took over while the victim slept: handing the partitions
-    # back, it drains for longer than the pin timeout, and the victim's newer claim starts
-    # before its last results are out. No result goes out of order either way.
-    assert fenced + collector.fenced + collector.stale_duplicates > 0, deployment.log(victim)
+    # Each frame it held went out as a drop record of its own, "fenced" under its old claim,
+    # never as a result (whoever produced a result for it, it was not the victim).
+    fenced_seqs = {(r.source_id, seq) for epoch, r in fenced_by_victim if epoch in stale
+                   for seq in r.seqs()}
+    assert held <= fenced_seqs, (held, fenced_by_victim, deployment.log(victim))
+    assert not [r for _, r in collector.results
+                if r.worker_id == victim and (r.source_id, r.seq) in held]
+    # Nothing of its old claims reached the sink's consumers once it resumed (a result
+    # that passed its check just before the pause is the sink's fence's to drop).
+    late = [(t - resumed_at, r) for t, r in collector.results
+            if r.worker_id == victim and r.epoch in stale and t > resumed_at]
+    assert not late, late
 
 
 def test_a_paused_worker_that_nobody_replaced_keeps_its_partitions(
