@@ -164,8 +164,9 @@ class Collector:
     accounting: Accounting
     results: list[tuple[float, ResultRecord]] = field(default_factory=list)
     drops: list[DropRecord] = field(default_factory=list)
-    drop_claims: list[tuple[str, int]] = field(default_factory=list)
-    """The (worker, claim epoch) that sent each of ``drops``, in the same order."""
+    drop_claims: list[tuple[str, int, float]] = field(default_factory=list)
+    """The (worker, claim epoch, arrival time) of each of ``drops``, in the same order
+    (read while the collector runs, one may lack its partner yet: zip without strict)."""
     fenced: int = 0
     """Results dropped by the sink's fence: an older claim (epoch) than the newest seen."""
     fenced_from: collections.Counter[str] = field(default_factory=collections.Counter)
@@ -198,11 +199,30 @@ class Collector:
     def workers_of(self, source_id: str) -> list[str]:
         return [r.worker_id for _, r in self.results if r.source_id == source_id]
 
+    def story(self, source_id: str, seqs: set[int], *, since: float, around: int = 2) -> str:
+        """Every result and drop record of ``source_id`` at or near ``seqs``, in arrival
+        order (times in seconds after ``since``): what a failed check needs to explain
+        itself."""
+        near = {n for seq in seqs for n in range(seq - around, seq + around + 1)}
+        events = [
+            (t, f"#{r.seq} result {r.worker_id}/{r.epoch}")
+            for t, r in self.results
+            if r.source_id == source_id and r.seq in near
+        ]
+        events += [
+            (t, f"#{d.first_seq}..{d.last_seq} {d.reason} {worker}/{epoch}")
+            for d, (worker, epoch, t) in zip(self.drops, self.drop_claims, strict=False)
+            if d.source_id == source_id and near.intersection(d.seqs())
+        ]
+        return f"{source_id} {sorted(seqs)}: " + "; ".join(
+            f"{t - since:+.2f} {text}" for t, text in sorted(events)
+        )
+
     def drops_from(self, worker_id: str, reason: str) -> list[tuple[int, DropRecord]]:
         """(claim epoch, record) of each drop record ``worker_id`` sent for ``reason``."""
         return [
             (epoch, record)
-            for record, (worker, epoch) in zip(self.drops, self.drop_claims, strict=True)
+            for record, (worker, epoch, _) in zip(self.drops, self.drop_claims, strict=False)
             if worker == worker_id and record.reason == reason
         ]
 
@@ -244,7 +264,8 @@ class Collector:
                 body["source_id"], body["first_seq"], body["last_seq"], body["reason"]
             )
             self.drops.append(record)
-            self.drop_claims.append((str(body.get("worker")), int(body.get("epoch", -1))))
+            claim = (str(body.get("worker")), int(body.get("epoch", -1)), time.monotonic())
+            self.drop_claims.append(claim)
             self.accounting.drop(record)
 
         async def on_heartbeat(message: object) -> None:

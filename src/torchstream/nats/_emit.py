@@ -179,19 +179,38 @@ class Emitter:
         ticket = self._waiting.pop(subject.rsplit(".", 1)[-1], None)
         if ticket is None:
             return  # answered after its timeout: counted already
+        if (getattr(reply, "headers", None) or {}).get("Status"):
+            # A status instead of an ack: 503, no stream took the subject (its leader is
+            # being elected, or it is gone).
+            self._unconfirmed(ticket)
+            return
         try:
             answer = json.loads(getattr(reply, "data", b"") or b"{}")
         except ValueError:
             answer = {"error": "unreadable"}
         if "error" in answer:
-            self.unstored += 1  # not acknowledged: redelivered after its ack wait
-            self._on_done(ticket)
+            self._unconfirmed(ticket)
             return
         await self._ack(ticket)
 
+    def _unconfirmed(self, ticket: Ticket) -> None:
+        """A result went out but the results stream did not confirm it: the worker's server
+        may have gone away with it (a node killed with the result in its buffers), so no
+        sink may have it. Its input is not acknowledged: redelivered after its ack wait, it
+        is a duplicate to the ledger (its seq was decided) and dropped uncounted. Count the
+        frame here, or it vanishes silently; a sink that did get the result makes this
+        record redundant, which the accounting allows."""
+        self.unstored += 1
+        log.debug("worker: result %s #%d not confirmed stored", ticket.source_id, ticket.seq)
+        if not ticket.end_of_stream:
+            record = DropRecord(ticket.source_id, ticket.seq, ticket.seq, "result_unconfirmed")
+            self._on_drop(record, ticket.partition, ticket.epoch)
+        self._on_done(ticket)
+
     async def _expire(self) -> None:
-        """Give up on results whose ack did not come within the ack timeout: their inputs
-        stay unacknowledged (redelivered after the consumer's ack wait)."""
+        """Give up on results whose ack did not come within the ack timeout: each is counted
+        ``result_unconfirmed`` and its input stays unacknowledged (redelivered after the
+        consumer's ack wait)."""
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(min(1.0, self._ack_timeout / 2))
@@ -201,8 +220,7 @@ class Emitter:
                 _, token = deadlines.popleft()
                 ticket = self._waiting.pop(token, None)
                 if ticket is not None:
-                    self.unstored += 1
-                    self._on_done(ticket)
+                    self._unconfirmed(ticket)
 
     def publish_drop(self, record: DropRecord, body: bytes) -> None:
         """Send a drop record (fire and forget, in order with the results)."""

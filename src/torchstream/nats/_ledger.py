@@ -56,6 +56,7 @@ FRAME_LOSS_REASONS = (
     "gap",
     "resync_keyframe",
     "fenced",
+    "result_unconfirmed",
 )
 """Reasons that each stand for published frames that yield no result, so that, per camera,
 ``published = processed + frames dropped under these reasons``. ``gap`` is a hole in the
@@ -63,7 +64,9 @@ seqs of unknown cause; ``broker_discard`` a hole the broker's limits made;
 ``resync_keyframe`` a frame after such a hole, before the next keyframe (its decoder lacks
 the pictures it refers to: fed to it, it would yield a broken picture, or none at all);
 ``fenced`` a result dropped because its worker lost the partition (see
-``torchstream.nats._fence``)."""
+``torchstream.nats._fence``); ``result_unconfirmed`` a result published that the results
+stream never confirmed (the worker's server died with it in flight): it may have reached
+no sink, and is counted in case (redundant where it did)."""
 
 REPEAT_REASONS = ("duplicate",)
 """Reasons for dropping a message whose frame is already accounted for (processed, dropped
