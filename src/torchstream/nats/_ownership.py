@@ -149,16 +149,29 @@ class Ownership:
         lost = [p for p in self._owned if p not in wanted]
         gained = [p for p in sorted(wanted) if p not in self._owned]
         await asyncio.gather(*(self._release(p) for p in lost))
+        claimed = 0
         for partition in gained:
             owned = OwnedPartition(cast("Worker", self), partition)
             self._owned[partition] = owned
-            await owned.start()
-        if lost or gained:
+            try:
+                await owned.start()
+            except (nats.errors.Error, asyncio.TimeoutError) as exc:
+                # No claim, no epoch: the workers bucket has no leader now (a node died and
+                # its raft group is electing one). Not this worker's end: the next rebalance,
+                # an interval later, tries again.
+                log.warning(
+                    "worker %s: cannot claim partition %d now: %r", self.worker_id, partition, exc
+                )
+                if self._owned.get(partition) is owned:
+                    del self._owned[partition]
+                break
+            claimed += 1
+        if lost or claimed:
             log.info(
                 "worker %s: owns %d partitions (+%d -%d)",
                 self.worker_id,
                 len(self._owned),
-                len(gained),
+                claimed,
                 len(lost),
             )
 
