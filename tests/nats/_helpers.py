@@ -289,8 +289,8 @@ IDENTITY_PIPELINE = '''
 worker: ``--delay-ms`` per frame, or the number of milliseconds written in the file
 ``--delay-file`` (read at every batch, so a test can slow the worker down and let it
 catch up again). Frames held in flight on demand: while the file ``--hold-file`` exists,
-the stage holds the batch it has, after listing its frames ("<source id> <seq>" lines) in
-``<hold file>.held``."""
+the stage holds the batch it has, after listing its frames ("<source id> <seq> <claim
+epoch>" lines) in ``<hold file>.held``."""
 import os
 import time
 from dataclasses import dataclass
@@ -318,7 +318,10 @@ class Mark:
         if self.hold_file is not None and self.hold_file.exists():
             listing = Path(f"{self.hold_file}.held")
             partial = Path(f"{self.hold_file}.held.partial")
-            partial.write_text("".join(f"{f.source_id} {f.seq}\\n" for f in frames))
+            epochs = [getattr(f.__dict__.get("_original"), "epoch", -1) for f in frames]
+            partial.write_text(
+                "".join(f"{f.source_id} {f.seq} {e}\\n" for f, e in zip(frames, epochs))
+            )
             os.replace(partial, listing)  # seen whole or not at all
             while self.hold_file.exists():
                 time.sleep(0.005)

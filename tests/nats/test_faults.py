@@ -196,9 +196,12 @@ def test_sigstop_a_worker_for_3_seconds(deployment: Deployment, tmp_path: Path) 
     process.send_signal(signal.SIGSTOP)
     stopped_at = time.monotonic()
     hold.unlink()
-    held = {(s, int(n)) for s, n in (line.split() for line in listing.read_text().splitlines())}
-    # Its claims when it stopped: the epochs of its results so far.
-    stale = {r.epoch for t, r in collector.results if r.worker_id == victim and t <= stopped_at}
+    held = {(s, int(n), int(e))
+            for s, n, e in (line.split() for line in listing.read_text().splitlines())}
+    # Its claims when it stopped: those of the frames it held and of its results so far.
+    stale = {e for _, _, e in held} | {
+        r.epoch for t, r in collector.results if r.worker_id == victim and t <= stopped_at
+    }
     time.sleep(3.0)
     process.send_signal(signal.SIGCONT)
     resumed_at = time.monotonic()
@@ -215,13 +218,13 @@ def test_sigstop_a_worker_for_3_seconds(deployment: Deployment, tmp_path: Path) 
     assert all(not s.out_of_order and not s.duplicates for s in report.sources), str(report)
     assert held and stale, (held, stale)
     assert "stalled" in deployment.log(victim)
-    # Each frame it held went out as a drop record of its own, "fenced" under its old claim,
-    # never as a result (whoever produced a result for it, it was not the victim).
-    fenced_seqs = {(r.source_id, seq) for epoch, r in fenced_by_victim if epoch in stale
+    # Each frame it held went out as a drop record of its own, "fenced" under the claim it
+    # was held for, never as a result (whoever produced a result for it, not the victim).
+    fenced_seqs = {(r.source_id, seq, epoch) for epoch, r in fenced_by_victim
                    for seq in r.seqs()}
     assert held <= fenced_seqs, (held, fenced_by_victim, deployment.log(victim))
     assert not [r for _, r in collector.results
-                if r.worker_id == victim and (r.source_id, r.seq) in held]
+                if r.worker_id == victim and (r.source_id, r.seq, r.epoch) in held]
     # Nothing of its old claims reached the sink's consumers once it resumed (a result
     # that passed its check just before the pause is the sink's fence's to drop).
     late = [(t - resumed_at, r) for t, r in collector.results
