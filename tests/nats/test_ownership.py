@@ -61,3 +61,47 @@ def test_a_claim_that_fails_now_is_tried_again_later() -> None:
             owned.cancel()  # its pull loop would need a server
 
     asyncio.run(main())
+
+
+class SlowBucket:
+    """The workers bucket, answering a ``put`` only once ``answer`` is set."""
+
+    def __init__(self) -> None:
+        self.answer = asyncio.Event()
+        self.revision = 70
+
+    async def put(self, key: str, value: bytes) -> int:
+        await self.answer.wait()
+        self.revision += 1
+        return self.revision
+
+
+def test_a_partition_fenced_while_its_claim_is_written_does_not_start() -> None:
+    # A stall or a lost link fences every partition, including one whose claim is still on
+    # its way; when the claim returns it must neither pull (an orphan that nobody stops and
+    # whose takeover windows nobody counts) nor leave its claim standing.
+    worker = Worker("nats://127.0.0.1:1", [], layout=Layout(partitions=1), worker_id="w1")
+    bucket = SlowBucket()
+
+    async def main() -> None:
+        now = time.monotonic()
+        worker.connection = Connection()  # type: ignore[assignment]
+        worker.api = JetStreamApi(worker.connection)
+        worker._claims_kv = bucket  # type: ignore[assignment]
+        worker._interval = 0.1
+        worker._watchdog = StallWatchdog(stall_threshold_seconds=60, now_seconds=now)
+        worker._membership = Membership(partitions=1, heartbeat_timeout_seconds=60)
+        worker._membership.observe("w1", incarnation=1, ready=True, now_seconds=now)
+
+        rebalancing = asyncio.ensure_future(worker._rebalance())
+        while not worker._owned:
+            await asyncio.sleep(0.001)
+        owned = worker._owned[0]
+        worker._fence("a test stall")  # while the claim is being written
+        assert worker._owned == {}
+        bucket.answer.set()
+        await rebalancing
+        assert owned.task is None, "a fenced partition started pulling"
+        assert worker._claims == {} and worker._owned == {}
+
+    asyncio.run(main())

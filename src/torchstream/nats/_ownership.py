@@ -203,8 +203,13 @@ class Ownership:
         # A takeover window still open: its frames that have not come back never will to
         # this worker, and the next owner starts above them; count them now.
         for stream in owned.ledgers.values():
-            for record in stream.close_window():
+            records = stream.close_window()
+            for record in records:
                 self.record_drop(record, owned.partition, owned.epoch)
+            if records:
+                log.info("worker %s: %s takeover window closed on %s (partition %d epoch %d): "
+                         "%s", self.worker_id, stream.source_id, reason, owned.partition,
+                         owned.epoch, [(r.first_seq, r.last_seq) for r in records])
         self.ledger.release(owned.ledgers)
         for source_id in owned.ledgers:
             source = self._sources.pop(source_id, None)
@@ -259,9 +264,9 @@ class Ownership:
         if newest is None:
             self._fence(f"{why} ({reason})")
         else:
-            lost = [
+            lost = [  # (epoch 0: its claim is being written, it has pulled nothing yet)
                 owned for p, owned in partitions.items()
-                if newest.get(p) != owned.epoch and self._owned.get(p) is owned
+                if owned.epoch and newest.get(p) != owned.epoch and self._owned.get(p) is owned
             ]
             for owned in lost:
                 self._fence_partition(owned)

@@ -64,7 +64,15 @@ class OwnedPartition:
         )
 
     async def start(self) -> None:
-        self.epoch = await self.worker.claim(self.partition)
+        epoch = await self.worker.claim(self.partition)
+        if self.stopping:
+            # Fenced or released while its claim was being written: the worker has already
+            # forgotten it, so it must not pull (an orphan nobody stops, whose takeover
+            # windows nobody counts) nor leave its claim standing.
+            if self.worker._claims.get(self.partition) == epoch:
+                del self.worker._claims[self.partition]
+            return
+        self.epoch = epoch
         self.task = asyncio.create_task(self._pull_loop(), name=f"ts/nats/p{self.partition}")
 
     async def stop(self) -> None:
@@ -230,6 +238,11 @@ class OwnedPartition:
         source_id = first.source_id
         handover = await self._handover_seq(source_id)
         ledger = worker.ledger.stream(source_id, handover_seq=handover)
+        log.info("worker %s: takes over %s (partition %d epoch %d): handover point %s, first "
+                 "delivery #%d (stream %d)%s", worker.worker_id, source_id, self.partition,
+                 self.epoch, handover, first.seq, first_stream_seq,
+                 "" if ledger.handover_seq == handover else
+                 f", reusing a ledger with handover point {ledger.handover_seq}")
         self.ledgers[source_id] = ledger
         keyframe = await self._keyframe_stream_seq(source_id, first_stream_seq)
         if (

@@ -332,8 +332,16 @@ class Worker(Ownership, Intake):
                 owned.ledgers.get(ledger.source_id) is ledger
                 and self._owned.get(owned.partition) is owned
             ):
-                for record in ledger.close_window():
+                records = ledger.close_window()
+                for record in records:
                     self.record_drop(record, owned.partition, owned.epoch)
+                log.info("worker %s: %s takeover window closed (partition %d epoch %d): %s",
+                         self.worker_id, ledger.source_id, owned.partition, owned.epoch,
+                         [(r.first_seq, r.last_seq) for r in records])
+            else:
+                log.info("worker %s: %s takeover window left to its release (partition %d "
+                         "epoch %d)", self.worker_id, ledger.source_id, owned.partition,
+                         owned.epoch)
 
         assert self._loop is not None
         self._loop.call_later(delay, close)
