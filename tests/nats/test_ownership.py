@@ -35,19 +35,27 @@ class Connection:
         return "_INBOX.test"
 
 
+def _offline(worker: Worker, bucket: object) -> None:
+    """Set up what ``Worker._serve`` would, without a server: ``bucket`` as the workers
+    bucket, the worker alone and ready in its group. Call on the test's event loop."""
+    now = time.monotonic()
+    worker.connection = Connection()  # type: ignore[assignment]
+    worker.api = JetStreamApi(worker.connection)
+    worker._claims_kv = bucket  # type: ignore[assignment]
+    worker._interval = 0.1
+    worker._watchdog = StallWatchdog(stall_threshold_seconds=60, now_seconds=now)
+    worker._membership = Membership(
+        partitions=worker.layout.partitions, heartbeat_timeout_seconds=60
+    )
+    worker._membership.observe("w1", incarnation=1, ready=True, now_seconds=now)
+
+
 def test_a_claim_that_fails_now_is_tried_again_later() -> None:
     worker = Worker("nats://127.0.0.1:1", [], layout=Layout(partitions=2), worker_id="w1")
     bucket = Bucket()
 
     async def main() -> None:
-        now = time.monotonic()
-        worker.connection = Connection()  # type: ignore[assignment]
-        worker.api = JetStreamApi(worker.connection)
-        worker._claims_kv = bucket  # type: ignore[assignment]
-        worker._interval = 0.1
-        worker._watchdog = StallWatchdog(stall_threshold_seconds=60, now_seconds=now)
-        worker._membership = Membership(partitions=2, heartbeat_timeout_seconds=60)
-        worker._membership.observe("w1", incarnation=1, ready=True, now_seconds=now)
+        _offline(worker, bucket)
 
         await worker._rebalance()  # no leader: nothing claimed, and the worker goes on
         assert worker._owned == {} and worker._claims == {}
@@ -84,14 +92,7 @@ def test_a_partition_fenced_while_its_claim_is_written_does_not_start() -> None:
     bucket = SlowBucket()
 
     async def main() -> None:
-        now = time.monotonic()
-        worker.connection = Connection()  # type: ignore[assignment]
-        worker.api = JetStreamApi(worker.connection)
-        worker._claims_kv = bucket  # type: ignore[assignment]
-        worker._interval = 0.1
-        worker._watchdog = StallWatchdog(stall_threshold_seconds=60, now_seconds=now)
-        worker._membership = Membership(partitions=1, heartbeat_timeout_seconds=60)
-        worker._membership.observe("w1", incarnation=1, ready=True, now_seconds=now)
+        _offline(worker, bucket)
 
         rebalancing = asyncio.ensure_future(worker._rebalance())
         while not worker._owned:
