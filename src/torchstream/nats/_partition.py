@@ -52,6 +52,10 @@ class OwnedPartition:
         self.claimed_at_seconds = time.monotonic()
         self.first_delivery_seconds: float | None = None
         self.ledgers: dict[str, StreamLedger] = {}
+        self.ended: dict[str, int] = {}
+        """Per camera, the stream sequence of the end of stream this claim handled: frames
+        of that session delivered after it (redeliveries of a previous owner's frames in
+        flight) are accounted for already and must not start a new session."""
         self.room = asyncio.Event()
         """Set when one of its frames is done: the pull loop waits on it at the budget."""
         layout = worker.layout
@@ -175,10 +179,17 @@ class OwnedPartition:
         stream_seq = metadata.sequence.stream
         inner = decoded.message
         if isinstance(inner, EndOfStream):
-            await self._end_of_stream(inner, message)
+            await self._end_of_stream(inner, message, stream_seq)
             return
         if not isinstance(inner, FrameMessage):
             worker.count("rejected")
+            await _ack(message)
+            return
+        ended_at = self.ended.get(inner.source_id)
+        if ended_at is not None and stream_seq < ended_at:
+            # Its session ended (and its takeover window was counted) before it came back.
+            worker.record_drop(DropRecord(inner.source_id, inner.seq, inner.seq, "duplicate"),
+                               self.partition, self.epoch)
             await _ack(message)
             return
         ledger = self.ledgers.get(inner.source_id)
@@ -222,10 +233,15 @@ class OwnedPartition:
             payload = await worker.fetch_object(decoded)
         await worker.push(ticket, frame, payload)
 
-    async def _end_of_stream(self, eos: EndOfStream, message: Msg) -> None:
+    async def _end_of_stream(self, eos: EndOfStream, message: Msg, stream_seq: int) -> None:
         ledger = self.ledgers.pop(eos.source_id, None)
         if ledger is not None:
+            # Frames of its takeover window that have not come back now belong to an ended
+            # session: count them (a late redelivery is then a duplicate, see `ended`).
+            for record in ledger.close_window():
+                self.worker.record_drop(record, self.partition, self.epoch)
             self.worker.ledger.release([eos.source_id])
+        self.ended[eos.source_id] = stream_seq
         ticket = Ticket(eos.source_id, -1, self.partition, self.epoch, message, end_of_stream=True)
         await self.worker.end_source(ticket, eos)
 

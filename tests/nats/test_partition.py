@@ -1,0 +1,96 @@
+"""One partition's handling of a camera's end of stream, without a server: its takeover
+window is counted when the session ends, and a frame of that session redelivered after the
+end (a previous owner's frame in flight) neither starts a new session nor goes uncounted."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from nats.aio.msg import Msg
+
+from torchstream.nats import Layout
+from torchstream.nats._ledger import Delivery, DropRecord, Ledger
+from torchstream.nats._partition import OwnedPartition
+from torchstream.nats._wire import encode
+from torchstream.transport import EndOfStream, FrameMessage, ImagePayload
+
+CAMERA = "cam-7"
+LAYOUT = Layout(partitions=4)
+
+
+class Client:
+    """What a message's ``ack`` needs: a connection that records what it publishes."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, bytes]] = []
+
+    def new_inbox(self) -> str:
+        return "_INBOX.test"
+
+    async def publish(self, subject: str, payload: bytes = b"", **_: Any) -> None:
+        self.published.append((subject, payload))
+
+
+class StubWorker:
+    """The worker side an :class:`OwnedPartition` calls while it handles messages."""
+
+    def __init__(self) -> None:
+        self.layout = LAYOUT
+        self.connection = Client()
+        self.api: Any = None
+        self.ledger = Ledger()
+        self.drops: list[DropRecord] = []
+        self.ended: list[EndOfStream] = []
+        self.pushed: list[int] = []
+        self.worker_id = "w1"
+
+    def record_drop(self, record: DropRecord, partition: int, epoch: int) -> None:
+        self.drops.append(record)
+
+    async def end_source(self, ticket: Any, eos: EndOfStream) -> None:
+        self.ended.append(eos)
+
+    async def push(self, ticket: Any, frame: FrameMessage, payload: Any) -> None:
+        self.pushed.append(frame.seq)
+
+
+def _message(client: Client, body: FrameMessage | EndOfStream, stream_seq: int,
+             delivered: int = 1) -> Msg:
+    encoded = encode(LAYOUT.partition_subject(1, CAMERA), body,
+                     b"\xff\xd8\xff\xe0 jpeg" if isinstance(body, FrameMessage) else None)
+    reply = f"$JS.ACK.{LAYOUT.input_stream}.{LAYOUT.consumer_name(1)}.{delivered}.{stream_seq}" \
+            f".{stream_seq}.1700000000000000000.0"
+    return Msg(client, encoded.subject, reply, encoded.body, encoded.headers)  # type: ignore[arg-type]
+
+
+def _frame(seq: int) -> FrameMessage:
+    return FrameMessage(source_id=CAMERA, seq=seq, pts_seconds=seq / 3,
+                        payload=ImagePayload(format="jpeg"))
+
+
+def test_an_end_of_stream_counts_the_window_and_later_redeliveries_are_duplicates() -> None:
+    worker = StubWorker()
+    owned = OwnedPartition(worker, 1)  # type: ignore[arg-type]
+    owned.epoch = 9
+    # Taken over at handover point 10, first live frame 15: 11..14 were in flight at the
+    # previous owner and may still come back.
+    ledger = worker.ledger.stream(CAMERA, handover_seq=10)
+    owned.ledgers[CAMERA] = ledger
+    ledger.on_delivery(Delivery(15, True, 150, 1))
+
+    async def main() -> None:
+        client = worker.connection
+        await owned._handle(_message(client, EndOfStream(source_id=CAMERA, last_seq=15), 160))
+        assert [(d.first_seq, d.last_seq, d.reason) for d in worker.drops] == [
+            (11, 14, "failover_inflight")
+        ]
+        assert worker.ended and CAMERA not in owned.ledgers
+        # Frame 12 of the ended session comes back (stream seq below the end's): counted as
+        # a duplicate (the window counted it), acknowledged, not pushed, no new session.
+        await owned._handle(_message(client, _frame(12), 120, delivered=2))
+        assert worker.drops[-1] == DropRecord(CAMERA, 12, 12, "duplicate")
+        assert worker.pushed == [] and CAMERA not in owned.ledgers
+        assert any(subject.startswith("$JS.ACK") for subject, _ in client.published)
+
+    asyncio.run(main())
