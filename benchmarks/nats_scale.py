@@ -398,6 +398,8 @@ def main() -> None:
     parser.add_argument("--pipeline", default=None,
                         help="the workers' pipeline (a bundled sample or a file; default: one "
                              "stage that marks each frame)")
+    parser.add_argument("--drain-seconds", type=float, default=60.0,
+                        help="how long the workers get to catch up after publishing stops")
     parser.add_argument("--worker-args", default="",
                         help="more options for each `torchstream worker` (one string)")
     parser.add_argument("--trail", type=Path, default=None,
@@ -495,7 +497,7 @@ def main() -> None:
 
             drained = time.monotonic()
             try:
-                _wait(caught_up, 60, "the workers to catch up")
+                _wait(caught_up, args.drain_seconds, "the workers to catch up")
             except SystemExit as exc:
                 print(exc)
             drain_seconds = time.monotonic() - drained
@@ -554,7 +556,8 @@ def main() -> None:
     extra = "".join(
         f" --{name} {value}" for name, value in (
             ("video", args.video and args.video.name), ("video-size", clip and args.video_size),
-            ("pipeline", args.pipeline)) if value
+            ("pipeline", args.pipeline),
+            ("drain-seconds", args.drain_seconds != 60.0 and f"{args.drain_seconds:g}")) if value
     ) + (f" --worker-args '{args.worker_args}'" if args.worker_args else "")
     lines = [
         f"### NATS {plane}, {args.cameras} cameras — {platform.node() or 'this machine'}{card} "
