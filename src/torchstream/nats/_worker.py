@@ -258,6 +258,14 @@ class Worker(Ownership, Intake):
             self._wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval)
+        for partition, owned in sorted(self._owned.items()):  # what it leaves, for the record
+            task = owned.task
+            log.info(
+                "worker %s: leaves partition %d (epoch %d): %d frames in flight (room %d), "
+                "pin %s, pull loop %s", self.worker_id, partition, owned.epoch,
+                self._in_flight[partition], self.room(partition), owned.puller.pin_id,
+                "running" if task is not None and not task.done() else "ended",
+            )
         # Announce the leave first: the others ask for the pins (and get them as soon as
         # each partition is drained and unpinned) instead of learning it afterwards.
         await self._heartbeat(subject, leaving=True)
