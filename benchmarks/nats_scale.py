@@ -369,6 +369,22 @@ class CpuMeter:
             self.used[role] += sum(_cpu_seconds(pid) for pid in pids)
 
 
+async def _consumers(url: str, layout: Layout) -> dict[int, Any]:
+    from torchstream.nats._jsapi import JetStreamApi
+
+    connection = await connect(url, name="bench-consumers")
+    api = JetStreamApi(connection)
+    states: dict[int, Any] = {}
+    for partition in range(layout.partitions):
+        info = await api.consumer_info(layout.input_stream, layout.consumer_name(partition))
+        if info is not None:
+            states[partition] = {key: info.get(key) for key in (
+                "num_pending", "num_ack_pending", "num_redelivered", "num_waiting",
+                "delivered", "ack_floor", "priority_groups")}
+    await close_quietly(connection)
+    return states
+
+
 def _wait(condition: Any, timeout_seconds: float, what: str) -> None:
     deadline = time.monotonic() + timeout_seconds
     while not condition():
@@ -501,6 +517,10 @@ def main() -> None:
             except SystemExit as exc:
                 print(exc)
             drain_seconds = time.monotonic() - drained
+            if args.trail is not None:  # the consumers' state, to explain frames left over
+                consumers = asyncio.run(_consumers(server.url, layout))
+                (args.trail.parent / (args.trail.stem + "-consumers.json")).write_text(
+                    json.dumps(consumers))
         finally:
             for process in processes:
                 process.terminate()
