@@ -13,6 +13,7 @@ from torchstream.nats import Layout
 from torchstream.nats._ledger import Delivery, DropRecord, Ledger
 from torchstream.nats._partition import OwnedPartition
 from torchstream.nats._wire import encode
+from torchstream.nats._worker import Worker
 from torchstream.transport import EndOfStream, FrameMessage, ImagePayload
 
 CAMERA = "cam-7"
@@ -47,6 +48,8 @@ class StubWorker:
 
     def record_drop(self, record: DropRecord, partition: int, epoch: int) -> None:
         self.drops.append(record)
+
+    count_window = Worker.count_window  # the real one: it closes the window, records drops
 
     async def end_source(self, ticket: Any, eos: EndOfStream) -> None:
         self.ended.append(eos)

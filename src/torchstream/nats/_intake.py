@@ -27,7 +27,8 @@ from torchstream.nats._wire import Decoded, check_object, encode
 from torchstream.pipeline import Pipeline
 from torchstream.sources._pushed import PushedSource
 from torchstream.sources._video import DecoderChoice
-from torchstream.transport._protocol import EndOfStream, FrameMessage, ImagePayload, PacketPayload
+from torchstream.transport._protocol import EndOfStream, FrameMessage
+from torchstream.transport._pushing import push_encoded
 
 __all__ = ["Intake"]
 
@@ -72,20 +73,7 @@ class Intake:
         for attempt in (1, 2):
             source = await self._source(frame.source_id)
             try:
-                if isinstance(description, PacketPayload):
-                    numerator, denominator = description.time_base
-                    source.push_packet(
-                        payload,
-                        codec=description.codec,
-                        pts=description.pts,
-                        time_base=numerator / denominator,
-                        keyframe=frame.keyframe,
-                        extradata=description.extradata,
-                        **common,
-                    )
-                elif isinstance(description, ImagePayload):
-                    source.push_image(payload, pts_seconds=frame.pts_seconds, **common)
-                else:
+                if not push_encoded(source, frame, payload, **common):
                     raise ValueError("raw pixels are not taken over NATS")
             except ClosedResourceError:
                 self._sources.pop(frame.source_id, None)

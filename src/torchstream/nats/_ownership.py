@@ -26,7 +26,7 @@ from torchstream.nats._emit import Emitter
 from torchstream.nats._fence import Stall, StallWatchdog
 from torchstream.nats._jsapi import JetStreamApi
 from torchstream.nats._layout import Layout
-from torchstream.nats._ledger import DropRecord, Ledger
+from torchstream.nats._ledger import DropRecord, Ledger, StreamLedger
 from torchstream.nats._partition import OwnedPartition
 from torchstream.sources._pushed import PushedSource
 
@@ -70,6 +70,9 @@ class Ownership:
     if TYPE_CHECKING:
 
         def record_drop(self, record: DropRecord, partition: int, epoch: int) -> None: ...
+
+        def count_window(self, owned: OwnedPartition, ledger: StreamLedger, why: str) -> None:
+            ...
 
     # -- heartbeats and the stream ------------------------------------------------------
 
@@ -203,13 +206,7 @@ class Ownership:
         # A takeover window still open: its frames that have not come back never will to
         # this worker, and the next owner starts above them; count them now.
         for stream in owned.ledgers.values():
-            records = stream.close_window()
-            for record in records:
-                self.record_drop(record, owned.partition, owned.epoch)
-            if records:
-                log.info("worker %s: %s takeover window closed on %s (partition %d epoch %d): "
-                         "%s", self.worker_id, stream.source_id, reason, owned.partition,
-                         owned.epoch, [(r.first_seq, r.last_seq) for r in records])
+            self.count_window(owned, stream, reason)
         self.ledger.release(owned.ledgers)
         for source_id in owned.ledgers:
             source = self._sources.pop(source_id, None)

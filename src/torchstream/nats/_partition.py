@@ -238,8 +238,7 @@ class OwnedPartition:
         if ledger is not None:
             # Frames of its takeover window that have not come back now belong to an ended
             # session: count them (a late redelivery is then a duplicate, see `ended`).
-            for record in ledger.close_window():
-                self.worker.record_drop(record, self.partition, self.epoch)
+            self.worker.count_window(self, ledger, "end of stream")
             self.worker.ledger.release([eos.source_id])
         self.ended[eos.source_id] = stream_seq
         ticket = Ticket(eos.source_id, -1, self.partition, self.epoch, message, end_of_stream=True)

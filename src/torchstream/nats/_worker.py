@@ -330,6 +330,17 @@ class Worker(Ownership, Intake):
                 record, drop_record_json(record, self.worker_id, partition, epoch)
             )
 
+    def count_window(self, owned: OwnedPartition, ledger: StreamLedger, why: str) -> None:
+        """Close ``ledger``'s takeover window (``why``: its timer, the partition's release
+        or fence, the camera's end of stream) and count its frames that never came back."""
+        records = ledger.close_window()
+        for record in records:
+            self.record_drop(record, owned.partition, owned.epoch)
+        if records:
+            log.info("worker %s: %s takeover window closed on %s (partition %d epoch %d): %s",
+                     self.worker_id, ledger.source_id, why, owned.partition, owned.epoch,
+                     [(r.first_seq, r.last_seq) for r in records])
+
     def schedule_window_close(self, owned: OwnedPartition, ledger: StreamLedger) -> None:
         """Count the takeover window's frames that never came back, once they cannot."""
         self._counts["takeovers"] += 1
@@ -340,12 +351,7 @@ class Worker(Ownership, Intake):
                 owned.ledgers.get(ledger.source_id) is ledger
                 and self._owned.get(owned.partition) is owned
             ):
-                records = ledger.close_window()
-                for record in records:
-                    self.record_drop(record, owned.partition, owned.epoch)
-                log.info("worker %s: %s takeover window closed (partition %d epoch %d): %s",
-                         self.worker_id, ledger.source_id, owned.partition, owned.epoch,
-                         [(r.first_seq, r.last_seq) for r in records])
+                self.count_window(owned, ledger, "its timer")
             else:
                 log.info("worker %s: %s takeover window left to its release (partition %d "
                          "epoch %d)", self.worker_id, ledger.source_id, owned.partition,

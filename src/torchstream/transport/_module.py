@@ -34,12 +34,12 @@ from torchstream.transport._protocol import (
     FrameMessage,
     ImagePayload,
     Message,
-    PacketPayload,
     RawPayload,
     ResultAck,
     ResultMessage,
     Shutdown,
 )
+from torchstream.transport._pushing import push_encoded
 
 __all__ = ["Content", "Module", "ModuleStatistics", "PublishSink"]
 
@@ -466,20 +466,9 @@ class Module:
             # For results with content "original": what the frame came as.
             "original": _Original(description, payload) if self._content == "original" else None,
         }
-        if isinstance(description, PacketPayload):
-            numerator, denominator = description.time_base
-            source.push_packet(
-                payload,
-                codec=description.codec,
-                pts=description.pts,
-                time_base=numerator / denominator,
-                keyframe=message.keyframe,
-                extradata=description.extradata,
-                **common,
-            )
-        elif isinstance(description, ImagePayload):
-            source.push_image(payload, pts_seconds=message.pts_seconds, **common)
-        elif isinstance(description, RawPayload):
+        if push_encoded(source, message, payload, **common):
+            return
+        if isinstance(description, RawPayload):
             source.push_raw(_raw_to_rgb(description, payload), pts_seconds=message.pts_seconds,
                             **common)
 
