@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 
 import pytest
@@ -28,3 +29,13 @@ def cluster() -> Iterator[NatsCluster]:
         pytest.skip(_MISSING)
     with NatsCluster() as running:
         yield running
+
+
+@pytest.fixture
+def restore_signal_handlers() -> Iterator[None]:
+    """CLI commands run in-process install their own SIGINT/SIGTERM handlers: put pytest's
+    back afterwards."""
+    saved = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for number, handler in saved.items():
+        signal.signal(number, handler)

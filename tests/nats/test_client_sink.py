@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import signal
 import threading
-from collections.abc import Iterator
 
 import msgspec
 import pytest
@@ -269,16 +267,7 @@ def test_unreachable_server_missing_stream_and_bad_options(server: NatsServer) -
             AsyncNatsSink(server.url, **bad)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def _signals() -> Iterator[None]:
-    """The sink command handles SIGINT/SIGTERM itself: put pytest's handlers back."""
-    saved = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for number, handler in saved.items():
-        signal.signal(number, handler)
-
-
-@pytest.mark.usefixtures("_signals")
+@pytest.mark.usefixtures("restore_signal_handlers")
 def test_cli_sink_reads_the_stream_fenced(server: NatsServer) -> None:
     _init(server.url)
     _publish(server.url, [

@@ -6,9 +6,7 @@ camera command's options and errors."""
 from __future__ import annotations
 
 import asyncio
-import signal
 import threading
-from collections.abc import Iterator
 
 import pytest
 from click.testing import CliRunner
@@ -107,16 +105,7 @@ def test_live_pictures_and_packets_are_published(
     assert first.payload.codec == "h264" and first.keyframe
 
 
-@pytest.fixture
-def _signals() -> Iterator[None]:
-    """The source command handles SIGINT/SIGTERM itself: put pytest's handlers back."""
-    saved = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for number, handler in saved.items():
-        signal.signal(number, handler)
-
-
-@pytest.mark.usefixtures("_signals")
+@pytest.mark.usefixtures("restore_signal_handlers")
 def test_source_camera_takes_nats(server: NatsServer) -> None:
     runner = CliRunner()
     neither = runner.invoke(main, ["source", "camera", "/dev/video0"])
