@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import nats.errors
 import pytest
 
 from torchstream.nats._emit import Emitter
@@ -124,3 +125,30 @@ def test_an_unconfirmed_result_is_counted(answer: Callable[[str], Reply | None])
     message, drops, done = _send_one(answer)
     assert drops == [DropRecord("cam", 7, 7, "result_unconfirmed")]
     assert not message.acked and done == 1
+
+
+def test_a_drop_record_that_cannot_be_sent_is_counted(caplog: pytest.LogCaptureFixture) -> None:
+    class Closed(Connection):
+        async def publish(self, subject: str, body: bytes, reply: str = "",
+                          headers: dict[str, str] | None = None) -> None:
+            raise nats.errors.ConnectionClosedError
+
+    async def may_emit(ticket: Ticket) -> bool:
+        return True
+
+    async def main() -> int:
+        emitter = Emitter(
+            Closed(lambda subject: None),  # type: ignore[arg-type]
+            drop_subject_of=lambda s: f"ts.drop.{s}", may_emit=may_emit,
+            on_drop=lambda record, partition, epoch: None, on_done=lambda ticket: None,
+            stored=False,
+        )
+        emitter.publish_drop(DropRecord("cam", 3, 5, "gap"), b"{}")
+        for _ in range(100):
+            if emitter.drops_unsent:
+                break
+            await asyncio.sleep(0.005)
+        return emitter.drops_unsent
+
+    assert asyncio.run(main()) == 3
+    assert "drop record of cam #3-5 (gap) not sent" in caplog.text

@@ -165,3 +165,25 @@ def test_heartbeats_reveal_a_blackholed_link(server: NatsServer) -> None:
 
     with TcpProxy("127.0.0.1", server.port) as proxy:
         asyncio.run(main(proxy))
+
+
+def test_messages_are_handed_over_as_they_arrive(server: NatsServer) -> None:
+    # A slow partition never fills a batch: each message goes to `on_message` while the
+    # request still waits. The handler publishes a third message; the same request gets it.
+    async def main() -> None:
+        connection, layout = await _setup(server.url, pin_timeout_seconds=2.0)
+        await _publish(connection, layout, ["cam0", "cam1"])
+        puller = _puller(connection, layout)
+        handled: list[bytes] = []
+
+        async def on_message(message: object) -> None:
+            handled.append(message.data)  # type: ignore[attr-defined]
+            if len(handled) == 1:
+                await _publish(connection, layout, ["cam2"])
+
+        got = await puller.pull(batch=5, expires_seconds=1.0, on_message=on_message)
+        assert handled == [b"cam0", b"cam1", b"cam2"]
+        assert [m.data for m in got.messages] == handled and got.outcome == "expired"
+        await connection.close()  # type: ignore[attr-defined]
+
+    asyncio.run(main())
