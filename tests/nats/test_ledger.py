@@ -87,6 +87,47 @@ def test_a_hole_the_broker_made_is_a_broker_discard() -> None:
     assert verdict.drops[0] == DropRecord("cam", 6, 7, "gap")
 
 
+def test_an_end_of_stream_counts_the_last_frames_that_never_came() -> None:
+    # The camera's last frames waited past the stream's max age and the broker removed
+    # them: no later frame shows the hole, its end of stream (with its last seq) does.
+    ledger = StreamLedger("cam", handover_seq=-1)
+    actions(ledger, [0, 1, 2])  # stream seq of 2 is 5
+    assert ledger.unexplained_hole(7, stream_first_seq=5)
+    records = ledger.on_end_of_stream(6, stream_first_seq=40)
+    assert records == (DropRecord("cam", 3, 6, "broker_discard"),)
+    assert ledger.on_delivery(d(4, dc=2)).reason == "duplicate"  # counted already
+    # Without the broker's doing in sight the same hole is a gap; nothing missing, nothing.
+    ledger = StreamLedger("cam", handover_seq=-1)
+    actions(ledger, [0, 1, 2])
+    assert ledger.on_end_of_stream(4) == (DropRecord("cam", 3, 4, "gap"),)
+    ledger = StreamLedger("cam", handover_seq=-1)
+    actions(ledger, [0, 1, 2])
+    assert ledger.on_end_of_stream(2) == ()
+    assert ledger.on_end_of_stream(None) == ()
+
+
+def test_an_end_of_stream_counts_the_window_after_the_holes() -> None:
+    ledger = StreamLedger("cam", handover_seq=10)
+    actions(ledger, [20, 21])  # 11..19 in flight at the previous owner
+    ledger.on_delivery(d(12, dc=2))  # came back
+    assert ledger.on_end_of_stream(23) == (
+        DropRecord("cam", 22, 23, "gap"),
+        DropRecord("cam", 11, 11, "failover_inflight"),
+        DropRecord("cam", 13, 19, "failover_inflight"),
+    )
+
+
+def test_an_end_of_stream_first_after_a_takeover_counts_from_the_handover_point() -> None:
+    # The previous owner published results up to 4 and held 5..9 when it lost the camera;
+    # the end is the first message the new owner gets: 5..9 are lost in flight.
+    ledger = StreamLedger("cam", handover_seq=4)
+    assert ledger.on_end_of_stream(9) == (DropRecord("cam", 5, 9, "failover_inflight"),)
+    assert ledger.on_delivery(d(7, dc=2)).reason == "duplicate"
+    # Results up to the end: nothing to count. Unknown handover point: nothing can be.
+    assert StreamLedger("cam", handover_seq=9).on_end_of_stream(9) == ()
+    assert StreamLedger("cam", handover_seq=None).on_end_of_stream(9) == ()
+
+
 def test_a_takeover_without_replay_waits_for_a_keyframe() -> None:
     ledger = StreamLedger("cam", handover_seq=12)
     got = actions(ledger, [15, 16, 17, 18, 19, 20, 21])

@@ -45,6 +45,13 @@ class StubWorker:
         self.ended: list[EndOfStream] = []
         self.pushed: list[int] = []
         self.worker_id = "w1"
+        self.stream_first_seq: int | None = None
+        self.first_seq_now: int | None = None  # what the server would answer
+        self.handover = -1  # the last seq with a result, as the results stream says
+
+    async def refresh_stream_first_seq(self) -> int | None:
+        self.stream_first_seq = self.first_seq_now
+        return self.stream_first_seq
 
     def record_drop(self, record: DropRecord, partition: int, epoch: int) -> None:
         self.drops.append(record)
@@ -70,6 +77,54 @@ def _message(client: Client, body: FrameMessage | EndOfStream, stream_seq: int,
 def _frame(seq: int) -> FrameMessage:
     return FrameMessage(source_id=CAMERA, seq=seq, pts_seconds=seq / 3,
                         payload=ImagePayload(format="jpeg"))
+
+
+def _partition(worker: StubWorker) -> OwnedPartition:
+    owned = OwnedPartition(worker, 1)  # type: ignore[arg-type]
+    owned.epoch = 9
+
+    async def handover_seq(source_id: str) -> int | None:
+        return worker.handover
+
+    owned._handover_seq = handover_seq  # type: ignore[method-assign]
+    return owned
+
+
+def test_an_end_of_stream_counts_the_last_frames_the_broker_discarded() -> None:
+    # The camera's frames 3..6 waited past the stream's max age: the broker removed them,
+    # and no frame of the camera follows to show the hole. Its end of stream does.
+    worker = StubWorker()
+    owned = _partition(worker)
+    worker.first_seq_now = 400  # the stream now starts past frame 2's stream seq (120)
+    owned.ledgers[CAMERA] = worker.ledger.stream(CAMERA, handover_seq=-1)  # taken over
+
+    async def main() -> None:
+        client = worker.connection
+        for seq in (0, 1, 2):
+            await owned._handle(_message(client, _frame(seq), 100 + 10 * seq))
+        assert worker.pushed == [0, 1, 2]
+        await owned._handle(_message(client, EndOfStream(source_id=CAMERA, last_seq=6), 500))
+        assert worker.drops == [DropRecord(CAMERA, 3, 6, "broker_discard")]
+        assert worker.ended and CAMERA not in owned.ledgers
+
+    asyncio.run(main())
+
+
+def test_an_end_of_stream_first_after_a_claim_counts_what_the_previous_owner_held() -> None:
+    worker = StubWorker()
+    owned = _partition(worker)
+    worker.handover = 4  # the previous owner's last result
+
+    async def main() -> None:
+        client = worker.connection
+        await owned._handle(_message(client, EndOfStream(source_id=CAMERA, last_seq=8), 90))
+        assert worker.drops == [DropRecord(CAMERA, 5, 8, "failover_inflight")]
+        # One of them comes back after its ack wait: counted already, a duplicate.
+        await owned._handle(_message(client, _frame(6), 60, delivered=2))
+        assert worker.drops[-1] == DropRecord(CAMERA, 6, 6, "duplicate")
+        assert worker.pushed == [] and len(worker.ended) == 1
+
+    asyncio.run(main())
 
 
 def test_an_end_of_stream_counts_the_window_and_later_redeliveries_are_duplicates() -> None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import av
 import torch
-from av.video.reformatter import ColorRange, Colorspace
+from av.video.reformatter import ColorRange, Colorspace, VideoReformatter
 
 from torchstream._errors import BrokenResourceError, ClosedResourceError
 
@@ -90,6 +90,7 @@ class VideoEncoder:
         self._preset = preset
         self._fps = float(fps)
         self._output: tuple[OutputContainer, VideoStream] | None = None
+        self._yuv = VideoReformatter()  # kept: PyAV's frame.reformat sets one up per call
         self._origin_seconds: float | None = None
         self._last_ticks: int | None = None
         self._frames = 0
@@ -138,7 +139,8 @@ class VideoEncoder:
             rgb = torch.cat([rgb, rgb[:, -1:]], dim=1)
         pixels = rgb.detach().to("cpu").contiguous().numpy()
 
-        frame = av.VideoFrame.from_ndarray(pixels, format="rgb24").reformat(
+        frame = self._yuv.reformat(
+            av.VideoFrame.from_ndarray(pixels, format="rgb24"),
             format="yuv420p",
             dst_colorspace=Colorspace.ITU709,
             dst_color_range=ColorRange.MPEG,

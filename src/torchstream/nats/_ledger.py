@@ -286,6 +286,37 @@ class StreamLedger:
         self._last_processed = seq
         return Verdict(Action.PROCESS, None, tuple(records))
 
+    def on_end_of_stream(
+        self, last_seq: int | None, *, stream_first_seq: int | None = None
+    ) -> tuple[DropRecord, ...]:
+        """The source's end of stream, whose ``last_seq`` is its last frame's seq (None: not
+        said): count the frames up to it that never reached this owner, then the takeover
+        window (as :meth:`close_window`). Nothing of the source can follow its end in the
+        stream, so what is missing now is missing for good:
+
+        - after live frames, the seqs above the last one are a hole like any other:
+          ``broker_discard`` when ``stream_first_seq`` shows the broker's limits removed
+          what followed that frame (a camera's last frames left waiting past the stream's
+          max age), else ``gap``;
+        - before any live frame (the end is the first message since the claim), the seqs
+          above the handover point were in flight at the previous owner, or discarded:
+          ``failover_inflight`` (a redelivery of one later is a duplicate: see the
+          partition's ``ended``). Nothing is counted while the handover point is unknown."""
+        if self._replaying:
+            raise RuntimeError(f"{self.source_id}: end of stream before end_replay")
+        records: list[DropRecord] = []
+        if last_seq is not None:
+            if self._live and self._floor is not None and last_seq > self._floor:
+                reason = "broker_discard" if self._discarded(stream_first_seq) else "gap"
+                records.append(self._count_range(self._floor + 1, last_seq, reason))
+                self._floor = last_seq
+            elif not self._live and self.handover_seq is not None:
+                self._live = True
+                self._window = (self.handover_seq, max(last_seq + 1, self.handover_seq + 1))
+                self._floor = max(last_seq, self.handover_seq)
+        records.extend(self.close_window())
+        return tuple(records)
+
     def unexplained_hole(self, seq: int, *, stream_first_seq: int | None) -> bool:
         """Whether a live delivery of ``seq`` would count a hole before it that
         ``stream_first_seq`` does not show as the broker's doing: ask the server for the

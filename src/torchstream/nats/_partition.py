@@ -234,12 +234,30 @@ class OwnedPartition:
         await worker.push(ticket, frame, payload)
 
     async def _end_of_stream(self, eos: EndOfStream, message: Msg, stream_seq: int) -> None:
+        worker = self.worker
         ledger = self.ledgers.pop(eos.source_id, None)
+        if ledger is None and eos.source_id not in self.ended:
+            # The end is the first message of the camera since the claim: what the previous
+            # owner had in flight cannot be placed any more, count it from the handover point.
+            handover = await self._handover_seq(eos.source_id)
+            ledger = worker.ledger.stream(eos.source_id, handover_seq=handover)
         if ledger is not None:
-            # Frames of its takeover window that have not come back now belong to an ended
-            # session: count them (a late redelivery is then a duplicate, see `ended`).
-            self.worker.count_window(self, ledger, "end of stream")
-            self.worker.ledger.release([eos.source_id])
+            # The frames that never came (discarded, in flight at a previous owner) and those
+            # of its takeover window that have not come back now belong to an ended session:
+            # count them (a late redelivery is then a duplicate, see `ended`).
+            first_seq = worker.stream_first_seq
+            if eos.last_seq is not None and ledger.unexplained_hole(
+                eos.last_seq + 1, stream_first_seq=first_seq
+            ):
+                first_seq = await worker.refresh_stream_first_seq()
+            records = ledger.on_end_of_stream(eos.last_seq, stream_first_seq=first_seq)
+            for record in records:
+                worker.record_drop(record, self.partition, self.epoch)
+            if records:
+                log.info("worker %s: %s ended (partition %d epoch %d), never delivered: %s",
+                         worker.worker_id, eos.source_id, self.partition, self.epoch,
+                         [(r.first_seq, r.last_seq, r.reason) for r in records])
+            worker.ledger.release([eos.source_id])
         self.ended[eos.source_id] = stream_seq
         ticket = Ticket(eos.source_id, -1, self.partition, self.epoch, message, end_of_stream=True)
         await self.worker.end_source(ticket, eos)
