@@ -57,6 +57,13 @@ log = logging.getLogger(__name__)
     help="On SIGTERM, how long to finish the frames in flight.",
 )
 @click.option(
+    "--max-frame-age-seconds",
+    type=click.FloatRange(min=0.001),
+    default=None,
+    help="Drop (counted `late`) frames that waited longer in the stream "
+    "[default: half the stream's max age].",
+)
+@click.option(
     "--content",
     type=click.Choice(["none", "image"]),
     default="none",
@@ -115,6 +122,7 @@ def worker(
     heartbeat_timeout_seconds: float | None,
     stall_threshold_seconds: float | None,
     drain_timeout_seconds: float,
+    max_frame_age_seconds: float | None,
     content: str,
     meta: str | None,
     device: str,
@@ -169,6 +177,7 @@ def worker(
             heartbeat_timeout_seconds=heartbeat_timeout_seconds,
             stall_threshold_seconds=stall_threshold_seconds,
             drain_timeout_seconds=drain_timeout_seconds,
+            max_frame_age_seconds=max_frame_age_seconds,
             tracer=tracer,
         )
     except ValueError as exc:

@@ -128,6 +128,22 @@ def test_an_end_of_stream_first_after_a_takeover_counts_from_the_handover_point(
     assert StreamLedger("cam", handover_seq=None).on_end_of_stream(9) == ()
 
 
+def test_a_late_frame_is_dropped_and_the_decoder_waits_for_a_keyframe() -> None:
+    ledger = StreamLedger("cam", handover_seq=-1)
+    actions(ledger, [0, 1, 2])
+    verdict = ledger.on_delivery(d(3), late=True)
+    assert verdict == Verdict(Action.DROP, "late", (DropRecord("cam", 3, 3, "late"),))
+    # The decoder lacks 3: the frames up to the next keyframe cannot be decoded.
+    assert actions(ledger, list(range(4, 11))) == [
+        *((s, Action.DROP, "resync_keyframe") for s in range(4, 10)),
+        (10, Action.PROCESS, None),
+    ]
+    # A late frame is still a repeat when it is one (counted once, as a duplicate).
+    assert ledger.on_delivery(d(10, dc=2), late=True).reason == "duplicate"
+    assert ledger.statistics().dropped == {"late": 1, "resync_keyframe": 6, "duplicate": 1}
+    assert "late" in FRAME_LOSS_REASONS
+
+
 def test_a_takeover_without_replay_waits_for_a_keyframe() -> None:
     ledger = StreamLedger("cam", handover_seq=12)
     got = actions(ledger, [15, 16, 17, 18, 19, 20, 21])

@@ -5,6 +5,7 @@ end (a previous owner's frame in flight) neither starts a new session nor goes u
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -48,6 +49,7 @@ class StubWorker:
         self.stream_first_seq: int | None = None
         self.first_seq_now: int | None = None  # what the server would answer
         self.handover = -1  # the last seq with a result, as the results stream says
+        self.max_frame_age_seconds = 30.0
 
     async def refresh_stream_first_seq(self) -> int | None:
         self.stream_first_seq = self.first_seq_now
@@ -66,11 +68,11 @@ class StubWorker:
 
 
 def _message(client: Client, body: FrameMessage | EndOfStream, stream_seq: int,
-             delivered: int = 1) -> Msg:
+             delivered: int = 1, *, waited_seconds: float = 0.0) -> Msg:
     encoded = encode(LAYOUT.partition_subject(1, CAMERA), body,
                      b"\xff\xd8\xff\xe0 jpeg" if isinstance(body, FrameMessage) else None)
     reply = f"$JS.ACK.{LAYOUT.input_stream}.{LAYOUT.consumer_name(1)}.{delivered}.{stream_seq}" \
-            f".{stream_seq}.1700000000000000000.0"
+            f".{stream_seq}.{time.time_ns() - int(waited_seconds * 1e9)}.0"
     return Msg(client, encoded.subject, reply, encoded.body, encoded.headers)  # type: ignore[arg-type]
 
 
@@ -150,5 +152,23 @@ def test_an_end_of_stream_counts_the_window_and_later_redeliveries_are_duplicate
         assert worker.drops[-1] == DropRecord(CAMERA, 12, 12, "duplicate")
         assert worker.pushed == [] and CAMERA not in owned.ledgers
         assert any(subject.startswith("$JS.ACK") for subject, _ in client.published)
+
+    asyncio.run(main())
+
+
+def test_a_frame_that_waited_too_long_in_the_stream_is_dropped_as_late() -> None:
+    worker = StubWorker()
+    owned = _partition(worker)
+    owned.ledgers[CAMERA] = worker.ledger.stream(CAMERA, handover_seq=-1)
+
+    async def main() -> None:
+        client = worker.connection
+        await owned._handle(_message(client, _frame(0), 10, waited_seconds=1.0))
+        await owned._handle(_message(client, _frame(1), 11, waited_seconds=31.0))
+        await owned._handle(_message(client, _frame(2), 12, waited_seconds=29.0))
+        assert worker.pushed == [0, 2]  # an image is its own keyframe: 2 goes on
+        assert worker.drops == [DropRecord(CAMERA, 1, 1, "late")]
+        acks = [s for s, _ in client.published if s.startswith("$JS.ACK")]
+        assert len(acks) == 1  # the late one is acknowledged at once (the others on results)
 
     asyncio.run(main())

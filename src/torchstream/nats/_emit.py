@@ -23,6 +23,7 @@ from torchstream.nats._tickets import Reorder, Ticket
 __all__ = ["Emitter"]
 
 log = logging.getLogger(__name__)
+trace = logging.getLogger("torchstream.nats.trace")
 
 
 class Emitter:
@@ -130,6 +131,10 @@ class Emitter:
                 self._on_done(ticket)
 
     async def _emit(self, ticket: Ticket) -> None:
+        if trace.isEnabledFor(logging.DEBUG):
+            trace.debug("%s #%d p%d e%d out: %s %s%s", ticket.source_id, ticket.seq,
+                        ticket.partition, ticket.epoch, ticket.state, ticket.reason or "",
+                        " (no ack)" if ticket.extra.get("no_ack") else "")
         if ticket.state == "dropped":
             record = DropRecord(ticket.source_id, ticket.seq, ticket.seq, ticket.reason or "?")
             self._on_drop(record, ticket.partition, ticket.epoch)

@@ -57,6 +57,7 @@ FRAME_LOSS_REASONS = (
     "resync_keyframe",
     "fenced",
     "result_unconfirmed",
+    "late",
 )
 """Reasons that each stand for published frames that yield no result, so that, per camera,
 ``published = processed + frames dropped under these reasons``. ``gap`` is a hole in the
@@ -66,7 +67,9 @@ the pictures it refers to: fed to it, it would yield a broken picture, or none a
 ``fenced`` a result dropped because its worker lost the partition (see
 ``torchstream.nats._fence``); ``result_unconfirmed`` a result published that the results
 stream never confirmed (the worker's server died with it in flight): it may have reached
-no sink, and is counted in case (redundant where it did)."""
+no sink, and is counted in case (redundant where it did); ``late`` a frame that waited in the
+stream longer than the worker's ``max_frame_age_seconds`` (an overloaded group sheds its
+oldest frames itself, quickly, before the stream's max age removes frames unseen)."""
 
 REPEAT_REASONS = ("duplicate",)
 """Reasons for dropping a message whose frame is already accounted for (processed, dropped
@@ -241,7 +244,9 @@ class StreamLedger:
             return ()
         return self._count_missing(max(self._replay_first, low + 1), high, "gap")
 
-    def on_delivery(self, message: Delivery, *, stream_first_seq: int | None = None) -> Verdict:
+    def on_delivery(
+        self, message: Delivery, *, stream_first_seq: int | None = None, late: bool = False
+    ) -> Verdict:
         """Decide for a message delivered by the partition's consumer.
 
         - At or below the floor: a frame of the takeover window seen for the first time is
@@ -256,6 +261,9 @@ class StreamLedger:
           the start, in the replay or live), else dropped as ``failover_keyframe``. After a
           hole the decoder is out of sync again: frames up to the next keyframe are dropped
           as ``resync_keyframe``.
+        - A ``late`` frame (it waited in the stream too long) that would be processed is
+          dropped as ``late`` instead, and the frames after it wait for a keyframe (the
+          decoder lacks it): shedding load costs an acknowledgement, not a decode.
         """
         if self._replaying:
             raise RuntimeError(f"{self.source_id}: live delivery before end_replay")
@@ -279,8 +287,10 @@ class StreamLedger:
         self._last_stream_seq = message.stream_seq
         if message.keyframe:
             self._synced = True
-        if not self._synced:
-            own = self._drop(seq, self._unsynced_reason)
+        if not self._synced or late:
+            own = self._drop(seq, "late" if late else self._unsynced_reason)
+            if late:
+                self._synced, self._unsynced_reason = False, "resync_keyframe"
             return Verdict(Action.DROP, own.reason, (*records, *own.drops))
         self._processed += 1
         self._last_processed = seq

@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 __all__ = ["OwnedPartition"]
 
 log = logging.getLogger(__name__)
+trace = logging.getLogger("torchstream.nats.trace")
+"""One DEBUG line per message and per decision (``--log-level debug``): to follow a camera's
+frames through takeovers when the accounting does not add up."""
 
 _WRONG_PIN_RETRY_SECONDS = 0.02
 """Pause before asking again while another worker still holds the pin (it is draining)."""
@@ -187,6 +190,8 @@ class OwnedPartition:
             return
         ended_at = self.ended.get(inner.source_id)
         if ended_at is not None and stream_seq < ended_at:
+            trace.debug("%s #%d stream %d p%d e%d: after its end", inner.source_id, inner.seq,
+                        stream_seq, self.partition, self.epoch)
             # Its session ended (and its takeover window was counted) before it came back.
             worker.record_drop(DropRecord(inner.source_id, inner.seq, inner.seq, "duplicate"),
                                self.partition, self.epoch)
@@ -201,7 +206,12 @@ class OwnedPartition:
         verdict = ledger.on_delivery(
             Delivery(inner.seq, inner.keyframe, stream_seq, metadata.num_delivered),
             stream_first_seq=first_seq,
+            late=_waited_seconds(metadata) > worker.max_frame_age_seconds,
         )
+        if trace.isEnabledFor(logging.DEBUG):
+            trace.debug("%s #%d stream %d delivery %d p%d e%d: %s %s", inner.source_id,
+                        inner.seq, stream_seq, metadata.num_delivered, self.partition,
+                        self.epoch, verdict.action.value, verdict.reason or "")
         await self._act(verdict, inner, decoded, message)
 
     async def _act(
@@ -234,6 +244,8 @@ class OwnedPartition:
         await worker.push(ticket, frame, payload)
 
     async def _end_of_stream(self, eos: EndOfStream, message: Msg, stream_seq: int) -> None:
+        trace.debug("%s end #%s stream %d p%d e%d: ledger %s", eos.source_id, eos.last_seq,
+                    stream_seq, self.partition, self.epoch, eos.source_id in self.ledgers)
         worker = self.worker
         ledger = self.ledgers.pop(eos.source_id, None)
         if ledger is None and eos.source_id not in self.ended:
@@ -372,6 +384,12 @@ class OwnedPartition:
             replayed,
             ledger.handover_seq,
         )
+
+
+def _waited_seconds(metadata: Any) -> float:
+    """How long a message has been in the stream (by the server's clock: its timestamp)."""
+    stored = metadata.timestamp
+    return 0.0 if stored is None else time.time() - stored.timestamp()
 
 
 def _position(entry: Any) -> int | None:

@@ -84,6 +84,12 @@ class Worker(Ownership, Intake):
     stops pulling, finishes the frames in flight (at most ``drain_timeout_seconds``),
     publishes and acknowledges them, unpins its partitions and announces that it leaves,
     so its partitions move without losing a frame.
+
+    ``max_frame_age_seconds`` (default: half the input stream's max age): a frame that
+    waited in the stream longer is dropped unprocessed, counted ``late``. An overloaded
+    group so sheds its oldest frames itself, at the cost of an acknowledgement, and stays
+    ahead of the stream's max age, which would remove frames no worker has seen (a camera's
+    last frames and its end of stream included, leaving nothing to tell they existed).
     """
 
     def __init__(
@@ -103,6 +109,7 @@ class Worker(Ownership, Intake):
         pull_batch: int = 64,
         drain_timeout_seconds: float = 10.0,
         max_queued: int = 4096,
+        max_frame_age_seconds: float | None = None,
         tracer: FrameTracer | None = None,
     ) -> None:
         if heartbeat_timeout_seconds is not None and heartbeat_timeout_seconds <= 0:
@@ -113,6 +120,8 @@ class Worker(Ownership, Intake):
             raise ValueError(f"stall_threshold_seconds must be > 0, got {stall_threshold_seconds}")
         if pull_batch < 1:
             raise ValueError(f"pull_batch must be >= 1, got {pull_batch}")
+        if max_frame_age_seconds is not None and max_frame_age_seconds <= 0:
+            raise ValueError(f"max_frame_age_seconds must be > 0, got {max_frame_age_seconds}")
         if drain_timeout_seconds <= 0:
             raise ValueError(f"drain_timeout_seconds must be > 0, got {drain_timeout_seconds}")
         self.servers = servers
@@ -131,6 +140,11 @@ class Worker(Ownership, Intake):
         self.pull_expires_seconds = 0.25
         self._drain_timeout = drain_timeout_seconds
         self._max_queued = max_queued
+        self._max_frame_age = max_frame_age_seconds
+        self.max_frame_age_seconds = (
+            max_frame_age_seconds if max_frame_age_seconds is not None
+            else self.layout.max_age_seconds / 2  # until the stream's own is read
+        )
         self._tracer = tracer
         self.ledger = Ledger()
         self.stream_first_seq: int | None = None
@@ -284,6 +298,11 @@ class Worker(Ownership, Intake):
         partitions = _partitions_of(info["config"]) or layout.partitions
         consumer = await self.api.consumer_info(layout.input_stream, layout.consumer_name(0))
         changes: dict[str, Any] = {"partitions": partitions}
+        max_age_ns = int(info["config"].get("max_age", 0))
+        if max_age_ns > 0:
+            changes["max_age_seconds"] = max_age_ns / 1e9
+            if self._max_frame_age is None:
+                self.max_frame_age_seconds = max_age_ns / 2e9
         if consumer is not None:
             config = consumer["config"]
             changes["pin_timeout_seconds"] = config.get("priority_timeout", 1e9) / 1e9
