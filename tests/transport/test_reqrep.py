@@ -159,9 +159,17 @@ def test_no_answer_in_time_is_overloaded_and_the_socket_is_not_wedged(bind_url: 
         finally:
             silent.close()
         with bind_again(f"rep+bind:{url}") as rx, serving(rx) as got:
-            assert tx.send(frame("cam", 1), b"p")  # a plain REQ socket would raise EFSM here
+            try:
+                assert tx.send(frame("cam", 1), b"p")  # a plain REQ socket: EFSM here
+            except BrokenResourceError:
+                # The silent peer's disconnection reached the sender only once this request
+                # was on its way (ipc: at once or a little later): it says "may be lost,
+                # send it again", so the caller does, and the receiver may get it twice.
+                assert tx.send(frame("cam", 1), b"p")
             assert tx.send_eos("cam", last_seq=1) is not None
-    assert [m for m, _ in got] == [frame("cam", 1), EndOfStream(source_id="cam", last_seq=1)]
+    received = [m for m, _ in got]
+    assert received[-1] == EndOfStream(source_id="cam", last_seq=1)
+    assert set(received[:-1]) == {frame("cam", 1)} and len(received) <= 3
 
 
 _SILENT_PEER = """
