@@ -200,9 +200,7 @@ class OwnedPartition:
         ledger = self.ledgers.get(inner.source_id)
         if ledger is None:
             ledger = await self._take_over(inner, stream_seq)
-        first_seq = worker.stream_first_seq
-        if ledger.unexplained_hole(inner.seq, stream_first_seq=first_seq):
-            first_seq = await worker.refresh_stream_first_seq()  # discarded since?
+        first_seq = await self._stream_first_seq(ledger, inner.seq)
         verdict = ledger.on_delivery(
             Delivery(inner.seq, inner.keyframe, stream_seq, metadata.num_delivered),
             stream_first_seq=first_seq,
@@ -213,6 +211,14 @@ class OwnedPartition:
                         inner.seq, stream_seq, metadata.num_delivered, self.partition,
                         self.epoch, verdict.action.value, verdict.reason or "")
         await self._act(verdict, inner, decoded, message)
+
+    async def _stream_first_seq(self, ledger: StreamLedger, seq: int) -> int | None:
+        """The input stream's first sequence as known, asked again when ``seq`` would show
+        a hole the known value does not explain (the broker may have discarded since)."""
+        worker = self.worker
+        if ledger.unexplained_hole(seq, stream_first_seq=worker.stream_first_seq):
+            return await worker.refresh_stream_first_seq()
+        return worker.stream_first_seq
 
     async def _act(
         self,
@@ -257,11 +263,10 @@ class OwnedPartition:
             # The frames that never came (discarded, in flight at a previous owner) and those
             # of its takeover window that have not come back now belong to an ended session:
             # count them (a late redelivery is then a duplicate, see `ended`).
-            first_seq = worker.stream_first_seq
-            if eos.last_seq is not None and ledger.unexplained_hole(
-                eos.last_seq + 1, stream_first_seq=first_seq
-            ):
-                first_seq = await worker.refresh_stream_first_seq()
+            first_seq = (
+                worker.stream_first_seq if eos.last_seq is None
+                else await self._stream_first_seq(ledger, eos.last_seq + 1)
+            )
             records = ledger.on_end_of_stream(eos.last_seq, stream_first_seq=first_seq)
             for record in records:
                 worker.record_drop(record, self.partition, self.epoch)

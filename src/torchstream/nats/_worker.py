@@ -141,10 +141,6 @@ class Worker(Ownership, Intake):
         self._drain_timeout = drain_timeout_seconds
         self._max_queued = max_queued
         self._max_frame_age = max_frame_age_seconds
-        self.max_frame_age_seconds = (
-            max_frame_age_seconds if max_frame_age_seconds is not None
-            else self.layout.max_age_seconds / 2  # until the stream's own is read
-        )
         self._tracer = tracer
         self.ledger = Ledger()
         self.stream_first_seq: int | None = None
@@ -301,8 +297,6 @@ class Worker(Ownership, Intake):
         max_age_ns = int(info["config"].get("max_age", 0))
         if max_age_ns > 0:
             changes["max_age_seconds"] = max_age_ns / 1e9
-            if self._max_frame_age is None:
-                self.max_frame_age_seconds = max_age_ns / 2e9
         if consumer is not None:
             config = consumer["config"]
             changes["pin_timeout_seconds"] = config.get("priority_timeout", 1e9) / 1e9
@@ -314,6 +308,14 @@ class Worker(Ownership, Intake):
         ):
             changes["results_stream"] = None
         self.layout = replace(layout, **changes)
+
+    @property
+    def max_frame_age_seconds(self) -> float:
+        """Frames that waited longer in the stream are dropped as ``late``: as given, else
+        half the input stream's max age (the server's, once read)."""
+        if self._max_frame_age is not None:
+            return self._max_frame_age
+        return self.layout.max_age_seconds / 2
 
     # -- frames out (see _intake for frames in, _ownership for the group) ---------------
 
