@@ -24,6 +24,7 @@ from torchstream._spec import PipelineSpec
 from torchstream._types import Sink
 from torchstream.sinks import JsonLinesSink
 from torchstream.sources import DecoderChoice
+from torchstream.sources._pushed import DECODE_THREADS
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,13 @@ log = logging.getLogger(__name__)
     default=None,
     help="Drop (counted `late`) frames that waited longer in the stream "
     "[default: half the stream's max age].",
+)
+@click.option(
+    "--decode-threads",
+    type=click.IntRange(min=1),
+    default=DECODE_THREADS,
+    show_default=True,
+    help="Threads shared by the cameras' decoders (one per core, 2 to 16, by default).",
 )
 @click.option(
     "--content",
@@ -123,6 +131,7 @@ def worker(
     stall_threshold_seconds: float | None,
     drain_timeout_seconds: float,
     max_frame_age_seconds: float | None,
+    decode_threads: int,
     content: str,
     meta: str | None,
     device: str,
@@ -178,6 +187,7 @@ def worker(
             stall_threshold_seconds=stall_threshold_seconds,
             drain_timeout_seconds=drain_timeout_seconds,
             max_frame_age_seconds=max_frame_age_seconds,
+            decode_threads=decode_threads,
             tracer=tracer,
         )
     except ValueError as exc:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from torchstream.pipeline._channel import Policy
     from torchstream.pipeline._session import Session
 
-__all__ = ["Sink", "Source", "Stage"]
+__all__ = ["PumpedSource", "Sink", "Source", "Stage"]
 
 
 @runtime_checkable
@@ -41,6 +41,26 @@ class Source(Protocol):
     def frames(self) -> Iterator[Frame]: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class PumpedSource(Source, Protocol):
+    """A source whose data is pushed to it from elsewhere, which a pipeline made with
+    ``shared_source_threads`` decodes on its shared threads instead of a thread of its own.
+
+    ``attach(wake)`` is called once, before ``open``; the source calls ``wake()`` (from any
+    thread, cheap) whenever it has something new: data, its end, its closing. The pipeline
+    then gives it a turn: it iterates ``pump()``, which yields the frames of what is queued
+    at that moment without waiting for more. ``finished`` becomes True once the stream is
+    over and ``pump()`` has yielded its last frame. Turns of one source never overlap.
+    """
+
+    @property
+    def finished(self) -> bool: ...
+
+    def attach(self, wake: Callable[[], None]) -> None: ...
+
+    def pump(self) -> Iterator[Frame]: ...
 
 
 @runtime_checkable

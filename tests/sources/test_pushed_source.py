@@ -44,10 +44,18 @@ def encode_image(pixels: np.ndarray, codec: str) -> bytes:
     return buffer.getvalue()
 
 
-def run(source: PushedSource, feed: threading.Thread | None = None) -> list[Frame]:
+@pytest.fixture(params=[None, 2], ids=["own-thread", "shared-threads"])
+def shared(request: pytest.FixtureRequest) -> int | None:
+    """Pipeline(shared_source_threads=): a thread per source, or shared threads."""
+    return request.param  # type: ignore[no-any-return]
+
+
+def run(
+    source: PushedSource, feed: threading.Thread | None = None, shared: int | None = None
+) -> list[Frame]:
     """All frames ``source`` produces in a CPU pipeline, fed by ``feed`` meanwhile."""
     frames: list[Frame] = []
-    with Pipeline([], [CallbackSink(frames.append)]) as pipeline:
+    with Pipeline([], [CallbackSink(frames.append)], shared_source_threads=shared) as pipeline:
         pipeline.add_source(source)
         if feed is not None:
             feed.start()
@@ -67,7 +75,7 @@ def test_demux_packets_are_annex_b_with_keyframes_and_pts(clip: Path) -> None:
     assert (demuxed[0].width, demuxed[0].height) == (160, 96)
 
 
-def test_pushed_packets_decode_like_the_file(clip: Path) -> None:
+def test_pushed_packets_decode_like_the_file(clip: Path, shared: int | None) -> None:
     source = PushedSource("cam", max_queued=4)  # smaller than the clip: pushes must wait
 
     def feed() -> None:
@@ -78,7 +86,7 @@ def test_pushed_packets_decode_like_the_file(clip: Path) -> None:
             )
         source.end()
 
-    frames = run(source, threading.Thread(target=feed))
+    frames = run(source, threading.Thread(target=feed), shared)
     reference = list(VideoSource(clip, decoder="pyav").frames())
     assert len(frames) == len(reference) == 40
     for ours, theirs in zip(frames, reference, strict=True):
@@ -88,7 +96,7 @@ def test_pushed_packets_decode_like_the_file(clip: Path) -> None:
     assert [f.seq for f in frames] == list(range(40))
 
 
-def test_decoding_starts_at_a_keyframe(clip: Path) -> None:
+def test_decoding_starts_at_a_keyframe(clip: Path, shared: int | None) -> None:
     demuxed = packets(clip)
     source = PushedSource("late-joiner")
     for packet in demuxed[5:]:  # joined mid-GOP: the first packets are not decodable alone
@@ -97,14 +105,14 @@ def test_decoding_starts_at_a_keyframe(clip: Path) -> None:
             keyframe=packet.keyframe,
         )
     source.end()
-    frames = run(source)
+    frames = run(source, shared=shared)
     keyframes = [i for i, p in enumerate(demuxed) if p.keyframe and i >= 5]
     expected = len(demuxed) - keyframes[0] if keyframes else 0
     assert len(frames) == expected
     assert all(not source.errors for _ in [0])
 
 
-def test_attributes_and_trace_follow_their_packet(clip: Path) -> None:
+def test_attributes_and_trace_follow_their_packet(clip: Path, shared: int | None) -> None:
     source = PushedSource("traced")
     demuxed = packets(clip)
     for index, packet in enumerate(demuxed):
@@ -114,7 +122,7 @@ def test_attributes_and_trace_follow_their_packet(clip: Path) -> None:
             traceparent=f"00-{index:032x}-{index + 1:016x}-01",
         )
     source.end()
-    frames = run(source)
+    frames = run(source, shared=shared)
     # Frames come out in display order, packets went in in decode order (B-frames): each
     # frame carries the attributes of the packet with its pts.
     by_pts = {p.pts: i for i, p in enumerate(demuxed)}
@@ -131,7 +139,7 @@ def test_attributes_and_trace_follow_their_packet(clip: Path) -> None:
     )
 
 
-def test_corrupt_packets_fail_this_source_with_its_name(clip: Path) -> None:
+def test_corrupt_packets_fail_this_source_with_its_name(clip: Path, shared: int | None) -> None:
     demuxed = packets(clip)
     source = PushedSource("broken")
     source.push_packet(
@@ -139,14 +147,16 @@ def test_corrupt_packets_fail_this_source_with_its_name(clip: Path) -> None:
     )
     source.push_packet(b"\x00\x00\x00\x01" + bytes(range(256)) * 8, codec="nosuchcodec")
     source.end()
-    with Pipeline([], [CallbackSink(lambda frame: None)]) as pipeline:
+    with Pipeline(
+        [], [CallbackSink(lambda frame: None)], shared_source_threads=shared
+    ) as pipeline:
         pipeline.add_source(source)
         pipeline.wait()
     errors = pipeline.statistics().sources["broken"].errors
     assert errors and "nosuchcodec" in errors[0] and "broken" in errors[0]
 
 
-def test_images_and_raw_pictures_become_one_frame_each() -> None:
+def test_images_and_raw_pictures_become_one_frame_each(shared: int | None) -> None:
     pixels = np.zeros((48, 64, 3), dtype=np.uint8)
     pixels[:, :32] = (200, 30, 30)
     source = PushedSource("uploads")
@@ -155,7 +165,7 @@ def test_images_and_raw_pictures_become_one_frame_each() -> None:
     source.push_image(encode_image(pixels, "mjpeg"), attributes={"name": "b.jpg"})
     source.push_raw(torch.from_numpy(pixels), attributes={"name": "raw"})
     source.end()
-    frames = run(source)
+    frames = run(source, shared=shared)
     assert [f.attributes["name"] for f in frames] == ["a.png", "b.jpg", "raw"]
     assert [f.seq for f in frames] == [0, 2, 3]  # the junk kept its place
     assert torch.equal(frames[0].surface, torch.from_numpy(pixels))  # type: ignore[arg-type]
@@ -173,7 +183,7 @@ def test_oversized_image_is_refused_before_decoding() -> None:
         source.push_raw(torch.zeros(64, 64, 3, dtype=torch.uint8))
 
 
-def test_backpressure_times_out_and_pushes_after_end_are_refused() -> None:
+def test_backpressure_times_out_and_pushes_after_end_are_refused(shared: int | None) -> None:
     source = PushedSource("slow", max_queued=2)
     raw = torch.zeros(8, 8, 3, dtype=torch.uint8)
     source.push_raw(raw)
@@ -183,7 +193,7 @@ def test_backpressure_times_out_and_pushes_after_end_are_refused() -> None:
     source.end()
     with pytest.raises(ClosedResourceError, match="ended"):
         source.push_raw(raw)
-    assert len(run(source)) == 2
+    assert len(run(source, shared=shared)) == 2
 
 
 def test_bad_raw_pictures_are_named() -> None:

@@ -42,7 +42,7 @@ from torchstream.nats._partition import OwnedPartition, drop_record_json
 from torchstream.nats._tickets import ResultSink, Ticket
 from torchstream.pipeline import Pipeline
 from torchstream.pipeline._tracing import FrameTracer
-from torchstream.sources._pushed import PushedSource
+from torchstream.sources._pushed import DECODE_THREADS, PushedSource
 from torchstream.sources._video import DecoderChoice
 
 __all__ = ["Worker", "WorkerStatistics"]
@@ -110,6 +110,7 @@ class Worker(Ownership, Intake):
         drain_timeout_seconds: float = 10.0,
         max_queued: int = 4096,
         max_frame_age_seconds: float | None = None,
+        decode_threads: int = DECODE_THREADS,
         tracer: FrameTracer | None = None,
     ) -> None:
         if heartbeat_timeout_seconds is not None and heartbeat_timeout_seconds <= 0:
@@ -122,6 +123,8 @@ class Worker(Ownership, Intake):
             raise ValueError(f"pull_batch must be >= 1, got {pull_batch}")
         if max_frame_age_seconds is not None and max_frame_age_seconds <= 0:
             raise ValueError(f"max_frame_age_seconds must be > 0, got {max_frame_age_seconds}")
+        if decode_threads < 1:
+            raise ValueError(f"decode_threads must be >= 1, got {decode_threads}")
         if drain_timeout_seconds <= 0:
             raise ValueError(f"drain_timeout_seconds must be > 0, got {drain_timeout_seconds}")
         self.servers = servers
@@ -140,6 +143,7 @@ class Worker(Ownership, Intake):
         self.pull_expires_seconds = 0.25
         self._drain_timeout = drain_timeout_seconds
         self._max_queued = max_queued
+        self._decode_threads = decode_threads
         self._max_frame_age = max_frame_age_seconds
         self._tracer = tracer
         self.ledger = Ledger()
@@ -182,6 +186,7 @@ class Worker(Ownership, Intake):
             device=self._device,
             tracer=self._tracer,
             on_drop=sink.dropped,
+            shared_source_threads=self._decode_threads,
         ) as pipeline:
             self._pipeline = pipeline
             try:

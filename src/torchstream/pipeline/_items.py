@@ -8,6 +8,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from torchstream._errors import SourceError
 from torchstream._types import Source
 from torchstream.frame import Frame
 from torchstream.pipeline._session import Session
@@ -68,6 +69,12 @@ class _SourceState:
     last_activity_seconds: float = field(default_factory=time.monotonic)
     lock: threading.Lock = field(default_factory=threading.Lock)
     thread: threading.Thread | None = None
+    # Pumped sources (decoded on the pipeline's shared source threads) instead of a thread:
+    pumped: bool = False
+    opened: bool = False
+    pumping: int = 0  # _IDLE, _QUEUED, _RUNNING or _AGAIN (guarded by the pump's lock)
+    pumped_by: threading.Thread | None = None
+    pump_error: SourceError | None = None
 
 
 @dataclass(eq=False)

@@ -73,6 +73,14 @@ class Pipeline(_Sourcing, _Workers):
     A frame whose ``frame.__dict__["_deadline"]`` (a ``time.monotonic()`` value) has passed
     when its next stage would run is dropped as ``deadline`` instead of computed.
 
+    ``shared_source_threads=N`` decodes sources that can be pumped
+    (:class:`~torchstream.sources.PushedSource`: the module's, the NATS worker's and the HTTP
+    front end's sources) on N shared threads instead of a thread each: with hundreds of
+    cameras pushing a few frames a second each, one thread per camera costs a thread wake-up
+    (and a GIL hand-off) per frame; shared threads take the frames of many cameras in one
+    turn. One thread at a time decodes a given source, so its frames stay in order. Sources
+    that read by themselves (files, RTSP, image folders) keep their own thread.
+
     ``debug_surfaces=True`` checks, around every stage, that no frame's surface was modified
     in place (pointer, shape, strides and checksums; it costs a pass over each frame): such a
     frame fails with an error naming the stage.
@@ -90,7 +98,12 @@ class Pipeline(_Sourcing, _Workers):
         debug_surfaces: bool = False,
         tracer: FrameTracer | None = None,
         on_drop: Callable[[Frame, str], None] | None = None,
+        shared_source_threads: int | None = None,
     ) -> None:
+        if shared_source_threads is not None and shared_source_threads < 1:
+            raise ValueError(
+                f"shared_source_threads must be >= 1 or None, got {shared_source_threads}"
+            )
         names = [s.name for s in stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}")
@@ -136,6 +149,11 @@ class Pipeline(_Sourcing, _Workers):
         self._dropped: collections.Counter[str] = collections.Counter()
         self._latencies: collections.deque[float] = collections.deque(maxlen=1024)
         self._threads: list[threading.Thread] = []
+        self._shared_source_threads = shared_source_threads
+        self._pump_changed = threading.Condition(threading.Lock())
+        self._pump_ready: collections.deque[_SourceState] = collections.deque()
+        self._pump_threads = 0
+        self._pump_stopping = False
         self._crash: BaseException | None = None
         self._state = "new"
 
@@ -188,6 +206,12 @@ class Pipeline(_Sourcing, _Workers):
         for state in states:
             if state.thread is not None:
                 state.thread.join()
+            elif state.pumped:
+                self._wake(state)  # a source without a stop() hook ends at its next turn
+        with self._changed:
+            while self._crash is None and any(s.pumped and s.running for s in states):
+                self._changed.wait(0.1)
+        self._stop_pumps()
         self._ingress.close()
         for thread in self._threads:
             thread.join()

@@ -1,18 +1,20 @@
-"""The source side of the runtime: a thread per source, sessions, idle eviction."""
+"""The source side of the runtime: a thread per source (or shared threads for sources that can
+be pumped), sessions, idle eviction."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from torchstream._errors import ClosedResourceError, SourceError
-from torchstream._types import Source
+from torchstream._types import PumpedSource, Source
 from torchstream.frame import Frame
 from torchstream.pipeline._channel import Channel
 from torchstream.pipeline._items import _KEEP_FINISHED, _Item, _SessionEnd, _SourceState
@@ -22,6 +24,9 @@ from torchstream.pipeline._tracing import FrameTracer
 __all__ = ["_Sourcing", "_interrupt"]
 
 log = logging.getLogger(__name__)
+
+# A pumped source's place in the shared threads' round (see _Sourcing._wake):
+_IDLE, _QUEUED, _RUNNING, _AGAIN, _DONE = range(5)
 
 
 class _Sourcing:
@@ -38,6 +43,11 @@ class _Sourcing:
     _frames_in: int
     _state: str
     _crash: BaseException | None
+    _shared_source_threads: int | None
+    _pump_ready: collections.deque[_SourceState]
+    _pump_changed: threading.Condition
+    _pump_threads: int
+    _pump_stopping: bool
 
     def _spawn(
         self, name: str, target: Callable[..., None], *args: Any, owned: bool = True
@@ -48,7 +58,9 @@ class _Sourcing:
         raise NotImplementedError
 
     def add_source(self, source: Source) -> None:
-        """Start reading ``source`` on its own thread. Its id must not be running already."""
+        """Start reading ``source`` on its own thread (or on the shared source threads, for
+        a source with ``attach`` and ``pump`` in a pipeline made with
+        ``shared_source_threads``). Its id must not be running already."""
         if self._state != "running":
             raise ClosedResourceError("add_source needs a running pipeline (use `with`)")
         source_id = source.source_id
@@ -64,9 +76,14 @@ class _Sourcing:
                 del self._sources[source_id]  # re-insert: the dict stays in age order
             self._sources[source_id] = state
             self._forget_finished_sources()
-        state.thread = self._spawn(
-            f"ts/source/{source_id}", self._run_source, state, owned=False
-        )
+            pumped = self._shared_source_threads is not None and isinstance(source, PumpedSource)
+            state.pumped = pumped
+        if pumped:
+            self._start_pumping(state)
+        else:
+            state.thread = self._spawn(
+                f"ts/source/{source_id}", self._run_source, state, owned=False
+            )
 
     def remove_source(self, source_id: str, *, timeout_seconds: float | None = None) -> bool:
         """Stop reading ``source_id`` and close it, while the pipeline runs.
@@ -92,14 +109,23 @@ class _Sourcing:
             state.stop = True
         _interrupt(state.source)
         deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
+        if state.pumped:
+            self._wake(state)  # a source without a stop() hook: it ends at its next turn
         thread = state.thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout_seconds)
             if thread.is_alive():
                 return False
+        own_turn = state.pumped_by is threading.current_thread()
         with self._changed:
+            while state.pumped and state.running and not own_turn:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
             while (
-                self._crash is None
+                not own_turn
+                and self._crash is None
                 and self._state == "running"
                 and state.ends_delivered < state.sessions
             ):
@@ -144,13 +170,9 @@ class _Sourcing:
 
     def _run_source(self, state: _SourceState) -> None:
         source = state.source
-        source_id = source.source_id
         error: SourceError | None = None
         try:
-            prepare = getattr(source, "prepare", None)
-            if prepare is not None:
-                prepare(self.device)
-            source.open()
+            self._open_source(state)
             frames = iter(source.frames())
             while True:
                 # The time spent getting the next frame is its read and decode (for tracing).
@@ -158,39 +180,52 @@ class _Sourcing:
                 frame = next(frames, None)
                 if frame is None or state.stop:
                     break
-                if self._tracer is not None:
-                    frame.__dict__["_decode_started_ns"] = decode_started_ns
-                with state.lock:
-                    now = time.monotonic()
-                    with self._lock:
-                        if state.session.closed:  # evicted while idle: a new session
-                            state.session = self._new_session(source_id, state.sessions)
-                            state.sessions += 1
-                        self._frames_in += 1
-                        state.frames_in += 1
-                        if state.first_frame_seconds is None:
-                            state.first_frame_seconds = now
-                    state.last_activity_seconds = now
-                    frame.__dict__["_session"] = state.session
-                    frame.__dict__["_t_in"] = now
-                    if self._tracer is not None:
-                        self._tracer.start_frame(frame)
-                    dropped = self._ingress.put(frame, key=source_id, policy=source.policy)
-                    state.last_activity_seconds = time.monotonic()
-                for old in dropped:
-                    if isinstance(old, Frame):
-                        self._count_drop(old, "queue_full")
+                self._admit(state, frame, decode_started_ns)
         except ClosedResourceError:
             pass  # the pipeline is closing
-        except SourceError as exc:
-            error = exc
-        except Exception as exc:  # the world broke the input (codec, I/O): fail this source only
-            error = SourceError(source_id, f"{type(exc).__name__}: {exc}")
-            error.__cause__ = exc
+        except Exception as exc:
+            error = _source_error(source.source_id, exc)
         finally:
             with contextlib.suppress(Exception):
                 source.close()
-        for problem in getattr(source, "errors", ()):  # non-fatal: a skipped image, say
+        self._finish_source(state, error)
+
+    def _open_source(self, state: _SourceState) -> None:
+        prepare = getattr(state.source, "prepare", None)
+        if prepare is not None:
+            prepare(self.device)
+        state.source.open()
+        state.opened = True
+
+    def _admit(self, state: _SourceState, frame: Frame, decode_started_ns: int) -> None:
+        """Start ``frame``'s way through the pipeline (on its source's thread)."""
+        source_id = state.source.source_id
+        if self._tracer is not None:
+            frame.__dict__["_decode_started_ns"] = decode_started_ns
+        with state.lock:
+            now = time.monotonic()
+            with self._lock:
+                if state.session.closed:  # evicted while idle: a new session
+                    state.session = self._new_session(source_id, state.sessions)
+                    state.sessions += 1
+                self._frames_in += 1
+                state.frames_in += 1
+                if state.first_frame_seconds is None:
+                    state.first_frame_seconds = now
+            state.last_activity_seconds = now
+            frame.__dict__["_session"] = state.session
+            frame.__dict__["_t_in"] = now
+            if self._tracer is not None:
+                self._tracer.start_frame(frame)
+            dropped = self._ingress.put(frame, key=source_id, policy=state.source.policy)
+            state.last_activity_seconds = time.monotonic()
+        for old in dropped:
+            if isinstance(old, Frame):
+                self._count_drop(old, "queue_full")
+
+    def _finish_source(self, state: _SourceState, error: SourceError | None) -> None:
+        """The source is over (ended, stopped or failed): end its session."""
+        for problem in getattr(state.source, "errors", ()):  # non-fatal: a skipped image
             state.session.record_error(str(problem))
         if error is not None:
             log.warning("source failed: %s", error)
@@ -203,6 +238,85 @@ class _Sourcing:
                 state.errors.append(str(error))
             state.running = False
             self._changed.notify_all()
+
+    # -- pumped sources: shared threads instead of a thread each ------------------------------
+    def _start_pumping(self, state: _SourceState) -> None:
+        assert isinstance(state.source, PumpedSource)
+        state.source.attach(lambda: self._wake(state))
+        with self._pump_changed:
+            if self._pump_threads < (self._shared_source_threads or 1):
+                self._pump_threads += 1
+                self._spawn(f"ts/sources/{self._pump_threads}", self._run_pump)
+        self._wake(state)  # its first turn opens it
+
+    def _wake(self, state: _SourceState) -> None:
+        """``state``'s source has something new: give it a turn on a shared thread. One
+        thread at a time pumps a source, so its frames stay in order."""
+        with self._pump_changed:
+            if state.pumping == _IDLE:
+                state.pumping = _QUEUED
+                self._pump_ready.append(state)
+                self._pump_changed.notify()
+            elif state.pumping == _RUNNING:
+                state.pumping = _AGAIN
+
+    def _run_pump(self) -> None:
+        while True:
+            with self._pump_changed:
+                while not self._pump_ready:
+                    if self._pump_stopping:
+                        return
+                    self._pump_changed.wait()
+                state = self._pump_ready.popleft()
+                state.pumping = _RUNNING
+            state.pumped_by = threading.current_thread()
+            finished = self._pump(state)
+            state.pumped_by = None
+            with self._pump_changed:
+                if finished:
+                    state.pumping = _DONE
+                elif state.pumping == _AGAIN:
+                    state.pumping = _QUEUED
+                    self._pump_ready.append(state)
+                else:
+                    state.pumping = _IDLE
+            if finished:
+                self._finish_source(state, state.pump_error)
+
+    def _pump(self, state: _SourceState) -> bool:
+        """One turn of a pumped source: admit the frames of what it has queued. True once
+        the source is over (its error, if any, in ``state.pump_error``)."""
+        source = state.source
+        try:
+            if not state.opened:
+                self._open_source(state)
+            frames = cast(PumpedSource, source).pump()
+            try:
+                while not state.stop:
+                    decode_started_ns = time.time_ns() if self._tracer is not None else 0
+                    frame = next(frames, None)
+                    if frame is None:
+                        break
+                    self._admit(state, frame, decode_started_ns)
+            finally:
+                close = getattr(frames, "close", None)  # a generator ended early: its cleanup
+                if close is not None:
+                    close()
+            if not (state.stop or cast(PumpedSource, source).finished):
+                return False
+        except ClosedResourceError:
+            pass  # the pipeline is closing
+        except Exception as exc:
+            state.pump_error = _source_error(source.source_id, exc)
+        with contextlib.suppress(Exception):
+            source.close()
+        return True
+
+    def _stop_pumps(self) -> None:
+        """Called by ``close`` once every source is over: the shared threads exit."""
+        with self._pump_changed:
+            self._pump_stopping = True
+            self._pump_changed.notify_all()
 
     def _end_session(self, session: Session, reason: EndReason) -> None:
         if session.closed:
@@ -241,6 +355,15 @@ class _Sourcing:
     def _policy_of(self, frame: Frame) -> str:
         state = self._sources.get(frame.source_id)
         return state.source.policy if state is not None else "block"
+
+
+def _source_error(source_id: str, exc: Exception) -> SourceError:
+    """What failed a source: its own SourceError, or the world's error (codec, I/O) as one."""
+    if isinstance(exc, SourceError):
+        return exc
+    error = SourceError(source_id, f"{type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error
 
 
 def _interrupt(source: Source) -> None:

@@ -1,11 +1,13 @@
 """A source fed from outside: encoded video packets, encoded images or raw pictures pushed by
-another thread (a module's socket reader, the client SDK), decoded on the source's thread."""
+another thread (a module's socket reader, the client SDK), decoded on the source's thread or
+on a pipeline's shared source threads."""
 
 from __future__ import annotations
 
 import collections
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,9 +25,13 @@ from torchstream.frame import Frame
 from torchstream.pipeline._channel import Policy
 from torchstream.sources._video import DecoderChoice
 
-__all__ = ["PushedSource"]
+__all__ = ["DECODE_THREADS", "PushedSource"]
 
 log = logging.getLogger(__name__)
+
+DECODE_THREADS = max(2, min(16, os.cpu_count() or 2))
+"""Shared threads that decode the pushed sources of a module, NATS worker or HTTP back end
+(``Pipeline(shared_source_threads=)``): one per core, 2 to 16."""
 
 _IMAGE_BATCH = 16
 """Queued JPEGs decoded together on the GPU."""
@@ -51,7 +57,9 @@ class _Pushed:
 
 class PushedSource:
     """Frames of one stream whose data arrives from elsewhere: the owner pushes it, the
-    pipeline's thread for this source decodes it and makes frames.
+    pipeline's thread for this source decodes it and makes frames (or one of its shared
+    source threads, in a pipeline made with ``shared_source_threads``: see
+    :class:`~torchstream._types.PumpedSource`).
 
     - :meth:`push_packet`: an encoded video packet (``codec`` is FFmpeg's name; H.264/HEVC
       in Annex B, as MPEG-TS, RTSP and torchstream's wire carry them), decoded with NVDEC
@@ -106,6 +114,8 @@ class PushedSource:
         self._changed = threading.Condition(self._lock)
         self._ended = False
         self._closed = False
+        self._finished = False
+        self._wake: Callable[[], None] = _nothing
         self._seq = 0
         self._video: NvdecDecoder | PyAVPacketDecoder | None = None
         self._video_key: tuple[str, float | None] | None = None
@@ -204,6 +214,7 @@ class PushedSource:
         with self._changed:
             self._ended = True
             self._changed.notify_all()
+        self._wake()
 
     @property
     def queued(self) -> int:
@@ -239,6 +250,7 @@ class PushedSource:
                 self._changed.wait(remaining)
             self._queue.append(item)
             self._changed.notify_all()
+        self._wake()
 
     # -- the pipeline's side ----------------------------------------------------------
 
@@ -250,41 +262,66 @@ class PushedSource:
         if self.decoder == "nvdec" and not torch.cuda.is_available():
             raise SourceError(self.source_id, "decoder='nvdec' needs a CUDA device")
 
-    def _take(self) -> list[_Pushed]:
-        """The queued items (at least one), or [] once ended or closed and drained."""
+    def attach(self, wake: Callable[[], None]) -> None:
+        """Called by a pipeline that decodes this source on a shared thread (see
+        ``Pipeline(shared_source_threads=)``) before ``open``: ``wake()`` is called after
+        every push, :meth:`end` and ``close``, and the pipeline then calls :meth:`pump`."""
+        self._wake = wake
+
+    @property
+    def finished(self) -> bool:
+        """Whether the stream is over: ended or closed, and everything queued decoded."""
+        return self._finished
+
+    def pump(self) -> Iterator[Frame]:
+        """The frames of what is queued now, without waiting for more.
+
+        Once the source has ended (or is closed) and its queue is drained, this also
+        finishes the video decoder's last pictures, frees it and sets :attr:`finished`. A
+        decode error (or the caller closing the iterator early) frees the decoder as well
+        and ends the stream.
+        """
         with self._changed:
-            while not self._queue and not self._ended and not self._closed:
-                self._changed.wait()
-            if self._closed:
-                return []
-            items = list(self._queue)
+            over = self._ended or self._closed
+            items = [] if self._closed else list(self._queue)
             self._queue.clear()
             self._changed.notify_all()
-            return items
+        completed = False
+        try:
+            yield from self._decoded(items)
+            if over:
+                yield from self._flush_video()
+            completed = True
+        finally:
+            if over or not completed:
+                self._release_video()
+                self._finished = True
 
     def frames(self) -> Iterator[Frame]:
-        try:
-            while items := self._take():
-                # Images decode in GPU batches; everything else in order, one by one.
-                start = 0
-                while start < len(items):
-                    if items[start].kind == "image":
-                        stop = start
-                        while stop < len(items) and items[stop].kind == "image":
-                            stop += 1
-                        for chunk in range(start, stop, _IMAGE_BATCH):
-                            yield from self._images(items[chunk : min(stop, chunk + _IMAGE_BATCH)])
-                        start = stop
-                        continue
-                    item = items[start]
-                    start += 1
-                    if item.kind == "raw":
-                        yield self._frame(item.data.to(self.device), item, None, item.pts, True)
-                    else:
-                        yield from self._packet(item)
-            yield from self._flush_video()
-        finally:
-            self._release_video()
+        while not self._finished:
+            with self._changed:
+                while not self._queue and not self._ended and not self._closed:
+                    self._changed.wait()
+            yield from self.pump()
+
+    def _decoded(self, items: list[_Pushed]) -> Iterator[Frame]:
+        # Images decode in GPU batches; everything else in order, one by one.
+        start = 0
+        while start < len(items):
+            if items[start].kind == "image":
+                stop = start
+                while stop < len(items) and items[stop].kind == "image":
+                    stop += 1
+                for chunk in range(start, stop, _IMAGE_BATCH):
+                    yield from self._images(items[chunk : min(stop, chunk + _IMAGE_BATCH)])
+                start = stop
+                continue
+            item = items[start]
+            start += 1
+            if item.kind == "raw":
+                yield self._frame(item.data.to(self.device), item, None, item.pts, True)
+            else:
+                yield from self._packet(item)
 
     def stop(self) -> None:
         """Called by the pipeline from another thread (``remove_source``, ``close``): what
@@ -296,6 +333,7 @@ class PushedSource:
             self._closed = True
             self._queue.clear()
             self._changed.notify_all()
+        self._wake()
 
     # -- decoding ---------------------------------------------------------------------
 
@@ -468,6 +506,10 @@ class PushedSource:
 
     def __repr__(self) -> str:
         return f"PushedSource({self.source_id!r}, queued={len(self._queue)})"
+
+
+def _nothing() -> None:
+    pass
 
 
 def _is_jpeg(data: Any) -> bool:
