@@ -23,6 +23,7 @@ from torchstream._cli_common import (
     speed_options,
     start_tracing,
 )
+from torchstream._gc import freeze_startup_heap
 from torchstream._logging import configure_logging
 from torchstream._spec import PipelineSpec
 from torchstream._types import Sink
@@ -181,6 +182,7 @@ def run(
         not quiet and _console.is_terminal
     ) else None
     with Pipeline(spec.stages, sinks, device=config.device, tracer=tracer) as pipeline:
+        freeze_startup_heap()
         metrics = None
         if metrics_port is not None:
             from torchstream.telemetry import serve_metrics

@@ -443,3 +443,42 @@ def test_statistics_of_finished_sources_stay_bounded() -> None:
     assert stats.frames_in == stats.frames_out == 301
     assert 256 <= len(stats.sources) <= 257 and "last" in stats.sources
     assert "s0" not in stats.sources and "s299" in stats.sources
+
+
+@pytest.mark.parametrize("shared_threads", [None, 2], ids=["own-thread", "shared-threads"])
+def test_frames_are_freed_without_the_garbage_collector(shared_threads: int | None) -> None:
+    """A frame (its surface: GPU memory, on a GPU) is freed as soon as the last sink is done
+    with it, by reference counting: no reference cycle on the way keeps it until the
+    collector's next full pass (a recursive closure once did, for every batch)."""
+    import gc
+    import logging
+    import weakref
+
+    from torchstream.sources import PushedSource
+
+    surfaces: list[weakref.ref[torch.Tensor]] = []
+
+    def keep(frame: Frame) -> None:
+        assert frame.surface is not None
+        surfaces.append(weakref.ref(frame.surface))
+
+    failing = FailOn({("cam", 3)})
+    gc.collect()
+    gc.disable()
+    logging.disable(logging.WARNING)  # pytest's log capture keeps the failure's traceback
+    try:
+        source = PushedSource("cam")
+        with Pipeline(
+            [Recorder(), failing], [CallbackSink(keep)], shared_source_threads=shared_threads
+        ) as pipeline:
+            pipeline.add_source(source)
+            for seq in range(20):
+                source.push_raw(torch.zeros(8, 8, 3, dtype=torch.uint8), seq=seq)
+            source.end()
+            assert pipeline.wait(timeout_seconds=30)
+        del source
+        assert len(surfaces) == 19  # one failed in the stage, on purpose
+        assert [ref for ref in surfaces if ref() is not None] == []
+    finally:
+        logging.disable(logging.NOTSET)
+        gc.enable()

@@ -15,6 +15,7 @@ import msgspec
 import torch
 
 from torchstream._errors import ClosedResourceError, OverloadedError, PipelineError
+from torchstream._gc import freeze_startup_heap
 from torchstream._types import Sink, Stage
 from torchstream.frame import Frame
 from torchstream.http._images import CheckedImage, RequestFailed
@@ -202,6 +203,7 @@ class InProcessBackend:
             self._failure = str(exc)
             raise
         self._pipeline = pipeline
+        freeze_startup_heap()
         try:
             await self._warm_up()
         except BaseException:

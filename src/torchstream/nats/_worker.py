@@ -27,6 +27,7 @@ from typing import Any, Literal
 import torch
 
 from torchstream._draw import AnnotationStyle
+from torchstream._gc import freeze_startup_heap
 from torchstream._types import Sink, Stage
 from torchstream.nats._assignment import Membership
 from torchstream.nats._connection import close_quietly, connect
@@ -189,6 +190,7 @@ class Worker(Ownership, Intake):
             shared_source_threads=self._decode_threads,
         ) as pipeline:
             self._pipeline = pipeline
+            freeze_startup_heap()
             try:
                 asyncio.run(self._main())
             finally:

@@ -63,7 +63,12 @@ def run_batch(stage: Stage, frames: Sequence[Frame], *, guard_surfaces: bool) ->
             objects, attributes = snapshots[id(frame)]
             frame.objects[:], frame.attributes = list(objects), dict(attributes)
 
-    def attempt(batch: list[Frame]) -> None:
+    # A stack of batches to try, not a recursive closure: a closure that calls itself is a
+    # reference cycle, and it would hold the batch's frames (their surfaces, GPU memory
+    # included) until the garbage collector's next full pass instead of freeing them here.
+    pending = [list(frames)]
+    while pending:
+        batch = pending.pop()
         try:
             stage.process(batch)
         except Exception as exc:
@@ -75,15 +80,11 @@ def run_batch(stage: Stage, frames: Sequence[Frame], *, guard_surfaces: bool) ->
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 half = len(batch) // 2
-                attempt(batch[:half])
-                attempt(batch[half:])
+                pending += [batch[half:], batch[:half]]  # the first half first
             else:
-                for frame in batch:
-                    attempt([frame])
-            return
+                pending += [[frame] for frame in reversed(batch)]  # one by one, in order
+            continue
         outcome.passed.extend(batch)
-
-    attempt(list(frames))
     if guard_surfaces:
         intact = []
         for frame in outcome.passed:

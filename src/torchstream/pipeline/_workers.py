@@ -179,6 +179,11 @@ class _Workers:
         counters.oom_splits += outcome.oom_splits
         for frame, exc in outcome.failed:
             self._fail_frame(index, frame, exc)
+            # Its traceback holds the frames of the calls down to the stage, whose locals
+            # hold the outcome, which holds the exception: a cycle that would keep the
+            # batch's frames (GPU memory) until the collector's next full pass. Logged
+            # already: let it go.
+            exc.__traceback__ = None
         passed = outcome.passed
         if stream is not None and passed:
             # The next stage waits for this stage's work on the frames, not for the device.

@@ -16,6 +16,7 @@ import torch
 
 from torchstream._draw import AnnotationStyle, annotate
 from torchstream._errors import ClosedResourceError, OverloadedError
+from torchstream._gc import freeze_startup_heap
 from torchstream._types import Sink, Stage
 from torchstream.frame import Frame
 from torchstream.pipeline import Pipeline
@@ -350,6 +351,7 @@ class Module:
                 shared_source_threads=DECODE_THREADS,
             ) as pipeline:
                 self._pipeline = pipeline
+                freeze_startup_heap()
                 self.ready.set()
                 while not self._stop.is_set():
                     try:
