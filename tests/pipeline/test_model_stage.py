@@ -105,6 +105,8 @@ def test_cuda_graphs_give_what_eager_gives_on_every_batch() -> None:
     eager.setup(torch.device("cuda"))
     graphed = _Convs(cuda_graphs=True, batch_policy=BatchPolicy(max_size=4, pad_to_max_size=True))
     graphed.setup(torch.device("cuda"))
+    # Captured at set-up (a padded batch of one black frame), before any source runs.
+    assert graphed._graphs is not None and graphed._graphs.shapes == [(4, 3, 32, 48)]
     for count in (3, 4, 1, 4):  # every batch padded to 4 rows: one graph, replayed
         expected, got = _frames("cuda", count), _frames("cuda", count)
         eager.process(expected)
@@ -112,3 +114,21 @@ def test_cuda_graphs_give_what_eager_gives_on_every_batch() -> None:
         for a, b in zip(expected, got, strict=True):
             assert a.attributes["out"] == pytest.approx(b.attributes["out"], abs=1e-5)
     assert graphed._graphs is not None and graphed._graphs.shapes == [(4, 3, 32, 48)]
+
+
+@pytest.mark.gpu
+def test_a_stage_whose_warm_up_fails_still_captures_at_its_first_batch(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Picky(_Convs):
+        def select(self, frame: Frame) -> list[Crop]:
+            if frame.source_id == "torchstream.warm-up":
+                raise ValueError("no such camera")
+            return super().select(frame)
+
+    stage = Picky(cuda_graphs=True, batch_policy=BatchPolicy(max_size=4, pad_to_max_size=True))
+    stage.setup(torch.device("cuda"))
+    assert "no CUDA graph captured at start" in caplog.text and "no such camera" in caplog.text
+    assert stage._graphs is not None and stage._graphs.shapes == []
+    stage.process(_frames("cuda", 2))
+    assert stage._graphs.shapes == [(4, 3, 32, 48)]

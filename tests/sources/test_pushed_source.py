@@ -241,3 +241,40 @@ def test_image_decoder_reuses_decoders_and_checks_sizes_first() -> None:
     with pytest.raises(SourceError, match=r"corrupt|no picture"):
         decoder.decode(jpeg[:40] + bytes(200))
     assert decoder.decode(png)[1] == "png"  # a bad image does not spoil the next one
+
+
+@pytest.mark.gpu
+def test_nvdec_sources_on_shared_threads_decode_what_own_threads_decode(clip: Path) -> None:
+    demuxed = packets(clip)
+
+    def decode(shared: int | None) -> dict[str, list[tuple[int, float]]]:
+        seen: dict[str, list[tuple[int, float]]] = {}
+
+        def keep(frame: Frame) -> None:
+            assert frame.surface is not None and frame.surface.is_cuda
+            frame.__dict__["_ready"].synchronize()
+            seen.setdefault(frame.source_id, []).append(
+                (frame.seq, float(frame.surface.float().mean()))
+            )
+
+        cameras = [PushedSource(f"cam{i}", decoder="nvdec") for i in range(4)]
+        with Pipeline(
+            [], [CallbackSink(keep)], device="cuda", shared_source_threads=shared
+        ) as pipeline:
+            for camera in cameras:
+                pipeline.add_source(camera)
+            for packet in demuxed:
+                for camera in cameras:
+                    camera.push_packet(
+                        packet.data, codec=packet.codec, pts=packet.pts,
+                        time_base=packet.time_base, keyframe=packet.keyframe, timeout=30,
+                    )
+            for camera in cameras:
+                camera.end()
+            assert pipeline.wait(timeout_seconds=60)
+        return seen
+
+    own, shared = decode(None), decode(2)
+    assert sorted(shared) == [f"cam{i}" for i in range(4)]
+    assert all(len(frames) == 40 for frames in shared.values())
+    assert shared == own

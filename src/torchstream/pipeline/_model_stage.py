@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -13,6 +14,8 @@ from torchstream.pipeline._batcher import BatchPolicy
 from torchstream.pipeline._graphs import CudaGraphs
 
 __all__ = ["CompileMode", "Crop", "ModelStage", "to_host"]
+
+log = logging.getLogger(__name__)
 
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 """``torch.compile`` modes a model stage accepts."""
@@ -142,7 +145,9 @@ class ModelStage:
       (:class:`~torchstream.pipeline.CudaGraphs`): one launch per batch instead of one per
       layer. Needs fixed shapes (``pad_to_max_size``; other shapes past 4 run eagerly), a
       forward pass without host synchronisations, and costs a few seconds and the graph's
-      memory at the first batch of each shape. CPU ignores it.
+      memory per shape: with ``pad_to_max_size`` at set-up, on a batch of one black frame
+      (``warm_up_frame_size``), before any source runs; otherwise at the first batch of each
+      shape. CPU ignores it.
     - ``compile_mode``: ``torch.compile`` the model with that mode (fused kernels; the first
       batch of each shape compiles, which takes from seconds to minutes). ``"default"``
       combines with ``cuda_graphs`` (the compiled model is captured); ``"reduce-overhead"``
@@ -215,6 +220,38 @@ class ModelStage:
                 model = compiled
         self.model = model
         self._graphs = CudaGraphs() if self.cuda_graphs and device.type == "cuda" else None
+        if self._graphs is not None and self.batch_policy.pad_to_max_size:
+            self._capture_at_start()
+
+    warm_up_frame_size: tuple[int, int] = (1080, 1920)
+    """(height, width) of the black frame whose batch :meth:`setup` captures as a CUDA graph
+    (with ``cuda_graphs`` and fixed batch shapes), before any source runs."""
+
+    def _capture_at_start(self) -> None:
+        """Capture the forward pass for the fixed batch shape now, on a padded batch of one
+        black frame, instead of at the first real batch: a capture beside running NVDEC
+        decoders was seen to fail (``cudaErrorStreamCaptureInvalidated``, the stage then ran
+        eagerly) and is slow to redo. Nothing is lost if it cannot: the first batch tries
+        again."""
+        assert self._graphs is not None
+        height, width = self.warm_up_frame_size
+        frame = Frame(source_id="torchstream.warm-up", seq=0, width=width, height=height)
+        frame.__dict__["_surface"] = torch.zeros(
+            (height, width, 3), dtype=torch.uint8, device=self.device
+        )
+        try:
+            with torch.inference_mode():
+                crops = self.select(frame)
+                if not crops:
+                    return  # a second-stage model: its crops come from the frame's objects
+                batch = self._pad(self.preprocess(crops[: self.batch_policy.max_size]))
+                if isinstance(batch, torch.Tensor):
+                    self._graphs(self.forward, batch)
+        except Exception as exc:  # the stage's own code on a frame it did not expect
+            log.warning(
+                "stage %s: no CUDA graph captured at start (%r); the first batch captures it",
+                self.name, exc,
+            )
 
     # -- 2. select --------------------------------------------------------------------------
     def select(self, frame: Frame) -> list[Crop]:
