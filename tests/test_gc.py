@@ -19,9 +19,12 @@ def test_objects_alive_at_start_up_are_frozen_and_garbage_is_gone_first() -> Non
     del garbage
     kept = [[] for _ in range(1000)]  # lists: tracked by the collector
     before = gc.get_freeze_count()
+    thresholds = gc.get_threshold()
     try:
         freeze_startup_heap()
         assert gone() is None  # collected before the freeze, not frozen forever
         assert gc.get_freeze_count() >= before + len(kept)
+        assert gc.get_threshold()[2] >= 100  # full passes rarer
     finally:
         gc.unfreeze()
+        gc.set_threshold(*thresholds)

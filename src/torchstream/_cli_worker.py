@@ -208,6 +208,13 @@ def worker(
         f"worker {stats.worker_id} stopped after {time.monotonic() - started:.1f} s: "
         f"{stats.results} results, dropped: {dropped}"
     )
+    for stage in stats.stages:
+        if stage.batches_total:
+            _console.print(
+                f"  stage {stage.name}: {stage.frames_total} frames in {stage.batches_total} "
+                f"batches ({stage.frames_total / stage.batches_total:.1f} a batch), busy "
+                f"{stage.busy_seconds:.1f} s"
+            )
 
 
 def register(group: click.Group) -> None:

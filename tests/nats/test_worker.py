@@ -64,3 +64,6 @@ def test_results_flow_in_order_with_their_claim(server: NatsServer) -> None:
     stats = worker.statistics()
     assert stats.results == 3 * replayer.sent
     assert stats.partitions == ()  # it left
+    (stage,) = stats.stages  # its pipeline's, for the CLI's last words
+    assert stage.name == "mark" and stage.frames_total == stats.results
+    assert 0 < stage.batches_total <= stage.frames_total

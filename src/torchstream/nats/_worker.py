@@ -42,6 +42,7 @@ from torchstream.nats._ownership import Ownership
 from torchstream.nats._partition import OwnedPartition, drop_record_json
 from torchstream.nats._tickets import ResultSink, Ticket
 from torchstream.pipeline import Pipeline
+from torchstream.pipeline._statistics import StageStatistics
 from torchstream.pipeline._tracing import FrameTracer
 from torchstream.sources._pushed import DECODE_THREADS, PushedSource
 from torchstream.sources._video import DecoderChoice
@@ -67,6 +68,8 @@ class WorkerStatistics:
     """``claims``, ``takeovers`` (cameras taken over), ``replayed``, ``stalls`` (noticed),
     ``fences`` (stalls or lost links that cost it partitions), ``rejected`` (malformed
     messages), ``leaves`` (partitions handed over gracefully)."""
+    stages: tuple[StageStatistics, ...] = ()
+    """Its pipeline's stages: frames, batches, busy time (empty before :meth:`run`)."""
 
 
 class Worker(Ownership, Intake):
@@ -219,6 +222,7 @@ class Worker(Ownership, Intake):
             decoded_only=stats.decoded_only,
             dropped=dict(self._dropped),
             counts=dict(self._counts),
+            stages=self._pipeline.statistics().stages if self._pipeline is not None else (),
         )
 
     # -- the event loop -----------------------------------------------------------------
