@@ -24,7 +24,6 @@ from torchstream._spec import PipelineSpec
 from torchstream._types import Sink
 from torchstream.sinks import JsonLinesSink
 from torchstream.sources import DecoderChoice
-from torchstream.sources._pushed import DECODE_THREADS
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +66,9 @@ log = logging.getLogger(__name__)
 @click.option(
     "--decode-threads",
     type=click.IntRange(min=1),
-    default=DECODE_THREADS,
-    show_default=True,
-    help="Threads shared by the cameras' decoders (one per core, 2 to 16, by default).",
+    default=None,
+    help="Threads shared by the cameras' decoders [default: 32 on CUDA (NVDEC), one per "
+    "core, 2 to 16, on CPU].",
 )
 @click.option(
     "--content",
@@ -131,7 +130,7 @@ def worker(
     stall_threshold_seconds: float | None,
     drain_timeout_seconds: float,
     max_frame_age_seconds: float | None,
-    decode_threads: int,
+    decode_threads: int | None,
     content: str,
     meta: str | None,
     device: str,

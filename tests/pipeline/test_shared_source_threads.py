@@ -221,3 +221,10 @@ def test_turns_of_one_source_never_overlap() -> None:
 def test_shared_source_threads_must_be_positive() -> None:
     with pytest.raises(ValueError, match="shared_source_threads must be >= 1"):
         Pipeline([], [], shared_source_threads=0)
+
+
+def test_decode_threads_by_device() -> None:
+    from torchstream.sources._pushed import decode_threads
+
+    assert 2 <= decode_threads("cpu") <= 16
+    assert decode_threads("cuda") == 32  # NVDEC calls wait on the hardware, not the CPU

@@ -23,7 +23,7 @@ from torchstream.pipeline import Pipeline
 from torchstream.pipeline._session import Session
 from torchstream.pipeline._statistics import PipelineHealth
 from torchstream.pipeline._tracing import FrameTracer
-from torchstream.sources._pushed import DECODE_THREADS, PushedSource
+from torchstream.sources._pushed import PushedSource, decode_threads
 
 __all__ = ["Backend", "InProcessBackend", "Outcome", "RequestFailed"]
 
@@ -194,7 +194,7 @@ class InProcessBackend:
     async def start(self) -> None:
         pipeline = Pipeline(
             self._stages, self._sinks, device=self._device, tracer=self._tracer,
-            on_drop=self._dropped, shared_source_threads=DECODE_THREADS,
+            on_drop=self._dropped, shared_source_threads=decode_threads(self._device),
         )
         try:
             # Setting the stages up loads the models: off the event loop.

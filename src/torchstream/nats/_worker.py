@@ -44,7 +44,7 @@ from torchstream.nats._tickets import ResultSink, Ticket
 from torchstream.pipeline import Pipeline
 from torchstream.pipeline._statistics import StageStatistics
 from torchstream.pipeline._tracing import FrameTracer
-from torchstream.sources._pushed import DECODE_THREADS, PushedSource
+from torchstream.sources._pushed import PushedSource, decode_threads
 from torchstream.sources._video import DecoderChoice
 
 __all__ = ["Worker", "WorkerStatistics"]
@@ -94,6 +94,11 @@ class Worker(Ownership, Intake):
     group so sheds its oldest frames itself, at the cost of an acknowledgement, and stays
     ahead of the stream's max age, which would remove frames no worker has seen (a camera's
     last frames and its end of stream included, leaving nothing to tell they existed).
+
+    ``decode_threads`` (default :func:`~torchstream.sources._pushed.decode_threads` of the
+    device): the threads shared by the cameras' decoders (``Pipeline(shared_source_threads=)``).
+    Its start-up heap is frozen out of the garbage collector's reach once the pipeline is
+    set up (:func:`~torchstream._gc.freeze_startup_heap`).
     """
 
     def __init__(
@@ -114,7 +119,7 @@ class Worker(Ownership, Intake):
         drain_timeout_seconds: float = 10.0,
         max_queued: int = 4096,
         max_frame_age_seconds: float | None = None,
-        decode_threads: int = DECODE_THREADS,
+        decode_threads: int | None = None,
         tracer: FrameTracer | None = None,
     ) -> None:
         if heartbeat_timeout_seconds is not None and heartbeat_timeout_seconds <= 0:
@@ -127,7 +132,7 @@ class Worker(Ownership, Intake):
             raise ValueError(f"pull_batch must be >= 1, got {pull_batch}")
         if max_frame_age_seconds is not None and max_frame_age_seconds <= 0:
             raise ValueError(f"max_frame_age_seconds must be > 0, got {max_frame_age_seconds}")
-        if decode_threads < 1:
+        if decode_threads is not None and decode_threads < 1:
             raise ValueError(f"decode_threads must be >= 1, got {decode_threads}")
         if drain_timeout_seconds <= 0:
             raise ValueError(f"drain_timeout_seconds must be > 0, got {drain_timeout_seconds}")
@@ -190,7 +195,7 @@ class Worker(Ownership, Intake):
             device=self._device,
             tracer=self._tracer,
             on_drop=sink.dropped,
-            shared_source_threads=self._decode_threads,
+            shared_source_threads=self._decode_threads or decode_threads(self._device),
         ) as pipeline:
             self._pipeline = pipeline
             freeze_startup_heap()

@@ -24,7 +24,7 @@ from torchstream.pipeline._session import Session
 from torchstream.pipeline._statistics import PipelineHealth, PipelineStatistics
 from torchstream.pipeline._tracing import FrameTracer
 from torchstream.sinks._images import encode_picture
-from torchstream.sources._pushed import DECODE_THREADS, PushedSource
+from torchstream.sources._pushed import PushedSource, decode_threads
 from torchstream.sources._video import DecoderChoice
 from torchstream.surface import nv12_to_rgb
 from torchstream.transport._channel import Receiver, ReceiverStatistics, Sender, SenderStatistics
@@ -348,7 +348,7 @@ class Module:
         try:
             with Pipeline(
                 self._stages, self._sinks, device=self._device, tracer=self._tracer,
-                shared_source_threads=DECODE_THREADS,
+                shared_source_threads=decode_threads(self._device),
             ) as pipeline:
                 self._pipeline = pipeline
                 freeze_startup_heap()
