@@ -33,6 +33,7 @@ from torchstream.codecs import demux_packets
 from torchstream.pipeline import BatchPolicy
 from torchstream.sinks import CallbackSink
 from torchstream.sources import PushedSource, VideoSource
+from torchstream.sources._pushed import decode_threads
 
 
 class _Clock:
@@ -65,7 +66,9 @@ def _run(mode: str, args: argparse.Namespace, clip: Path, packets: list[Any]) ->
     decoder: Any = "nvdec" if cuda else "pyav"
     spec = module.build(config, parse_options(module, shlex.split(args.options)))
     clock = _Clock()
-    shared = args.decode_threads if mode == "pushed-shared" else None
+    shared = None
+    if mode == "pushed-shared":
+        shared = args.decode_threads or decode_threads(args.device)
     with Pipeline(spec.stages, [CallbackSink(clock.tick)], device=args.device,
                   shared_source_threads=shared) as pipeline:
         if mode == "files":
@@ -111,7 +114,8 @@ def main() -> None:
     parser.add_argument("--pipeline", default="driving")
     parser.add_argument("--options", default="--model yolop-arch")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--decode-threads", type=int, default=16)
+    parser.add_argument("--decode-threads", type=int, default=None,
+                        help="shared threads of the pushed-shared mode (default: the module's)")
     parser.add_argument("--device", default="cuda",
                         help="cpu: a smoke test (PyAV, no speed options)")
     parser.add_argument("--modes", nargs="+", default=["files", "pushed-shared", "pushed-own"])

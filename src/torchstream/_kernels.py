@@ -29,6 +29,12 @@ NV12_FIELDS = 10
 width, row stride (bytes), top and left padding, content height and width, and the float32
 bits of 1 / content height and 1 / content width."""
 
+_FP_FUSION = True
+"""Multiply-adds fused into FMAs, as the kernels were validated (Triton's default up to 3.9).
+Passed at every launch: Triton 3.10 turns fusion off by default, and 3.9 warns on each
+process's first compile when neither a launch nor ``TRITON_DEFAULT_FP_FUSION`` says (a
+warning the GPU tests' ``filterwarnings = error`` would turn into failures)."""
+
 
 @functools.cache
 def triton_available() -> bool:
@@ -195,7 +201,8 @@ def letterbox_rgb_batch(
     block = 1024
     grid = ((height * width + block - 1) // block, len(rows))
     _letterbox_kernel()[grid](
-        table, out, norm, height, width, float(fill), BGR=bgr, BLOCK=block, num_warps=4
+        table, out, norm, height, width, float(fill), BGR=bgr, BLOCK=block, num_warps=4,
+        enable_fp_fusion=_FP_FUSION,
     )
 
 
@@ -236,7 +243,7 @@ def letterbox_nv12_batch(
     grid = (-(-width // block_x), -(-height // block_y), len(rows))
     _nv12_kernel()[grid](
         table, out, norm, height, width, float(fill), *map(float, coefficients),
-        BGR=bgr, BLOCK_Y=block_y, BLOCK_X=block_x, num_warps=4,
+        BGR=bgr, BLOCK_Y=block_y, BLOCK_X=block_x, num_warps=4, enable_fp_fusion=_FP_FUSION,
     )
 
 
