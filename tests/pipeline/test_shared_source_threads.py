@@ -228,3 +228,29 @@ def test_decode_threads_by_device() -> None:
 
     assert 2 <= decode_threads("cpu") <= 16
     assert decode_threads("cuda") == 32  # NVDEC calls wait on the hardware, not the CPU
+
+
+def test_removing_a_source_from_a_shared_thread_does_not_wait_for_itself() -> None:
+    """A source's callback runs on the shared thread; removing another source from it must
+    not wait for a turn that only this thread could give (one shared thread here)."""
+    seen = Collected()
+    answers: list[tuple[bool, float]] = []
+    with Pipeline([], [seen.sink()], shared_source_threads=1) as pipeline:
+
+        def failed(seq: int, message: str) -> None:
+            started = time.monotonic()
+            answers.append((pipeline.remove_source("other"), time.monotonic() - started))
+
+        uploads = PushedSource("uploads", on_error=failed)
+        other = PushedSource("other")
+        pipeline.add_source(uploads)
+        pipeline.add_source(other)
+        other.push_raw(RAW, seq=0)
+        until(lambda: len(seen.of("other")) == 1)
+        uploads.push_image(b"not an image")  # its error callback removes the other source
+        until(lambda: ("end", "closed") in seen.of("other"))
+        uploads.end()
+        assert pipeline.wait(timeout_seconds=10)
+    assert len(answers) == 1 and answers[0][1] < 1.0  # answered at once, not after a wait
+    assert seen.of("other") == [("frame", 0), ("end", "closed")]
+    assert seen.of("uploads") == [("end", "end_of_stream")]

@@ -73,7 +73,6 @@ class _SourceState:
     pumped: bool = False
     opened: bool = False
     pumping: int = 0  # _IDLE, _QUEUED, _RUNNING or _AGAIN (guarded by the pump's lock)
-    pumped_by: threading.Thread | None = None
     pump_error: SourceError | None = None
 
 

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 # A pumped source's place in the shared threads' round (see _Sourcing._wake):
 _IDLE, _QUEUED, _RUNNING, _AGAIN, _DONE = range(5)
+_PUMP_THREAD = "ts/sources/"
+"""Names of the shared source threads: ts/sources/1, ts/sources/2, ..."""
 
 
 class _Sourcing:
@@ -116,16 +118,19 @@ class _Sourcing:
             thread.join(timeout_seconds)
             if thread.is_alive():
                 return False
-        own_turn = state.pumped_by is threading.current_thread()
+        # On a shared source thread (a source's callback), waiting could wait for this very
+        # thread: the source stops at its next turn, and the answer is whether it has.
+        on_pump = threading.current_thread().name.startswith(_PUMP_THREAD)
         with self._changed:
-            while state.pumped and state.running and not own_turn:
+            if on_pump:
+                return not state.running and state.ends_delivered >= state.sessions
+            while state.pumped and state.running:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
                 self._changed.wait(remaining)
             while (
-                not own_turn
-                and self._crash is None
+                self._crash is None
                 and self._state == "running"
                 and state.ends_delivered < state.sessions
             ):
@@ -246,7 +251,7 @@ class _Sourcing:
         with self._pump_changed:
             if self._pump_threads < (self._shared_source_threads or 1):
                 self._pump_threads += 1
-                self._spawn(f"ts/sources/{self._pump_threads}", self._run_pump)
+                self._spawn(f"{_PUMP_THREAD}{self._pump_threads}", self._run_pump)
         self._wake(state)  # its first turn opens it
 
     def _wake(self, state: _SourceState) -> None:
@@ -269,9 +274,7 @@ class _Sourcing:
                     self._pump_changed.wait()
                 state = self._pump_ready.popleft()
                 state.pumping = _RUNNING
-            state.pumped_by = threading.current_thread()
             finished = self._pump(state)
-            state.pumped_by = None
             with self._pump_changed:
                 if finished:
                     state.pumping = _DONE
