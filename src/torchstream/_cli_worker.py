@@ -60,8 +60,8 @@ log = logging.getLogger(__name__)
     "--max-frame-age-seconds",
     type=click.FloatRange(min=0.001),
     default=None,
-    help="Drop (counted `late`) frames that waited longer in the stream "
-    "[default: half the stream's max age].",
+    help="Drop (counted `late`) frames older than this since they were published, on "
+    "arrival or before their first stage [default: half the stream's max age].",
 )
 @click.option(
     "--decode-threads",

@@ -8,6 +8,7 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
 from nats.aio.msg import Msg
 
 from torchstream.nats import Layout
@@ -45,6 +46,7 @@ class StubWorker:
         self.drops: list[DropRecord] = []
         self.ended: list[EndOfStream] = []
         self.pushed: list[int] = []
+        self.tickets: list[Any] = []
         self.worker_id = "w1"
         self.stream_first_seq: int | None = None
         self.first_seq_now: int | None = None  # what the server would answer
@@ -65,6 +67,7 @@ class StubWorker:
 
     async def push(self, ticket: Any, frame: FrameMessage, payload: Any) -> None:
         self.pushed.append(frame.seq)
+        self.tickets.append(ticket)
 
 
 def _message(client: Client, body: FrameMessage | EndOfStream, stream_seq: int,
@@ -170,5 +173,11 @@ def test_a_frame_that_waited_too_long_in_the_stream_is_dropped_as_late() -> None
         assert worker.drops == [DropRecord(CAMERA, 1, 1, "late")]
         acks = [s for s, _ in client.published if s.startswith("$JS.ACK")]
         assert len(acks) == 1  # the late one is acknowledged at once (the others on results)
+        # The ones let in go stale when their age passes the limit: 29 s and 1 s from now
+        # (the pipeline drops a frame whose first stage has not run by then, also as late).
+        now = time.monotonic()
+        stale_in = [t.stale_at - now for t in worker.tickets]
+        assert stale_in[0] == pytest.approx(29.0, abs=0.5)
+        assert stale_in[1] == pytest.approx(1.0, abs=0.5)
 
     asyncio.run(main())

@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from dataclasses import replace
 
 from tests.nats._helpers import Collector, Replayer, wait_for
 
+from torchstream import BatchPolicy
 from torchstream.nats import Layout, connect, init_layout
 from torchstream.nats._accounting import Accounting
 from torchstream.nats._connection import close_quietly
@@ -67,3 +69,43 @@ def test_results_flow_in_order_with_their_claim(server: NatsServer) -> None:
     (stage,) = stats.stages  # its pipeline's, for the CLI's last words
     assert stage.name == "mark" and stage.frames_total == stats.results
     assert 0 < stage.batches_total <= stage.frames_total
+
+
+class Slow:
+    """One frame a batch, 0.1 s each: 10 frames/s, whatever comes in."""
+
+    name = "slow"
+    batch_policy = BatchPolicy(max_size=1)
+
+    def process(self, frames: object) -> None:
+        time.sleep(0.1)
+
+
+def test_frames_that_go_stale_inside_the_worker_are_dropped_as_late(server: NatsServer) -> None:
+    """Pulled fresh (a large in-flight budget lets them in at once), then too old by the time
+    the stage could run: dropped before the stage, counted `late` like a frame too old on
+    arrival, instead of computed seconds after anyone wants it."""
+    layout = replace(LAYOUT, max_ack_pending=256)
+    _init(server, layout)
+    accounting = Accounting()
+    collector = Collector(server.url, layout, accounting).start()
+    worker = Worker(server.url, [Slow()], layout=Layout(), worker_id="w1",
+                    max_frame_age_seconds=0.5)
+    thread = _start(worker)
+    replayer = Replayer(server.url, layout, ["cam-a", "cam-b"], accounting, fps=30).start()
+    time.sleep(2.0)
+    replayer.stop()
+    assert wait_for(lambda: accounting.report().ok, 20), str(accounting.report())
+    worker.stop()
+    thread.join(20)
+    collector.stop()
+    report = accounting.report()
+    assert report.ok, str(report)
+    processed = sum(source.processed for source in report.sources)
+    late = sum(source.lost.get("late", 0) for source in report.sources)
+    assert late > processed > 0, str(report)
+    # Dropped inside the pipeline (its deadline), not only on arrival: the stage ran only on
+    # frames still fresh, about 10 a second.
+    pipeline = worker.pipeline_statistics()
+    assert pipeline is not None and pipeline.dropped.get("deadline", 0) > 0, str(report)
+    assert pipeline.stages[0].frames_total == processed

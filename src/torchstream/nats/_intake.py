@@ -70,6 +70,8 @@ class Intake:
         }
         if ticket.decode_only:
             common["deadline_monotonic"] = 0.0  # decoded, then dropped before any stage
+        elif ticket.stale_at is not None:
+            common["deadline_monotonic"] = ticket.stale_at  # too old by then: dropped, late
         for attempt in (1, 2):
             source = await self._source(frame.source_id)
             try:

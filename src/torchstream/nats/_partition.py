@@ -201,16 +201,20 @@ class OwnedPartition:
         if ledger is None:
             ledger = await self._take_over(inner, stream_seq)
         first_seq = await self._stream_first_seq(ledger, inner.seq)
+        waited = _waited_seconds(metadata)
         verdict = ledger.on_delivery(
             Delivery(inner.seq, inner.keyframe, stream_seq, metadata.num_delivered),
             stream_first_seq=first_seq,
-            late=_waited_seconds(metadata) > worker.max_frame_age_seconds,
+            late=waited > worker.max_frame_age_seconds,
         )
         if trace.isEnabledFor(logging.DEBUG):
             trace.debug("%s #%d stream %d delivery %d p%d e%d: %s %s", inner.source_id,
                         inner.seq, stream_seq, metadata.num_delivered, self.partition,
                         self.epoch, verdict.action.value, verdict.reason or "")
-        await self._act(verdict, inner, decoded, message)
+        await self._act(
+            verdict, inner, decoded, message,
+            stale_at=time.monotonic() + worker.max_frame_age_seconds - waited,
+        )
 
     async def _stream_first_seq(self, ledger: StreamLedger, seq: int) -> int | None:
         """The input stream's first sequence as known, asked again when ``seq`` would show
@@ -228,6 +232,7 @@ class OwnedPartition:
         message: Msg | None,
         *,
         decode_only: bool = False,
+        stale_at: float | None = None,
     ) -> None:
         worker = self.worker
         for record in verdict.drops:
@@ -243,6 +248,7 @@ class OwnedPartition:
             self.epoch,
             message,
             decode_only=decode_only or verdict.action is Action.DECODE_ONLY,
+            stale_at=stale_at,
         )
         payload = decoded.payload
         if decoded.object_name is not None:

@@ -64,6 +64,10 @@ class Ticket:
     encoded: Encoded | None = None
     reason: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    stale_at: float | None = None
+    """``time.monotonic()`` past which the frame is older than the worker's
+    ``max_frame_age_seconds`` (since it entered the stream): dropped as ``late`` if its
+    first stage has not run by then."""
 
 
 class Reorder:
@@ -172,7 +176,10 @@ class ResultSink:
         ticket = frame.__dict__.get("_original")
         if not isinstance(ticket, Ticket) or ticket.decode_only:
             return
-        ticket.state, ticket.reason = "dropped", f"pipeline_{reason}"
+        # A deadline in a worker is the frame's age limit (the ticket's stale_at): ``late``,
+        # as the frames dropped on arrival for the same reason.
+        reason = "late" if reason == "deadline" else f"pipeline_{reason}"
+        ticket.state, ticket.reason = "dropped", reason
         self._settled(ticket)
 
     def end_session(self, session: Session) -> None:

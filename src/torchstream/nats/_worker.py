@@ -42,7 +42,7 @@ from torchstream.nats._ownership import Ownership
 from torchstream.nats._partition import OwnedPartition, drop_record_json
 from torchstream.nats._tickets import ResultSink, Ticket
 from torchstream.pipeline import Pipeline
-from torchstream.pipeline._statistics import StageStatistics
+from torchstream.pipeline._statistics import PipelineStatistics, StageStatistics
 from torchstream.pipeline._tracing import FrameTracer
 from torchstream.sources._pushed import PushedSource, decode_threads
 from torchstream.sources._video import DecoderChoice
@@ -90,10 +90,12 @@ class Worker(Ownership, Intake):
     so its partitions move without losing a frame.
 
     ``max_frame_age_seconds`` (default: half the input stream's max age): a frame that
-    waited in the stream longer is dropped unprocessed, counted ``late``. An overloaded
-    group so sheds its oldest frames itself, at the cost of an acknowledgement, and stays
-    ahead of the stream's max age, which would remove frames no worker has seen (a camera's
-    last frames and its end of stream included, leaving nothing to tell they existed).
+    waited in the stream longer is dropped unprocessed, counted ``late``, and so is one that
+    grows that old inside the worker before its first stage runs (the pipeline's deadline).
+    An overloaded group so sheds its oldest frames itself, at the cost of an acknowledgement,
+    and stays ahead of the stream's max age, which would remove frames no worker has seen
+    (a camera's last frames and its end of stream included, leaving nothing to tell they
+    existed).
 
     ``decode_threads`` (default :func:`~torchstream.sources._pushed.decode_threads` of the
     device): the threads shared by the cameras' decoders (``Pipeline(shared_source_threads=)``).
@@ -215,6 +217,11 @@ class Worker(Ownership, Intake):
         loop, wake = self._loop, self._wake
         if loop is not None and wake is not None and not loop.is_closed():
             loop.call_soon_threadsafe(wake.set)
+
+    def pipeline_statistics(self) -> PipelineStatistics | None:
+        """Its pipeline's own statistics (sources, drops by reason, stages, sinks); None
+        before :meth:`run` has set the pipeline up."""
+        return self._pipeline.statistics() if self._pipeline is not None else None
 
     def statistics(self) -> WorkerStatistics:
         stats = self.ledger.statistics()
