@@ -225,6 +225,7 @@ class Worker(Ownership, Intake):
 
     def statistics(self) -> WorkerStatistics:
         stats = self.ledger.statistics()
+        pipeline = self.pipeline_statistics()
         emitter = self._emitter
         return WorkerStatistics(
             worker_id=self.worker_id,
@@ -234,7 +235,7 @@ class Worker(Ownership, Intake):
             decoded_only=stats.decoded_only,
             dropped=dict(self._dropped),
             counts=dict(self._counts),
-            stages=self._pipeline.statistics().stages if self._pipeline is not None else (),
+            stages=pipeline.stages if pipeline is not None else (),
         )
 
     # -- the event loop -----------------------------------------------------------------

@@ -8,7 +8,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from torchstream._errors import SourceError
 from torchstream._types import Source
 from torchstream.frame import Frame
 from torchstream.pipeline._session import Session
@@ -72,8 +71,7 @@ class _SourceState:
     # Pumped sources (decoded on the pipeline's shared source threads) instead of a thread:
     pumped: bool = False
     opened: bool = False
-    pumping: int = 0  # _IDLE, _QUEUED, _RUNNING or _AGAIN (guarded by the pump's lock)
-    pump_error: SourceError | None = None
+    pumping: int = 0  # _IDLE, _QUEUED, _RUNNING, _AGAIN or _DONE (under the pump's lock)
 
 
 @dataclass(eq=False)

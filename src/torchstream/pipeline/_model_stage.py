@@ -161,6 +161,9 @@ class ModelStage:
     input_size: tuple[int, int] | None = None
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    warm_up_frame_size: tuple[int, int] = (1080, 1920)
+    """(height, width) of the black frame whose batch :meth:`setup` captures as a CUDA graph
+    (with ``cuda_graphs`` and fixed batch shapes), before any source runs."""
 
     def __init__(
         self,
@@ -222,10 +225,6 @@ class ModelStage:
         self._graphs = CudaGraphs() if self.cuda_graphs and device.type == "cuda" else None
         if self._graphs is not None and self.batch_policy.pad_to_max_size:
             self._capture_at_start()
-
-    warm_up_frame_size: tuple[int, int] = (1080, 1920)
-    """(height, width) of the black frame whose batch :meth:`setup` captures as a CUDA graph
-    (with ``cuda_graphs`` and fixed batch shapes), before any source runs."""
 
     def _capture_at_start(self) -> None:
         """Capture the forward pass for the fixed batch shape now, on a padded batch of one

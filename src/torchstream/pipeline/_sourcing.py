@@ -274,7 +274,7 @@ class _Sourcing:
                     self._pump_changed.wait()
                 state = self._pump_ready.popleft()
                 state.pumping = _RUNNING
-            finished = self._pump(state)
+            finished, error = self._pump(state)
             with self._pump_changed:
                 if finished:
                     state.pumping = _DONE
@@ -284,12 +284,13 @@ class _Sourcing:
                 else:
                     state.pumping = _IDLE
             if finished:
-                self._finish_source(state, state.pump_error)
+                self._finish_source(state, error)
 
-    def _pump(self, state: _SourceState) -> bool:
-        """One turn of a pumped source: admit the frames of what it has queued. True once
-        the source is over (its error, if any, in ``state.pump_error``)."""
+    def _pump(self, state: _SourceState) -> tuple[bool, SourceError | None]:
+        """One turn of a pumped source: admit the frames of what it has queued. Returns
+        whether the source is over, and the error that ended it, if any."""
         source = state.source
+        error: SourceError | None = None
         try:
             if not state.opened:
                 self._open_source(state)
@@ -306,14 +307,14 @@ class _Sourcing:
                 if close is not None:
                     close()
             if not (state.stop or cast(PumpedSource, source).finished):
-                return False
+                return False, None
         except ClosedResourceError:
             pass  # the pipeline is closing
         except Exception as exc:
-            state.pump_error = _source_error(source.source_id, exc)
+            error = _source_error(source.source_id, exc)
         with contextlib.suppress(Exception):
             source.close()
-        return True
+        return True, error
 
     def _stop_pumps(self) -> None:
         """Called by ``close`` once every source is over: the shared threads exit."""

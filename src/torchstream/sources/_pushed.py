@@ -30,7 +30,6 @@ __all__ = ["PushedSource", "decode_threads"]
 log = logging.getLogger(__name__)
 
 
-
 def decode_threads(device: torch.device | str) -> int:
     """How many shared threads decode the pushed sources of a module, NATS worker or HTTP
     back end on ``device`` (``Pipeline(shared_source_threads=)``).
@@ -44,6 +43,7 @@ def decode_threads(device: torch.device | str) -> int:
     if torch.device(device).type == "cuda":
         return 32
     return max(2, min(16, os.cpu_count() or 2))
+
 
 _IMAGE_BATCH = 16
 """Queued JPEGs decoded together on the GPU."""

@@ -10,10 +10,10 @@ from typing import Any, Literal
 
 import av
 import msgspec
-import torch
 from av.video.reformatter import VideoReformatter
 
 from torchstream._errors import SourceError
+from torchstream.codecs._pyav import RgbConverter
 from torchstream.frame import Frame
 from torchstream.sinks._images import encode_picture
 from torchstream.sources._live import LiveDemuxer, LivePacket, LiveStream
@@ -123,7 +123,9 @@ class _RawPictures:
         self._stream = stream
         pixel_format = stream.pixel_format or ""
         self._as_jpeg = as_jpeg
-        self._reformatter = VideoReformatter()  # kept: frame.reformat sets one up per call
+        # Kept: PyAV's frame.reformat sets a scaler up per call.
+        self._rgb = RgbConverter()
+        self._reformatter = VideoReformatter()
         self._as_is = None if as_jpeg else _RAW_AS_IS.get(pixel_format)
         self._target = "nv12" if stream.width % 2 == 0 and stream.height % 2 == 0 else "rgb24"
         self._context: Any = None
@@ -149,8 +151,7 @@ class _RawPictures:
         if not pictures:
             raise ValueError("a raw packet without a picture")
         if self._as_jpeg:
-            rgb = self._reformatter.reformat(pictures[0], format="rgb24").to_ndarray()
-            return ImagePayload(format="jpeg"), encode_picture(torch.from_numpy(rgb))
+            return ImagePayload(format="jpeg"), encode_picture(self._rgb(pictures[0]))
         picture = self._reformatter.reformat(pictures[0], format=self._target)
         payload = RawPayload(width=stream.width, height=stream.height,
                              format=self._target)  # type: ignore[arg-type]
