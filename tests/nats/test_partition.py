@@ -1,15 +1,21 @@
-"""One partition's handling of a camera's end of stream, without a server: its takeover
-window is counted when the session ends, and a frame of that session redelivered after the
-end (a previous owner's frame in flight) neither starts a new session nor goes uncounted."""
+"""One partition's handling of a camera's messages, without a server: its takeover window
+is counted when the session ends, a frame of that session redelivered after the end (a
+previous owner's frame in flight) neither starts a new session nor goes uncounted, and a
+frame delivered after a later one is read from the stream in order instead of counted as a
+hole."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import time
 from typing import Any
 
+import nats.errors
+import nats.js.errors
 import pytest
 from nats.aio.msg import Msg
+from nats.js.api import RawStreamMsg
 
 from torchstream.nats import Layout
 from torchstream.nats._ledger import Delivery, DropRecord, Ledger
@@ -35,12 +41,44 @@ class Client:
         self.published.append((subject, payload))
 
 
+class StoredStream:
+    """The input stream as a worker reads it straight (``js.get_msg`` with ``next``): the
+    messages stored at each stream sequence."""
+
+    def __init__(self) -> None:
+        self.stored: dict[int, tuple[str, Any, bytes]] = {}
+        self.stored_at: dict[int, datetime.datetime] = {}
+        self.reads: list[int] = []
+        self.fail = False
+
+    def store(self, body: FrameMessage, stream_seq: int, *, waited_seconds: float = 0.0) -> None:
+        encoded = encode(LAYOUT.partition_subject(1, CAMERA), body, JPEG)
+        self.stored[stream_seq] = (encoded.subject, encoded.headers, encoded.body)
+        self.stored_at[stream_seq] = datetime.datetime.now(datetime.UTC) - datetime.timedelta(
+            seconds=waited_seconds
+        )
+
+    async def get_msg(self, stream: str, *, seq: int, subject: str, next: bool) -> RawStreamMsg:
+        assert stream == LAYOUT.input_stream and next
+        self.reads.append(seq)
+        if self.fail:
+            raise nats.errors.TimeoutError
+        found = [s for s in sorted(self.stored) if s >= seq and self.stored[s][0] == subject]
+        if not found:
+            raise nats.js.errors.NotFoundError
+        subject, headers, data = self.stored[found[0]]
+        return RawStreamMsg(subject=subject, seq=found[0], data=data, headers=headers,
+                            time=self.stored_at.get(found[0]))
+
+
 class StubWorker:
     """The worker side an :class:`OwnedPartition` calls while it handles messages."""
 
     def __init__(self) -> None:
         self.layout = LAYOUT
         self.connection = Client()
+        self.js = StoredStream()
+        self.counts: dict[str, int] = {}
         self.api: Any = None
         self.ledger = Ledger()
         self.drops: list[DropRecord] = []
@@ -60,6 +98,9 @@ class StubWorker:
     def record_drop(self, record: DropRecord, partition: int, epoch: int) -> None:
         self.drops.append(record)
 
+    def count(self, name: str, n: int = 1) -> None:
+        self.counts[name] = self.counts.get(name, 0) + n
+
     count_window = Worker.count_window  # the real one: it closes the window, records drops
 
     async def end_source(self, ticket: Any, eos: EndOfStream) -> None:
@@ -70,10 +111,13 @@ class StubWorker:
         self.tickets.append(ticket)
 
 
+JPEG = b"\xff\xd8\xff\xe0 jpeg"
+
+
 def _message(client: Client, body: FrameMessage | EndOfStream, stream_seq: int,
              delivered: int = 1, *, waited_seconds: float = 0.0) -> Msg:
     encoded = encode(LAYOUT.partition_subject(1, CAMERA), body,
-                     b"\xff\xd8\xff\xe0 jpeg" if isinstance(body, FrameMessage) else None)
+                     JPEG if isinstance(body, FrameMessage) else None)
     reply = f"$JS.ACK.{LAYOUT.input_stream}.{LAYOUT.consumer_name(1)}.{delivered}.{stream_seq}" \
             f".{stream_seq}.{time.time_ns() - int(waited_seconds * 1e9)}.0"
     return Msg(client, encoded.subject, reply, encoded.body, encoded.headers)  # type: ignore[arg-type]
@@ -179,5 +223,71 @@ def test_a_frame_that_waited_too_long_in_the_stream_is_dropped_as_late() -> None
         stale_in = [t.stale_at - now for t in worker.tickets]
         assert stale_in[0] == pytest.approx(29.0, abs=0.5)
         assert stale_in[1] == pytest.approx(1.0, abs=0.5)
+
+    asyncio.run(main())
+
+
+def _acks(client: Client) -> int:
+    return sum(1 for subject, _ in client.published if subject.startswith("$JS.ACK"))
+
+
+def test_a_frame_delivered_after_a_later_one_is_read_from_the_stream_in_order() -> None:
+    # Across a change of stream leader JetStream delivered #3 before #2, which it redelivers
+    # after its ack wait. #2 is in the stream (stream seq 120): the worker reads it from
+    # there and processes it before #3; the late redelivery is then a duplicate.
+    worker = StubWorker()
+    owned = _partition(worker)
+    owned.ledgers[CAMERA] = worker.ledger.stream(CAMERA, handover_seq=-1)
+    for seq in range(5):
+        worker.js.store(_frame(seq), 100 + 10 * seq)
+    worker.js.stored[115] = (LAYOUT.partition_subject(1, "cam-other"), None, b"")
+
+    async def main() -> None:
+        client = worker.connection
+        for seq in (0, 1, 3, 4):
+            await owned._handle(_message(client, _frame(seq), 100 + 10 * seq))
+        assert worker.pushed == [0, 1, 2, 3, 4]
+        assert [t.message is None for t in worker.tickets] == [False, False, True, False, False]
+        assert worker.drops == [] and worker.counts == {"hole_filled": 1}
+        assert worker.js.reads == [111, 121]  # after #1's stream seq, up to #3's
+        await owned._handle(_message(client, _frame(2), 120, delivered=2))
+        assert worker.drops == [DropRecord(CAMERA, 2, 2, "duplicate")]
+        assert worker.pushed == [0, 1, 2, 3, 4] and _acks(client) == 1
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("read", ["not in the stream", "read fails"])
+def test_a_hole_the_stream_cannot_fill_is_counted_as_a_gap(read: str) -> None:
+    worker = StubWorker()
+    owned = _partition(worker)
+    owned.ledgers[CAMERA] = worker.ledger.stream(CAMERA, handover_seq=-1)
+    for seq in (0, 1, 4):
+        worker.js.store(_frame(seq), 100 + 10 * seq)
+    worker.js.fail = read == "read fails"
+
+    async def main() -> None:
+        client = worker.connection
+        for seq in (0, 1, 4):
+            await owned._handle(_message(client, _frame(seq), 100 + 10 * seq))
+        assert worker.pushed == [0, 1, 4]  # an image is its own keyframe: 4 goes on
+        assert worker.drops == [DropRecord(CAMERA, 2, 3, "gap")]
+        assert worker.js.reads == [111]
+
+    asyncio.run(main())
+
+
+def test_a_frame_read_from_the_stream_that_waited_too_long_is_dropped_as_late() -> None:
+    worker = StubWorker()
+    owned = _partition(worker)
+    owned.ledgers[CAMERA] = worker.ledger.stream(CAMERA, handover_seq=-1)
+    worker.js.store(_frame(1), 110, waited_seconds=31.0)  # the limit is 30 s
+
+    async def main() -> None:
+        client = worker.connection
+        await owned._handle(_message(client, _frame(0), 100))
+        await owned._handle(_message(client, _frame(2), 120))
+        assert worker.pushed == [0, 2]
+        assert worker.drops == [DropRecord(CAMERA, 1, 1, "late")]
 
     asyncio.run(main())

@@ -182,6 +182,11 @@ class StreamLedger:
         return self._last_processed
 
     @property
+    def last_stream_seq(self) -> int | None:
+        """The stream sequence of the last frame decided live (None before the first)."""
+        return self._last_stream_seq
+
+    @property
     def floor_seq(self) -> int | None:
         """The highest seq decided in order (the handover point before anything arrived)."""
         return self._floor

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import nats.errors
@@ -201,7 +203,9 @@ class OwnedPartition:
         if ledger is None:
             ledger = await self._take_over(inner, stream_seq)
         first_seq = await self._stream_first_seq(ledger, inner.seq)
-        waited = _waited_seconds(metadata)
+        if ledger.unexplained_hole(inner.seq, stream_first_seq=first_seq):
+            await self._fill_hole(ledger, inner.seq, stream_seq, first_seq)
+        waited = _waited_seconds(metadata.timestamp)
         verdict = ledger.on_delivery(
             Delivery(inner.seq, inner.keyframe, stream_seq, metadata.num_delivered),
             stream_first_seq=first_seq,
@@ -356,37 +360,16 @@ class OwnedPartition:
         """Read the camera's messages from its keyframe up to the first delivery straight
         from the stream, decoding (and processing what the previous owner did not)."""
         worker = self.worker
-        layout = worker.layout
-        subject = layout.partition_subject(self.partition, ledger.source_id)
         ledger.begin_replay(until_seq=until_seq)
-        complete = True
-        cursor = from_stream_seq
+        read = _StreamRead()
         replayed = 0
-        while cursor < stop_stream_seq:
-            try:
-                raw = await worker.js.get_msg(
-                    layout.input_stream, seq=cursor, subject=subject, next=True
-                )
-            except nats.js.errors.NotFoundError:
-                break
-            except (nats.errors.Error, asyncio.TimeoutError) as exc:
-                log.warning("worker: replay of %s cut short: %r", ledger.source_id, exc)
-                complete = False
-                break
-            if raw.seq is None or raw.seq >= stop_stream_seq:
-                break
-            cursor = raw.seq + 1
-            try:
-                decoded = decode(raw.subject or subject, raw.headers, raw.data or b"")
-            except ProtocolError:
-                continue
-            frame = decoded.message
-            if not isinstance(frame, FrameMessage):
-                continue
-            verdict = ledger.on_replay(Delivery(frame.seq, frame.keyframe, raw.seq))
+        async for stream_seq, frame, decoded in self._read_stream(
+            ledger.source_id, from_stream_seq, stop_stream_seq, read
+        ):
+            verdict = ledger.on_replay(Delivery(frame.seq, frame.keyframe, stream_seq))
             replayed += 1
             await self._act(verdict, frame, decoded, None)
-        for record in ledger.end_replay(complete=complete):
+        for record in ledger.end_replay(complete=read.complete):
             worker.record_drop(record, self.partition, self.epoch)
         worker.count("replayed", replayed)
         log.info(
@@ -396,10 +379,96 @@ class OwnedPartition:
             ledger.handover_seq,
         )
 
+    async def _fill_hole(
+        self, ledger: StreamLedger, seq: int, stream_seq: int, stream_first_seq: int | None
+    ) -> None:
+        """Before ``seq`` (at ``stream_seq``) is decided with a hole behind it that the
+        broker's limits do not explain, look for the missing frames in the stream, between
+        the camera's previous live frame and this one, and decide them first, in order.
 
-def _waited_seconds(metadata: Any) -> float:
-    """How long a message has been in the stream (by the server's clock: its timestamp)."""
-    stored = metadata.timestamp
+        JetStream can deliver a frame after a later one of the same consumer: across a
+        change of stream or consumer leader, the new leader may hold a frame as delivered
+        that never reached this worker and redeliver it only after its ack wait. The frame
+        is in the stream all along: read from there it is processed in order, and its late
+        redelivery is a duplicate. What is not found stays a counted hole (frames never
+        stored: a publisher's sends that timed out during an election, say)."""
+        after, floor = ledger.last_stream_seq, ledger.floor_seq
+        if after is None or floor is None:
+            return
+        read = _StreamRead()
+        found = 0
+        async for at, frame, decoded in self._read_stream(
+            ledger.source_id, after + 1, stream_seq, read
+        ):
+            decided = ledger.floor_seq
+            if decided is None or not decided < frame.seq < seq:
+                continue  # a repeat of an older frame, or one the live flow has passed
+            found += 1
+            waited = _waited_seconds(read.stored_at)
+            verdict = ledger.on_delivery(
+                Delivery(frame.seq, frame.keyframe, at, delivery_count=0),  # not delivered
+                stream_first_seq=stream_first_seq,
+                late=waited > self.worker.max_frame_age_seconds,
+            )
+            trace.debug("%s #%d stream %d from the stream p%d e%d: %s %s", frame.source_id,
+                        frame.seq, at, self.partition, self.epoch, verdict.action.value,
+                        verdict.reason or "")
+            await self._act(
+                verdict, frame, decoded, None,
+                stale_at=time.monotonic() + self.worker.max_frame_age_seconds - waited,
+            )
+        self.worker.count("hole_filled", found)
+        log.info("worker: %s: #%d..%d missing before #%d; %d of them found in the stream%s",
+                 ledger.source_id, floor + 1, seq - 1, seq, found,
+                 "" if read.complete else " (read cut short)")
+
+    async def _read_stream(
+        self, source_id: str, from_stream_seq: int, stop_stream_seq: int, read: _StreamRead
+    ) -> AsyncIterator[tuple[int, FrameMessage, Decoded]]:
+        """The camera's frames stored at stream sequences ``from_stream_seq`` up to (not
+        including) ``stop_stream_seq``, in stream order, read straight from the stream
+        (direct gets by subject). ``read.complete`` turns False when a read fails; messages
+        that do not decode are passed over."""
+        worker = self.worker
+        layout = worker.layout
+        subject = layout.partition_subject(self.partition, source_id)
+        cursor = from_stream_seq
+        while cursor < stop_stream_seq:
+            try:
+                raw = await worker.js.get_msg(
+                    layout.input_stream, seq=cursor, subject=subject, next=True
+                )
+            except nats.js.errors.NotFoundError:
+                return
+            except (nats.errors.Error, asyncio.TimeoutError) as exc:
+                log.warning("worker: reading %s from the stream cut short: %r", source_id, exc)
+                read.complete = False
+                return
+            if raw.seq is None or raw.seq >= stop_stream_seq:
+                return
+            cursor = raw.seq + 1
+            try:
+                decoded = decode(raw.subject or subject, raw.headers, raw.data or b"")
+            except ProtocolError:
+                continue
+            frame = decoded.message
+            if isinstance(frame, FrameMessage):
+                read.stored_at = raw.time
+                yield raw.seq, frame, decoded
+
+
+class _StreamRead:
+    """How a read straight from the stream went (see ``OwnedPartition._read_stream``)."""
+
+    def __init__(self) -> None:
+        self.complete = True
+        self.stored_at: datetime.datetime | None = None
+        """When the message last yielded was stored (None: not said)."""
+
+
+def _waited_seconds(stored: datetime.datetime | None) -> float:
+    """How long a message stored at ``stored`` has been in the stream (by the server's
+    clock: its timestamp); 0 when not known."""
     return 0.0 if stored is None else time.time() - stored.timestamp()
 
 
