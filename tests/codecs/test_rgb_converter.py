@@ -1,13 +1,18 @@
 """The kept-scaler RGB conversion of PyAV pictures: the same pixels as PyAV's own
-``to_ndarray(format="rgb24")``, a new tensor each time, and it follows size changes."""
+``to_ndarray(format="rgb24")``, a new tensor each time, it follows size changes, and small
+pictures convert without a scaler thread pool."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import av
 import numpy as np
+import pytest
 import torch
 
-from torchstream.codecs._pyav import ImageDecoder, RgbConverter
+from torchstream.codecs._pyav import ImageDecoder, RgbConverter, sws_threads
 from torchstream.sinks._images import encode_picture
 
 
@@ -44,3 +49,19 @@ def test_the_image_decoder_returns_distinct_pictures() -> None:
     assert codec == "mjpeg"
     assert a[..., 0].float().mean() > 200 and a[..., 2].float().mean() < 50
     assert b[..., 2].float().mean() > 200 and b[..., 0].float().mean() < 50
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc")
+def test_small_pictures_convert_without_starting_scaler_threads() -> None:
+    # A camera's decoder keeps one converter; PyAV >= 17 would give each kept scaler a
+    # thread per core (a worker with hundreds of small cameras: hundreds of threads).
+    def threads() -> int:
+        return len(os.listdir("/proc/self/task"))
+
+    before = threads()
+    converters = [RgbConverter() for _ in range(8)]
+    for converter in converters:
+        converter(_picture(36, 36, 0))
+    assert threads() - before < len(converters)
+    assert sws_threads(36, 36) in ({"threads": 1}, {})  # {} where PyAV has no pool
+    assert sws_threads(1920, 1080) == {}  # large pictures keep FFmpeg's choice

@@ -16,6 +16,7 @@ import torch
 from av.video.reformatter import ColorRange, Colorspace, VideoReformatter
 
 from torchstream._errors import BrokenResourceError, ClosedResourceError
+from torchstream.codecs._pyav import sws_threads
 
 if TYPE_CHECKING:
     from av.container import OutputContainer
@@ -144,6 +145,7 @@ class VideoEncoder:
             format="yuv420p",
             dst_colorspace=Colorspace.ITU709,
             dst_color_range=ColorRange.MPEG,
+            **sws_threads(width, height),
         )
         frame.pts = self._next_ticks(pts_seconds)
         frame.time_base = _TIME_BASE

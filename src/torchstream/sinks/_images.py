@@ -14,6 +14,7 @@ from av.video.reformatter import ColorRange
 
 from torchstream._draw import AnnotationStyle, annotate
 from torchstream._errors import BrokenResourceError, ClosedResourceError
+from torchstream.codecs._pyav import sws_threads
 from torchstream.sinks._video import safe_filename_part
 
 if TYPE_CHECKING:
@@ -129,7 +130,8 @@ def encode_picture(rgb: torch.Tensor, format: ImageFormat = "jpg") -> bytes:
         codec.pix_fmt = "yuv420p"
         codec.color_range = ColorRange.JPEG.value
         codec.qmin = codec.qmax = _JPEG_QSCALE
-        frame = frame.reformat(format="yuv420p", dst_color_range=ColorRange.JPEG)
+        frame = frame.reformat(format="yuv420p", dst_color_range=ColorRange.JPEG,
+                               **sws_threads(frame.width, frame.height))
     codec.width, codec.height = frame.width, frame.height
     codec.time_base = Fraction(1, 1)
     packets = codec.encode(frame) + codec.encode(None)

@@ -13,7 +13,7 @@ import msgspec
 from av.video.reformatter import VideoReformatter
 
 from torchstream._errors import SourceError
-from torchstream.codecs._pyav import RgbConverter
+from torchstream.codecs._pyav import RgbConverter, sws_threads
 from torchstream.frame import Frame
 from torchstream.sinks._images import encode_picture
 from torchstream.sources._live import LiveDemuxer, LivePacket, LiveStream
@@ -152,7 +152,9 @@ class _RawPictures:
             raise ValueError("a raw packet without a picture")
         if self._as_jpeg:
             return ImagePayload(format="jpeg"), encode_picture(self._rgb(pictures[0]))
-        picture = self._reformatter.reformat(pictures[0], format=self._target)
+        picture = self._reformatter.reformat(
+            pictures[0], format=self._target, **sws_threads(stream.width, stream.height)
+        )
         payload = RawPayload(width=stream.width, height=stream.height,
                              format=self._target)  # type: ignore[arg-type]
         return payload, picture.to_ndarray().tobytes()
