@@ -209,6 +209,52 @@ def test_expiry_after_the_timeout() -> None:
     assert m.observe("a", incarnation=1, ready=True, now_seconds=11.2) is True
 
 
+def _viewer_view() -> Membership:
+    """The view of worker ``a``: it, ``b`` and ``c`` all heard at 10.0 (timeout 1 s)."""
+    m = Membership(partitions=16, heartbeat_timeout_seconds=1.0, viewer="a")
+    for worker in "abc":
+        m.observe(worker, incarnation=1, ready=True, now_seconds=10.0)
+    return m
+
+
+def test_a_peer_that_stops_expires_a_timeout_after_its_last_heartbeat() -> None:
+    m = _viewer_view()
+    for now in (10.25, 10.5, 10.75, 11.0, 11.25):  # a's own heartbeats keep coming back
+        m.observe("a", incarnation=1, ready=True, now_seconds=now)
+        m.observe("b", incarnation=1, ready=True, now_seconds=now)
+    assert m.owners(11.0) == ("a", "b", "c")
+    assert m.owners(11.01) == ("a", "b")  # as without a viewer: c silent for the timeout
+    assert m.next_change_seconds(11.25) == 12.25
+
+
+def test_while_the_viewers_own_heartbeats_are_late_nobody_expires() -> None:
+    # A busy machine: from 10.0 every heartbeat reaches `a` late, its own too. What it does
+    # not hear from itself it cannot expect from the others: silence past its own last
+    # heartbeat (plus half a timeout) does not count against them.
+    m = _viewer_view()
+    assert m.owners(12.0) == ("a", "b", "c")  # 2 s without any heartbeat
+    assert m.owners(13.0) == ("a", "b", "c")
+    # They arrive, late and all together: a's own first; c's never does (it died at 10.0).
+    m.observe("a", incarnation=1, ready=True, now_seconds=13.0)
+    m.observe("b", incarnation=1, ready=True, now_seconds=13.0)
+    assert m.owners(13.0) == ("a", "b")
+    # Without a viewer the same heartbeats expire everyone after a second.
+    plain = _membership()
+    for worker in "abc":
+        plain.observe(worker, incarnation=1, ready=True, now_seconds=10.0)
+    assert plain.owners(12.0) == ()
+
+
+def test_the_viewer_counts_itself_whatever_its_heartbeats() -> None:
+    m = _viewer_view()
+    assert m.owners(20.0) == ("a", "b", "c")  # 10 s silent: a cut link is the worker's call
+    # Its own heartbeat comes back, saying it is no longer ready: it stops counting, and
+    # b and c, silent for 10 s while a hears again, have expired.
+    m.observe("a", incarnation=1, ready=False, now_seconds=20.0)
+    assert m.owners(20.0) == ()
+    assert Membership(partitions=4, heartbeat_timeout_seconds=1.0, viewer="z").owners(0) == ()
+
+
 def test_leaving_is_at_once_and_final_for_that_incarnation() -> None:
     m = _membership()
     m.observe("a", incarnation=1, ready=True, now_seconds=0.0)

@@ -90,6 +90,7 @@ class StubWorker:
         self.first_seq_now: int | None = None  # what the server would answer
         self.handover = -1  # the last seq with a result, as the results stream says
         self.max_frame_age_seconds = 30.0
+        self.claimed_epoch = 9  # the newest claim of the partition (the test's own: epoch 9)
 
     async def refresh_stream_first_seq(self) -> int | None:
         self.stream_first_seq = self.first_seq_now
@@ -100,6 +101,9 @@ class StubWorker:
 
     def count(self, name: str, n: int = 1) -> None:
         self.counts[name] = self.counts.get(name, 0) + n
+
+    async def claim_is_current(self, partition: int, epoch: int) -> bool:
+        return self.claimed_epoch == epoch
 
     count_window = Worker.count_window  # the real one: it closes the window, records drops
 
@@ -257,7 +261,7 @@ def test_a_frame_delivered_after_a_later_one_is_read_from_the_stream_in_order() 
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("read", ["not in the stream", "read fails"])
+@pytest.mark.parametrize("read", ["not in the stream", "read fails", "newer claim"])
 def test_a_hole_the_stream_cannot_fill_is_counted_as_a_gap(read: str) -> None:
     worker = StubWorker()
     owned = _partition(worker)
@@ -265,6 +269,10 @@ def test_a_hole_the_stream_cannot_fill_is_counted_as_a_gap(read: str) -> None:
     for seq in (0, 1, 4):
         worker.js.store(_frame(seq), 100 + 10 * seq)
     worker.js.fail = read == "read fails"
+    if read == "newer claim":  # 2 and 3 are in the stream, but another worker took them
+        worker.js.store(_frame(2), 120)
+        worker.js.store(_frame(3), 130)
+        worker.claimed_epoch = 10
 
     async def main() -> None:
         client = worker.connection
@@ -272,7 +280,7 @@ def test_a_hole_the_stream_cannot_fill_is_counted_as_a_gap(read: str) -> None:
             await owned._handle(_message(client, _frame(seq), 100 + 10 * seq))
         assert worker.pushed == [0, 1, 4]  # an image is its own keyframe: 4 goes on
         assert worker.drops == [DropRecord(CAMERA, 2, 3, "gap")]
-        assert worker.js.reads == [111]
+        assert worker.js.reads == ([] if read == "newer claim" else [111])
 
     asyncio.run(main())
 

@@ -45,6 +45,8 @@ class Ownership:
     incarnation: int
     layout: Layout
     connection: NATS
+    control: NATS
+    """The connection of the heartbeats (sent and heard), apart from the data's."""
     api: JetStreamApi
     ledger: Ledger
     ready: threading.Event
@@ -66,6 +68,11 @@ class Ownership:
     _settle_until: float
     _interval: float
     _drain_timeout: float
+    _link_timeout: float
+    """The heartbeat timeout: a link silent for longer is taken as cut."""
+    _received: int
+    """The connection's count of messages received, as last seen (see _link_silent_seconds)."""
+    _received_at: float
 
     if TYPE_CHECKING:
 
@@ -93,7 +100,7 @@ class Ownership:
             }
         )
         try:
-            await self.connection.publish(subject, body.encode())
+            await self.control.publish(subject, body.encode())
         except nats.errors.Error as exc:
             log.debug("worker: heartbeat not sent: %r", exc)
 
@@ -143,9 +150,11 @@ class Ownership:
         now = time.monotonic()
         if not self.check_progress() or now < self._settle_until:
             return
-        if self._owned and self.worker_id not in self._membership.owners(now):
-            # Its own heartbeats stopped coming back (a cut link): the others have taken or
-            # will take its partitions; what it holds must not go out after their results.
+        if self._owned and self._link_silent_seconds(now) > self._link_timeout:
+            # Nothing has come in for longer than the heartbeat timeout, not even its own
+            # heartbeats (a cut link): the others have taken or will take its partitions;
+            # what it holds must not go out after their results. (Late heartbeats on a busy
+            # link are not a cut: see Membership's viewer.)
             self._fence("lost its link to the group")
             return
         wanted = self._membership.owned_by(self.worker_id, now)
@@ -177,6 +186,14 @@ class Ownership:
                 claimed,
                 len(lost),
             )
+
+    def _link_silent_seconds(self, now: float) -> float:
+        """How long no message has come in on the connection (its own heartbeats come back
+        every heartbeat interval, so a live link is never silent longer than that)."""
+        received = self.connection.stats["in_msgs"]
+        if received != self._received:
+            self._received, self._received_at = received, now
+        return now - self._received_at
 
     async def claim(self, partition: int) -> int:
         """A new epoch for this worker's claim of ``partition``: the revision of a write to
@@ -274,6 +291,15 @@ class Ownership:
                 self.worker_id, why, len(partitions) - len(lost), len(lost),
             )
         self._watchdog.recover(time.monotonic())
+
+    async def claim_is_current(self, partition: int, epoch: int) -> bool:
+        """Whether ``epoch`` is still the newest claim of ``partition`` (False when the
+        claims cannot be read within the heartbeat timeout)."""
+        try:
+            newest = await asyncio.wait_for(self._newest_claims([partition]), self._link_timeout)
+        except (asyncio.TimeoutError, nats.errors.Error):
+            return False
+        return newest.get(partition) == epoch
 
     async def _newest_claims(self, partitions: list[int]) -> dict[int, int]:
         async def revision(partition: int) -> tuple[int, int]:

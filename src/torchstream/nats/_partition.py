@@ -391,9 +391,18 @@ class OwnedPartition:
         that never reached this worker and redeliver it only after its ack wait. The frame
         is in the stream all along: read from there it is processed in order, and its late
         redelivery is a duplicate. What is not found stays a counted hole (frames never
-        stored: a publisher's sends that timed out during an election, say)."""
+        stored: a publisher's sends that timed out during an election, say).
+
+        Not when another worker has claimed the partition since this claim: the missing
+        frames were most likely delivered to it (the pin moved while this worker still
+        pulled), and deciding them here too would only compute results its fence drops."""
         after, floor = ledger.last_stream_seq, ledger.floor_seq
         if after is None or floor is None:
+            return
+        if not await self.worker.claim_is_current(self.partition, self.epoch):
+            log.info("worker: %s: #%d..%d missing before #%d, and partition %d has a newer "
+                     "claim than %d: left as a hole", ledger.source_id, floor + 1, seq - 1,
+                     seq, self.partition, self.epoch)
             return
         read = _StreamRead()
         found = 0

@@ -179,6 +179,8 @@ class Worker(Ownership, Intake):
         self._closing: set[asyncio.Future[None]] = set()
         self._asking_first_seq: asyncio.Future[int | None] | None = None
         self._recovery: asyncio.Task[None] | None = None
+        self._link_timeout = self.layout.pin_timeout_seconds
+        self._received, self._received_at = 0, time.monotonic()
 
     # -- the outside --------------------------------------------------------------------
 
@@ -245,7 +247,16 @@ class Worker(Ownership, Intake):
         self._wake = asyncio.Event()
         self.connection = await connect(self.servers, name=f"torchstream-worker-{self.worker_id}")
         try:
-            await self._serve()
+            # Heartbeats go on a connection of their own: on the data connection they wait
+            # behind the results and acknowledgements in its buffers (measured on a busy
+            # 2-core machine: up to 2 s), and peers take the worker for dead.
+            self.control = await connect(
+                self.servers, name=f"torchstream-worker-{self.worker_id}-heartbeats"
+            )
+            try:
+                await self._serve()
+            finally:
+                await close_quietly(self.control)
         finally:
             await close_quietly(self.connection)
 
@@ -261,11 +272,13 @@ class Worker(Ownership, Intake):
             min(timeout, self.layout.pin_timeout_seconds) - self.pull_expires_seconds
         )
         self._interval = timeout / 4
+        self._link_timeout = timeout
         self._watchdog = StallWatchdog(
             stall_threshold_seconds=threshold, now_seconds=time.monotonic()
         )
         self._membership = Membership(
-            partitions=self.layout.partitions, heartbeat_timeout_seconds=timeout
+            partitions=self.layout.partitions, heartbeat_timeout_seconds=timeout,
+            viewer=self.worker_id,
         )
         emitter = self._emitter = Emitter(
             self.connection,
@@ -277,7 +290,7 @@ class Worker(Ownership, Intake):
         )
         await emitter.start()
         subject = f"{self.layout.prefix}.workers.heartbeat"
-        subscription = await self.connection.subscribe(subject, cb=self._on_heartbeat)
+        subscription = await self.control.subscribe(subject, cb=self._on_heartbeat)
         background = [
             asyncio.create_task(self._heartbeats(subject)),
             asyncio.create_task(self._refresh_stream_info()),
@@ -305,6 +318,7 @@ class Worker(Ownership, Intake):
         await self._heartbeat(subject, leaving=True)
         await asyncio.gather(*(self._release(p) for p in list(self._owned)))
         await self.connection.flush()
+        await self.control.flush()
         for task in background:
             task.cancel()
         await subscription.unsubscribe()
