@@ -58,10 +58,11 @@ def test_small_pictures_convert_without_starting_scaler_threads() -> None:
     def threads() -> int:
         return len(os.listdir("/proc/self/task"))
 
+    picture = _picture(36, 36, 0)  # made by a scaler of its own: before counting
     before = threads()
     converters = [RgbConverter() for _ in range(8)]
     for converter in converters:
-        converter(_picture(36, 36, 0))
+        converter(picture)
     assert threads() - before < len(converters)
     assert sws_threads(36, 36) in ({"threads": 1}, {})  # {} where PyAV has no pool
     assert sws_threads(1920, 1080) == {}  # large pictures keep FFmpeg's choice

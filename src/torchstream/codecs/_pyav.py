@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 _OPEN_TIMEOUT_SECONDS = 10.0
 
 
-_SWS_THREADS_FROM_PIXELS = 1280 * 720
+_SWS_THREADS_FROM_PIXELS = 640 * 360
 """Pictures smaller than this are converted on the calling thread (see :func:`sws_threads`)."""
 _SWS_HAS_THREADS = int(av.__version__.split(".")[0]) >= 17
 
@@ -43,12 +43,18 @@ def sws_threads(width: int, height: int) -> dict[str, int]:
 
     Since PyAV 17 a scaler converts in slices on threads of its own, one per core by default
     (``threads=0``), and every kept scaler starts its own pool. For a small picture handing
-    the slices out costs more than the work: on this project's 2-core VM a 36x36 picture
-    converts to RGB in 7.8 us on one thread and 34.6 us on the pool (640x360: 94 / 100 us;
-    1280x720: 367 / 351 us; 1920x1080: 814 / 689 us), and a NATS worker holding 333 cameras
-    ran 666 idle scaler threads whose wake-ups took half of its CPU. Below
-    ``_SWS_THREADS_FROM_PIXELS`` the conversion runs on one thread; larger pictures keep
-    FFmpeg's choice. Nothing to say for PyAV < 17 (one thread always)."""
+    the slices out costs more than the work; for a large one the pool wins on an idle
+    machine. yuv420p to RGB, one thread / the pool, one picture at a time:
+
+    - this project's 2-core VM (PyAV 18): 36x36 7.8 / 34.6 us, 640x360 94 / 100 us,
+      1280x720 367 / 351 us, 1920x1080 814 / 689 us;
+    - an H200 host's 16 cores (PyAV 19): 36x36 4.5 / 29.5 us, 640x360 98 / 59 us,
+      1280x720 387 / 84 us, 1920x1080 899 / 145 us.
+
+    A NATS worker holding 333 cameras of small JPEGs ran 666 idle scaler threads whose
+    wake-ups took half of its CPU. Below ``_SWS_THREADS_FROM_PIXELS`` the conversion runs on
+    one thread; larger pictures keep FFmpeg's choice. Nothing to say for PyAV < 17 (one
+    thread always)."""
     if _SWS_HAS_THREADS and width * height < _SWS_THREADS_FROM_PIXELS:
         return {"threads": 1}
     return {}
