@@ -122,11 +122,12 @@ def local_pictures(path: Path, count: int) -> list[torch.Tensor]:
 
 
 def every_frame(frames: Collector) -> Pipeline:
-    """A pipeline into ``frames`` whose sources have room for a burst: a connection's first
-    pictures may come at once (the server's keyframe cache), and a live source drops its
-    oldest queued frame (counted ``queue_full``) when the pipeline is behind, which the
-    tests that check every seq must not see on a busy machine."""
-    return Pipeline([], [frames.sink()], source_queue_capacity=64)
+    """A pipeline into ``frames`` with room for a burst: a connection's first pictures may
+    come at once (the server's keyframe cache), and a live frame that finds its source's
+    queue or the sink's full pushes the oldest out (counted ``queue_full``) when the
+    pipeline is behind, which the tests that check every seq must not see on a busy
+    machine."""
+    return Pipeline([], [frames.sink()], source_queue_capacity=256, queue_capacity=256)
 
 
 def test_reads_h264_hevc_and_a_real_clip(rtsp_server: RtspTestServer, clip_mp4: Path) -> None:
