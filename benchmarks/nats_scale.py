@@ -38,6 +38,7 @@ import asyncio
 import collections
 import contextlib
 import datetime
+import functools
 import json
 import math
 import multiprocessing
@@ -123,7 +124,11 @@ def _paced(url: str, cameras: list[str], fps: float, seconds: float, start_at: f
     async def run() -> dict[str, tuple[list[int], list[int]]]:
         connection = await connect(url, name="bench-publisher")
         publisher = Publisher(connection, layout, max_in_flight=8192, ack_timeout_seconds=10)
-        waiting: list[tuple[str, int, asyncio.Future[bool | None]]] = []
+        outcome: dict[str, tuple[list[int], list[int]]] = {c: ([], []) for c in cameras}
+
+        def answered(camera: str, seq: int, stored: bool) -> None:
+            outcome[camera][0 if stored else 1].append(seq)
+
         interval = 1 / (fps * len(cameras))
         await asyncio.sleep(max(0.0, start_at - time.time()))
         started = time.monotonic()
@@ -134,16 +139,14 @@ def _paced(url: str, cameras: list[str], fps: float, seconds: float, start_at: f
                 await asyncio.sleep(due - elapsed)
             camera, seq = cameras[n % len(cameras)], n // len(cameras)
             message, payload = frame(camera, seq)
-            waiting.append((camera, seq, asyncio.ensure_future(
-                publisher.publish(message, payload, wait=True))))
-            n += 1
-        outcome: dict[str, tuple[list[int], list[int]]] = {c: ([], []) for c in cameras}
-        for camera, seq, future in waiting:
             try:
-                stored = bool(await future)
+                await publisher.publish(message, payload,
+                                        on_stored=functools.partial(answered, camera, seq))
             except Exception:
-                stored = False
-            outcome[camera][0 if stored else 1].append(seq)
+                answered(camera, seq, False)
+            n += 1
+        while not await publisher.flush():  # every answer in, or timed out
+            pass
         await asyncio.gather(*(
             publisher.end(camera, last_seq=max(seqs[0] + seqs[1], default=None))
             for camera, seqs in outcome.items()

@@ -156,6 +156,35 @@ def test_a_dead_server_times_acks_out_and_frees_the_window(server: NatsServer) -
     asyncio.run(main())
 
 
+def test_on_stored_tells_each_frame_whether_it_was_stored(server: NatsServer) -> None:
+    async def main() -> None:
+        layout = Layout(partitions=1)
+        connection = await connect(server.url)
+        await init_layout(connection, layout)
+        outcomes: list[tuple[int, bool]] = []
+
+        def record(seq: int, stored: bool) -> None:
+            outcomes.append((seq, stored))
+            if seq == 1:
+                raise RuntimeError("a callback that fails")  # logged, nothing else breaks
+
+        publisher = Publisher(connection, layout, ack_timeout_seconds=0.5)
+        for seq in range(3):
+            await publisher.publish(_frame("cam", seq), b"\x01",
+                                    on_stored=lambda stored, seq=seq: record(seq, stored))
+        assert await publisher.flush()
+        assert sorted(outcomes) == [(0, True), (1, True), (2, True)]
+        server.kill()  # no answer any more: the timeout, then False
+        await publisher.publish(_frame("cam", 3), b"\x01",
+                                on_stored=lambda stored: record(3, stored))
+        await publisher.close()
+        assert outcomes[-1] == (3, False)
+        assert publisher.statistics().errors == {"ack_timeout": 1}
+        await close_quietly(connection)
+
+    asyncio.run(main())
+
+
 def test_publish_checks_its_input(server: NatsServer) -> None:
     async def main() -> None:
         connection = await connect(server.url)
