@@ -31,9 +31,6 @@ class Bucket:
 
 
 class Connection:
-    def __init__(self) -> None:
-        self.stats = {"in_msgs": 0}
-
     def new_inbox(self) -> str:
         return "_INBOX.test"
 

@@ -70,9 +70,6 @@ class Ownership:
     _drain_timeout: float
     _link_timeout: float
     """The heartbeat timeout: a link silent for longer is taken as cut."""
-    _received: int
-    """The connection's count of messages received, as last seen (see _link_silent_seconds)."""
-    _received_at: float
 
     if TYPE_CHECKING:
 
@@ -151,10 +148,10 @@ class Ownership:
         if not self.check_progress() or now < self._settle_until:
             return
         if self._owned and self._link_silent_seconds(now) > self._link_timeout:
-            # Nothing has come in for longer than the heartbeat timeout, not even its own
-            # heartbeats (a cut link): the others have taken or will take its partitions;
-            # what it holds must not go out after their results. (Late heartbeats on a busy
-            # link are not a cut: see Membership's viewer.)
+            # Its own heartbeats stopped coming back (a cut link): the others have taken or
+            # will take its partitions; what it holds must not go out after their results.
+            # (The data connection may be silent without being cut: no frames to pull, or a
+            # stream electing its leader.)
             self._fence("lost its link to the group")
             return
         wanted = self._membership.owned_by(self.worker_id, now)
@@ -188,12 +185,10 @@ class Ownership:
             )
 
     def _link_silent_seconds(self, now: float) -> float:
-        """How long no message has come in on the connection (its own heartbeats come back
-        every heartbeat interval, so a live link is never silent longer than that)."""
-        received = self.connection.stats["in_msgs"]
-        if received != self._received:
-            self._received, self._received_at = received, now
-        return now - self._received_at
+        """How long its own heartbeats have not come back on the heartbeat connection
+        (0 before the first: it owns nothing until then)."""
+        me = self._membership.status(self.worker_id)
+        return 0.0 if me is None else now - me.last_seen_seconds
 
     async def claim(self, partition: int) -> int:
         """A new epoch for this worker's claim of ``partition``: the revision of a write to

@@ -180,7 +180,6 @@ class Worker(Ownership, Intake):
         self._asking_first_seq: asyncio.Future[int | None] | None = None
         self._recovery: asyncio.Task[None] | None = None
         self._link_timeout = self.layout.pin_timeout_seconds
-        self._received, self._received_at = 0, time.monotonic()
 
     # -- the outside --------------------------------------------------------------------
 
