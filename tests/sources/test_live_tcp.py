@@ -56,7 +56,10 @@ def test_a_live_tcp_stream_is_decoded(tmp_path: Path, device: str, decoder: str)
     with subprocess.Popen([sys.executable, str(server), str(clip), url]) as process:
         try:
             time.sleep(1.0)  # the server process listens
-            with Pipeline([], [CallbackSink(frames.append)], device=device) as pipeline:
+            # The server sends the clip as fast as it can, and a live frame that finds the
+            # queues full pushes the oldest out (counted): room for all of it here.
+            with Pipeline([], [CallbackSink(frames.append)], device=device,
+                          source_queue_capacity=256, queue_capacity=256) as pipeline:
                 pipeline.add_source(LiveSource(url, source_id="tcp", max_reconnects=0,
                                                open_timeout_seconds=10))
                 pipeline.wait(timeout_seconds=60)  # the stream ends: no reconnect allowed
