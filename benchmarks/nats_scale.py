@@ -8,8 +8,9 @@ timeout and ack wait, results kept in the results stream); starts ``--workers`` 
 worker`` subprocesses with a trivial pipeline (one stage that marks each frame); waits until
 each has joined and the partitions have settled; then ``--publishers`` processes publish the
 cameras (split between them) for ``--seconds``, each camera ``--fps`` JPEG images of about
-``--size`` bytes a second, paced evenly, each publish awaiting its ack. This process listens
-to everything the workers publish (results behind a sink's epoch fence, drop records) and
+``--size`` bytes a second, paced evenly, each publish's ack reported to its publisher
+(``on_stored``). This process listens to everything the workers publish (results behind a
+sink's epoch fence, drop records) and
 checks, per camera:
 
 - ownership: one worker at a time: once a result of a newer claim (epoch) of the camera's
