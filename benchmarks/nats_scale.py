@@ -10,8 +10,7 @@ each has joined and the partitions have settled; then ``--publishers`` processes
 cameras (split between them) for ``--seconds``, each camera ``--fps`` JPEG images of about
 ``--size`` bytes a second, paced evenly, each publish's ack reported to its publisher
 (``on_stored``). This process listens to everything the workers publish (results behind a
-sink's epoch fence, drop records) and
-checks, per camera:
+sink's epoch fence, drop records) and checks, per camera:
 
 - ownership: one worker at a time: once a result of a newer claim (epoch) of the camera's
   partition has arrived, no result of an older claim or another worker's equal claim does
