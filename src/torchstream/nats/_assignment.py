@@ -145,7 +145,8 @@ class Membership:
     takes their partitions, only to hand them back a moment later. A peer that really stops
     is still dropped a timeout after its last heartbeat, as long as the viewer's own come
     back. The viewer itself always counts (while ready): whether its link is gone is for the
-    worker to judge from its connection, not from its own heartbeats.
+    worker to judge (the worker takes it as cut once its own heartbeats have not come back
+    for a timeout: :meth:`status` of itself).
     """
 
     def __init__(

@@ -205,20 +205,24 @@ class OwnedPartition:
         first_seq = await self._stream_first_seq(ledger, inner.seq)
         if ledger.unexplained_hole(inner.seq, stream_first_seq=first_seq):
             await self._fill_hole(ledger, inner.seq, stream_seq, first_seq)
-        waited = _waited_seconds(metadata.timestamp)
+        late, stale_at = self._age(metadata.timestamp)
         verdict = ledger.on_delivery(
             Delivery(inner.seq, inner.keyframe, stream_seq, metadata.num_delivered),
             stream_first_seq=first_seq,
-            late=waited > worker.max_frame_age_seconds,
+            late=late,
         )
         if trace.isEnabledFor(logging.DEBUG):
             trace.debug("%s #%d stream %d delivery %d p%d e%d: %s %s", inner.source_id,
                         inner.seq, stream_seq, metadata.num_delivered, self.partition,
                         self.epoch, verdict.action.value, verdict.reason or "")
-        await self._act(
-            verdict, inner, decoded, message,
-            stale_at=time.monotonic() + worker.max_frame_age_seconds - waited,
-        )
+        await self._act(verdict, inner, decoded, message, stale_at=stale_at)
+
+    def _age(self, stored: datetime.datetime | None) -> tuple[bool, float]:
+        """For a message stored at ``stored``: whether it is already older than the worker's
+        ``max_frame_age_seconds``, and the ``time.monotonic()`` at which it will be."""
+        waited = _waited_seconds(stored)
+        limit = self.worker.max_frame_age_seconds
+        return waited > limit, time.monotonic() + limit - waited
 
     async def _stream_first_seq(self, ledger: StreamLedger, seq: int) -> int | None:
         """The input stream's first sequence as known, asked again when ``seq`` would show
@@ -413,19 +417,16 @@ class OwnedPartition:
             if decided is None or not decided < frame.seq < seq:
                 continue  # a repeat of an older frame, or one the live flow has passed
             found += 1
-            waited = _waited_seconds(read.stored_at)
+            late, stale_at = self._age(read.stored_at)
             verdict = ledger.on_delivery(
                 Delivery(frame.seq, frame.keyframe, at, delivery_count=0),  # not delivered
                 stream_first_seq=stream_first_seq,
-                late=waited > self.worker.max_frame_age_seconds,
+                late=late,
             )
             trace.debug("%s #%d stream %d from the stream p%d e%d: %s %s", frame.source_id,
                         frame.seq, at, self.partition, self.epoch, verdict.action.value,
                         verdict.reason or "")
-            await self._act(
-                verdict, frame, decoded, None,
-                stale_at=time.monotonic() + self.worker.max_frame_age_seconds - waited,
-            )
+            await self._act(verdict, frame, decoded, None, stale_at=stale_at)
         self.worker.count("hole_filled", found)
         log.info("worker: %s: #%d..%d missing before #%d; %d of them found in the stream%s",
                  ledger.source_id, floor + 1, seq - 1, seq, found,
