@@ -17,7 +17,8 @@
 # Then with the device tool: run `bash scripts/gpu-check.sh` with carry [".gpu-pack"].
 # What runs (each 0/1): TESTS (the GPU tests, then the whole suite), FACES (the sample on
 # CUDA), BENCH (preprocess and decode benchmarks), HTTP (benchmarks/http.py, all servers),
-# VIDEO (benchmarks/video.py, the driving race; VIDEO_ARGS passes options), GPU_TESTS (only
+# VIDEO (benchmarks/video.py, the driving race; VIDEO_ARGS passes options), DECODE_ARGS (options
+# of benchmarks/decode.py, run by BENCH), GPU_TESTS (only
 # the tests marked gpu, in the folders named, e.g. GPU_TESTS="tests/samples tests/pipeline"),
 # NATS_ARGS (benchmarks/nats_scale.py runs, e.g. the data plane with --video and --pipeline).
 set -uo pipefail
@@ -74,7 +75,8 @@ if [ -n "${NATS_ARGS:-}" ]; then
 fi
 if [ -f .gpu-pack/solidWhiteRight.mp4 ] && [ "${BENCH:-1}" = 1 ] && [ "${SKIP_BENCH:-0}" != 1 ]; then
   python3 benchmarks/preprocess.py 2>&1 | tee "$OUT/preprocess.log" || status=1
-  python3 benchmarks/decode.py --source .gpu-pack/solidWhiteRight.mp4 --frames 600 2>&1 \
+  python3 benchmarks/decode.py --source .gpu-pack/solidWhiteRight.mp4 \
+    ${DECODE_ARGS:---frames 1200 --churn 32} 2>&1 \
     | tee "$OUT/decode.log" || status=1
 fi
 exit $status

@@ -213,7 +213,8 @@ class LiveSource:
             device = self.device if self.device.type == "cuda" else torch.device("cuda")
             self._video = NvdecDecoder(
                 stream.codec, time_base=time_base, device=device, source_id=self.source_id,
-                uri=where,
+                uri=where, picture=(stream.width, stream.height, stream.pixel_format or ""),
+                extradata=stream.extradata,
             )
         else:
             # Default slice threading: frame threading would delay each picture by a frame

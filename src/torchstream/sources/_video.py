@@ -101,6 +101,7 @@ class VideoSource:
                 if not torch.cuda.is_available():
                     raise SourceError(self.source_id, "decoder='nvdec' needs a CUDA device")
                 stream = self._decoder.stream
+                ctx = stream.codec_context
                 self._nvdec = NvdecDecoder(
                     self._decoder.codec,
                     time_base=float(stream.time_base) if stream.time_base else None,
@@ -108,6 +109,8 @@ class VideoSource:
                     source_id=self.source_id,
                     uri=self.uri,
                     stream=stream,
+                    picture=(ctx.width, ctx.height, ctx.pix_fmt or ""),
+                    extradata=ctx.extradata,
                 )
             self.decoder_used = "nvdec" if use_nvdec else "pyav"
         except BaseException:
