@@ -39,7 +39,7 @@ import torch
 from _report import report
 
 from torchstream import Frame, Pipeline
-from torchstream.codecs._nvdec import idle_sessions
+from torchstream.codecs._nvdec import nvdec_sessions
 from torchstream.pipeline import Session
 from torchstream.sinks import CallbackSink
 from torchstream.sources import VideoSource
@@ -157,7 +157,7 @@ def pynvvideocodec_rate(files: list[Path], threaded: bool = False) -> Rate:
 def churn_torchstream(files: list[list[Path]], reuse: bool) -> tuple[float, str]:
     """Slot i plays files[i] one after the other, a new source each; frames/s and the
     sessions opened / reused."""
-    pool = idle_sessions()
+    pool = nvdec_sessions()
     pool.clear()
     max_idle, pool.max_idle = pool.max_idle, (pool.max_idle if reuse else 0)
     before = pool.statistics()

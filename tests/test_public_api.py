@@ -29,7 +29,8 @@ def test_sub_namespaces() -> None:
         "LiveSource", "PushedSource", "VideoSource", "is_live", "open_source",
     }
     assert set(torchstream.codecs.__all__) == {
-        "EncodedPacket", "VideoEncoder", "decode_image", "demux_packets"
+        "EncodedPacket", "NvdecSessions", "SessionStatistics", "VideoEncoder", "decode_image",
+        "demux_packets", "nvdec_sessions",
     }
     assert set(torchstream.sinks.__all__) == {
         "CallbackSink", "ImageSink", "JsonLinesSink", "VideoSink", "encode_picture"

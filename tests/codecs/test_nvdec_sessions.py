@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from torchstream import Frame, Pipeline, SourceError
-from torchstream.codecs._nvdec import NvdecSessions, SessionStatistics, _Session, idle_sessions
+from torchstream.codecs._nvdec import NvdecSessions, SessionStatistics, _Session, nvdec_sessions
 from torchstream.sinks import CallbackSink
 from torchstream.sources import VideoSource
 from torchstream.testing import MovingRect, SyntheticVideo
@@ -177,12 +177,12 @@ def decode(path: Path, *, stop_after: int | None = None) -> tuple[list[torch.Ten
 
 @pytest.mark.gpu
 def test_a_reused_session_decodes_exactly_what_a_new_one_does(clips: dict[str, Path]) -> None:
-    idle_sessions().clear()
+    nvdec_sessions().clear()
     fresh, reused = decode(clips["deep-other"])
     assert not reused and len(fresh) == 45
-    idle_sessions().clear()
+    nvdec_sessions().clear()
     decode(clips["deep"])  # a new session, given back at its end
-    assert idle_sessions().statistics().idle == 1
+    assert nvdec_sessions().statistics().idle == 1
     again, reused = decode(clips["deep-other"])  # other pictures, same parameter sets
     assert reused
     assert len(again) == len(fresh)
@@ -194,46 +194,46 @@ def test_a_reused_session_decodes_exactly_what_a_new_one_does(clips: dict[str, P
 def test_other_parameter_sets_get_their_own_session(clips: dict[str, Path]) -> None:
     # Measured: the simple stream's session decodes the deep one (more reference pictures)
     # into different pictures. So it is not offered.
-    idle_sessions().clear()
+    nvdec_sessions().clear()
     fresh, _ = decode(clips["deep"])
-    idle_sessions().clear()
+    nvdec_sessions().clear()
     decode(clips["simple"])
     again, reused = decode(clips["deep"])
     assert not reused
     assert all(torch.equal(a, b) for a, b in zip(again, fresh, strict=True))
-    assert idle_sessions().statistics().idle == 2
+    assert nvdec_sessions().statistics().idle == 2
 
 
 @pytest.mark.gpu
 def test_a_different_picture_size_gets_its_own_session(clips: dict[str, Path]) -> None:
-    idle_sessions().clear()
+    nvdec_sessions().clear()
     decode(clips["simple"])
     small, reused = decode(clips["small"])
     assert not reused
     assert len(small) == 30 and small[0].shape == (180, 320, 3)
-    assert idle_sessions().statistics().idle == 2  # one for each size
+    assert nvdec_sessions().statistics().idle == 2  # one for each size
 
 
 @pytest.mark.gpu
 def test_a_source_stopped_mid_stream_destroys_its_session(clips: dict[str, Path]) -> None:
-    idle_sessions().clear()
-    before = idle_sessions().statistics()
+    nvdec_sessions().clear()
+    before = nvdec_sessions().statistics()
     pictures, _ = decode(clips["deep"], stop_after=5)
     assert len(pictures) == 5
-    after = idle_sessions().statistics()
+    after = nvdec_sessions().statistics()
     assert after.idle == 0 and after.destroyed == before.destroyed + 1
 
 
 @pytest.mark.gpu
 def test_a_failed_stream_destroys_its_session(clips: dict[str, Path], tmp_path: Path) -> None:
-    idle_sessions().clear()
+    nvdec_sessions().clear()
     data = clips["deep"].read_bytes()
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(data[: len(data) * 2 // 3])
-    before = idle_sessions().statistics()
+    before = nvdec_sessions().statistics()
     with pytest.raises(SourceError, match=r"cut\.mp4"):
         decode(cut)
-    after = idle_sessions().statistics()
+    after = nvdec_sessions().statistics()
     assert after.idle == 0 and after.destroyed == before.destroyed + 1
 
 
@@ -241,16 +241,16 @@ def test_a_failed_stream_destroys_its_session(clips: dict[str, Path], tmp_path: 
 def test_sources_that_come_and_go_share_sessions_and_the_pipeline_frees_them(
     clips: dict[str, Path],
 ) -> None:
-    idle_sessions().clear()
-    before = idle_sessions().statistics()
+    nvdec_sessions().clear()
+    before = nvdec_sessions().statistics()
     frames: list[Frame] = []
     with Pipeline([], [CallbackSink(frames.append)], device="cuda") as pipeline:
         for round_ in range(3):
             for i in range(4):
                 pipeline.add_source(VideoSource(clips["simple"], source_id=f"r{round_}c{i}"))
             pipeline.wait()
-        during = idle_sessions().statistics()
-    after = idle_sessions().statistics()
+        during = nvdec_sessions().statistics()
+    after = nvdec_sessions().statistics()
     assert len(frames) == 3 * 4 * 40
     assert during.created - before.created <= 4  # the first round's four, then reused
     assert during.reused - before.reused >= 8

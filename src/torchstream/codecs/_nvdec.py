@@ -24,8 +24,8 @@ __all__ = [
     "NvdecDecoder",
     "NvdecSessions",
     "SessionStatistics",
-    "idle_sessions",
     "nvdec_available",
+    "nvdec_sessions",
 ]
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class NvdecSessions:
 
     At most ``max_idle`` sessions are kept (the oldest goes first); one idle longer than
     ``idle_seconds`` is destroyed at the next take or give, and all of them when a pipeline
-    closes (:func:`idle_sessions`) and at exit. Thread-safe.
+    closes (:func:`nvdec_sessions`) and at exit. Thread-safe.
     """
 
     def __init__(
@@ -195,7 +195,7 @@ class NvdecSessions:
 _SESSIONS = NvdecSessions()
 
 
-def idle_sessions() -> NvdecSessions:
+def nvdec_sessions() -> NvdecSessions:
     """The process's pool of idle NVDEC sessions (every :class:`NvdecDecoder` uses it)."""
     return _SESSIONS
 
@@ -270,7 +270,7 @@ class NvdecDecoder:
     failure raises :class:`SourceError` naming the input.
 
     With ``picture`` (the stream's width, height and pixel format, when the container or
-    connection tells them) the decoder session comes from :func:`idle_sessions` when one
+    connection tells them) the decoder session comes from :func:`nvdec_sessions` when one
     fits, and goes back there at :meth:`close` if the stream was decoded to its end.
     """
 
@@ -509,7 +509,7 @@ class NvdecDecoder:
         )
 
     def close(self) -> None:
-        """Give the session back to :func:`idle_sessions` if the stream was decoded to its
+        """Give the session back to :func:`nvdec_sessions` if the stream was decoded to its
         end, else destroy it now rather than whenever the last reference goes. Idempotent.
 
         Measured on an H200: destroying a session takes 20-230 ms, mostly with the GIL held

@@ -17,7 +17,7 @@ from torchstream._errors import (
     PipelineError,
 )
 from torchstream._types import Sink, Stage
-from torchstream.codecs._nvdec import idle_sessions
+from torchstream.codecs._nvdec import nvdec_sessions
 from torchstream.frame import Frame
 from torchstream.pipeline._batcher import Batcher, BatchPolicy
 from torchstream.pipeline._channel import Channel
@@ -217,7 +217,7 @@ class Pipeline(_Sourcing, _Workers):
         for thread in self._threads:
             thread.join()
         # Sessions its sources gave back: GPU memory is returned when the pipeline ends.
-        idle_sessions().clear()
+        nvdec_sessions().clear()
         if self._crash is not None:
             raise PipelineError(f"pipeline thread crashed: {self._crash!r}") from self._crash
 
