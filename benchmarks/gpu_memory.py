@@ -5,8 +5,9 @@
 Keeps ``--concurrent`` NVDEC sources running through a CUDA pipeline (the toy detector in
 batches of 8, and an annotated-video sink writing to /tmp): each source plays a 1080p clip of
 about 5 s paced at its real frame rate, then ends; a new source with a new id takes its place.
-Every 30 s it prints GPU memory allocated/reserved (torch), process RSS and thread count.
-Flat means: the last samples match the first ones after warm-up.
+Every 30 s it prints GPU memory allocated/reserved (torch), the device's memory in use (NVDEC
+sessions included, which torch does not count), NVDEC sessions opened / reused / idle,
+process RSS and thread count. Flat means: the last samples match the first ones after warm-up.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from decode import make_clip
 
 from torchstream import BatchPolicy, Frame, Pipeline
+from torchstream.codecs import nvdec_sessions
 from torchstream.sinks import CallbackSink, VideoSink
 from torchstream.sources import VideoSource
 from torchstream.testing import RectangleDetector
@@ -74,11 +76,14 @@ def main() -> None:
                 pipeline.add_source(Paced(clip, source_id=f"cam{added}", decoder="nvdec"))
                 added += 1
             if time.monotonic() >= next_sample:
+                free, total = torch.cuda.mem_get_info()
+                sessions = nvdec_sessions().statistics()
                 row = (
                     f"| {time.monotonic() - started:6.0f} | {added} | {frames} | "
                     f"{torch.cuda.memory_allocated() / 2**20:.0f} | "
-                    f"{torch.cuda.memory_reserved() / 2**20:.0f} | {rss_mib():.0f} | "
-                    f"{threading.active_count()} |"
+                    f"{torch.cuda.memory_reserved() / 2**20:.0f} | {(total - free) / 2**20:.0f} | "
+                    f"{sessions.created} / {sessions.reused} / {sessions.idle} | "
+                    f"{rss_mib():.0f} | {threading.active_count()} |"
                 )
                 rows.append(row)
                 print(row, flush=True)
@@ -95,8 +100,8 @@ def main() -> None:
         "~5 s each, toy detector (batch 8) + annotated-video sink.",
         "",
         "| seconds | sources so far | frames | GPU allocated (MiB) | GPU reserved (MiB) | "
-        "RSS (MiB) | threads |",
-        "|---|---|---|---|---|---|---|",
+        "device in use (MiB) | NVDEC sessions opened / reused / idle | RSS (MiB) | threads |",
+        "|---|---|---|---|---|---|---|---|---|",
         *rows,
     ]))
 
