@@ -30,6 +30,7 @@ import queue
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +85,21 @@ def rate(stamps: list[list[float]], started: float) -> Rate:
     inside = sum(1 for s in stamps for t in s if first <= t <= last)
     concurrent = inside / (last - first) if last > first else 0.0
     return Rate(concurrent, frames / (max(s[-1] for s in stamps) - started), first - started)
+
+
+def staggered(work: Callable[[int], None], count: int) -> float:
+    """Run ``work(0)`` .. ``work(count - 1)`` on threads started 20 ms apart, as the
+    torchstream cases add their sources; wait for all and for the GPU. When the first
+    started (``time.perf_counter``)."""
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(count)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+        time.sleep(0.02)
+    for thread in threads:
+        thread.join()
+    torch.cuda.synchronize()
+    return started
 
 
 def torchstream_rate(files: list[Path], decoder: str) -> Rate:
@@ -141,14 +157,7 @@ def pynvvideocodec_rate(files: list[Path], threaded: bool = False) -> Rate:
                 torch.utils.dlpack.from_dlpack(picture)
                 mine.append(clock())
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(files))]
-    started = clock()
-    for thread in threads:
-        thread.start()
-        time.sleep(0.02)
-    for thread in threads:
-        thread.join()
-    torch.cuda.synchronize()
+    started = staggered(work, len(files))
     result = rate(stamps, started)
     kept.clear()
     return result
@@ -231,14 +240,7 @@ def churn_pynvvideocodec(files: list[list[Path]], keep: bool) -> float:
                 counts[slot] += 1
             last[slot] = time.perf_counter()
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(files))]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-        time.sleep(0.02)
-    for thread in threads:
-        thread.join()
-    torch.cuda.synchronize()
+    started = staggered(work, len(files))
     return sum(counts) / (max(last) - started)
 
 
