@@ -16,6 +16,8 @@ prometheus_client = pytest.importorskip(
 )
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
+from torchstream.codecs import nvdec_sessions  # noqa: E402
+from torchstream.codecs._nvdec import _Session  # noqa: E402
 from torchstream.sinks import CallbackSink  # noqa: E402
 from torchstream.telemetry import serve_metrics  # noqa: E402
 from torchstream.testing import RectangleDetector, SyntheticSource  # noqa: E402
@@ -79,6 +81,24 @@ def test_metrics_follow_the_pipeline(per_source: bool) -> None:
     assert value(samples, "torchstream_sink_frames_total", sink="callback") == 18
     assert value(samples, "torchstream_sessions_open") == 0
     assert value(samples, "torchstream_decoders", kind="pyav") == 0
+
+
+def test_nvdec_session_pool_counts_are_exported() -> None:
+    pool = nvdec_sessions()
+    pool.clear()
+    before = pool.statistics()
+    kept = _Session(decoder=object(), cuda_stream=None, key=(0, "h264", 64, 64, "yuv420p", "x"))
+    pool.give(kept)  # what a source that ended cleanly does
+    with Pipeline([]) as pipeline:
+        server = serve_metrics(pipeline, port=0)
+        try:
+            samples = scrape(server.port)
+        finally:
+            server.close()
+    assert value(samples, "torchstream_nvdec_sessions_idle") == 1
+    assert value(samples, "torchstream_nvdec_sessions_destroyed_total") == before.destroyed
+    assert value(samples, "torchstream_nvdec_sessions_opened_total") == before.created
+    assert kept.decoder is None  # the pipeline's close emptied the pool
 
 
 def test_metrics_server_binds_loopback_and_closes() -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from torchstream._errors import MissingDependencyError
+from torchstream.codecs import nvdec_sessions
 from torchstream.pipeline import Pipeline
 from torchstream.pipeline._statistics import BATCH_SECONDS_BUCKETS, PipelineHealth
 
@@ -102,6 +103,7 @@ class PipelineCollector:
         for kind, count in kinds.items():
             decoders.add_metric([kind], count)
         yield decoders
+        yield from _nvdec_session_metrics()
         yield GaugeMetricFamily(
             "torchstream_sessions_open", "Sessions not yet ended.", value=stats.sessions_open
         )
@@ -374,3 +376,20 @@ def serve_collectors(
     server = ThreadingHTTPServer((address, port), Handler)
     server.daemon_threads = True
     return MetricsServer(registry, server)
+
+
+def _nvdec_session_metrics() -> Iterator[Metric]:
+    """The process's NVDEC session pool (shared by every pipeline of the process)."""
+    sessions = nvdec_sessions().statistics()
+    yield GaugeMetricFamily(
+        "torchstream_nvdec_sessions_idle",
+        "NVDEC sessions kept for the next source.",
+        value=sessions.idle,
+    )
+    for name, text, count in (
+        ("opened", "NVDEC sessions opened by the driver.", sessions.created),
+        ("reused", "Sources started on a session another source had finished with.",
+         sessions.reused),
+        ("destroyed", "NVDEC sessions destroyed.", sessions.destroyed),
+    ):
+        yield CounterMetricFamily(f"torchstream_nvdec_sessions_{name}", text, value=count)
