@@ -40,7 +40,7 @@ import torch
 from _report import report
 
 from torchstream import Frame, Pipeline
-from torchstream.codecs._nvdec import nvdec_sessions
+from torchstream.codecs import nvdec_sessions
 from torchstream.pipeline import Session
 from torchstream.sinks import CallbackSink
 from torchstream.sources import VideoSource

@@ -11,7 +11,12 @@ import pytest
 import torch
 
 from torchstream import Frame, Pipeline, SourceError
-from torchstream.codecs._nvdec import NvdecSessions, SessionStatistics, _Session, nvdec_sessions
+from torchstream.codecs._nvdec_sessions import (
+    NvdecSessions,
+    SessionStatistics,
+    _Session,
+    nvdec_sessions,
+)
 from torchstream.sinks import CallbackSink
 from torchstream.sources import VideoSource
 from torchstream.testing import MovingRect, SyntheticVideo

@@ -17,7 +17,7 @@ prometheus_client = pytest.importorskip(
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from torchstream.codecs import nvdec_sessions  # noqa: E402
-from torchstream.codecs._nvdec import _Session  # noqa: E402
+from torchstream.codecs._nvdec_sessions import _Session  # noqa: E402
 from torchstream.sinks import CallbackSink  # noqa: E402
 from torchstream.telemetry import serve_metrics  # noqa: E402
 from torchstream.testing import RectangleDetector, SyntheticSource  # noqa: E402

@@ -17,7 +17,7 @@ from torchstream._errors import (
     PipelineError,
 )
 from torchstream._types import Sink, Stage
-from torchstream.codecs._nvdec import nvdec_sessions
+from torchstream.codecs._nvdec_sessions import nvdec_sessions
 from torchstream.frame import Frame
 from torchstream.pipeline._batcher import Batcher, BatchPolicy
 from torchstream.pipeline._channel import Channel
