@@ -43,7 +43,7 @@ class SessionStatistics:
 
 class NvdecSessions:
     """NVDEC sessions that sources have finished with, kept for the next source with the same
-    codec, picture size and pixel format.
+    codec, picture size, pixel format and parameter sets.
 
     Measured on an H200: the driver opens sessions one at a time, ~50-90 ms each (32 sources
     that start together wait up to 2 s for their first picture), and destroying one takes
@@ -58,7 +58,8 @@ class NvdecSessions:
 
     At most ``max_idle`` sessions are kept (the oldest goes first); one idle longer than
     ``idle_seconds`` is destroyed at the next take or give, and all of them when a pipeline
-    closes (:func:`nvdec_sessions`) and at exit. Thread-safe.
+    closes and at exit. The process's pool is :func:`nvdec_sessions`; ``max_idle = 0`` turns
+    reuse off. Thread-safe.
     """
 
     def __init__(
@@ -159,5 +160,6 @@ _SESSIONS = NvdecSessions()
 
 
 def nvdec_sessions() -> NvdecSessions:
-    """The process's pool of idle NVDEC sessions (every :class:`NvdecDecoder` uses it)."""
+    """The process's pool of idle NVDEC sessions, which every NVDEC decoder of torchstream
+    takes its session from and gives it back to."""
     return _SESSIONS
