@@ -1,5 +1,6 @@
 """The worker's way out, against a stand-in connection: a result whose storage the results
-stream does not confirm is counted (``result_unconfirmed``), not forgotten."""
+stream does not confirm is counted (``result_unconfirmed``), not forgotten; a drop record is
+sent until the stream confirms it."""
 
 from __future__ import annotations
 
@@ -42,6 +43,9 @@ class Connection:
 
     answer: Callable[[str], Reply | None]
     published: list[tuple[str, str]] = field(default_factory=list)
+    message_ids: list[str] = field(default_factory=list)
+    delay_seconds: float = 0.0
+    """How long each reply takes."""
     _callbacks: list[Callable[[Reply], Any]] = field(default_factory=list)
 
     def new_inbox(self) -> str:
@@ -55,11 +59,12 @@ class Connection:
         self, subject: str, body: bytes, reply: str = "", headers: dict[str, str] | None = None
     ) -> None:
         self.published.append((subject, reply))
+        self.message_ids.append((headers or {}).get("Nats-Msg-Id", ""))
         answer = self.answer(reply) if reply else None
         if answer is not None:
             for callback in self._callbacks:
-                asyncio.get_running_loop().call_soon(
-                    lambda cb=callback: asyncio.ensure_future(cb(answer))
+                asyncio.get_running_loop().call_later(
+                    self.delay_seconds, lambda cb=callback: asyncio.ensure_future(cb(answer))
                 )
 
 
@@ -152,3 +157,119 @@ def test_a_drop_record_that_cannot_be_sent_is_counted(caplog: pytest.LogCaptureF
 
     assert asyncio.run(main()) == 3
     assert "drop record of cam #3-5 (gap) not sent" in caplog.text
+
+
+def _drop_record_through(
+    answers: Callable[[int], Reply | None], *, wait_seconds: float = 1.5
+) -> tuple[Connection, Emitter]:
+    """One drop record (cam #3-5, gap) through an emitter of a layout with a results stream;
+    ``answers(n)`` is the stream's reply to the n-th send (from 0)."""
+
+    async def may_emit(ticket: Ticket) -> bool:
+        return True
+
+    async def main() -> tuple[Connection, Emitter]:
+        sends = 0
+
+        def answer(subject: str) -> Reply | None:
+            nonlocal sends
+            sends += 1
+            reply = answers(sends - 1)
+            return None if reply is None else Reply(subject, reply.data, reply.headers)
+
+        connection = Connection(answer)
+        emitter = Emitter(
+            connection,  # type: ignore[arg-type]
+            drop_subject_of=lambda s: f"ts.drop.{s}", may_emit=may_emit,
+            on_drop=lambda record, partition, epoch: None, on_done=lambda ticket: None,
+            stored=True, ack_timeout_seconds=0.05,
+        )
+        await emitter.start()
+        emitter.publish_drop(DropRecord("cam", 3, 5, "gap"), b'{"first_seq": 3}')
+        await asyncio.sleep(wait_seconds)
+        await emitter.close()
+        return connection, emitter
+
+    return asyncio.run(main())
+
+
+STORED = Reply("", json.dumps({"stream": "TS_OUT", "seq": 9}).encode())
+
+
+def test_a_stored_drop_record_is_sent_once() -> None:
+    connection, emitter = _drop_record_through(lambda n: STORED, wait_seconds=0.3)
+    assert [subject for subject, _ in connection.published] == ["ts.drop.cam"]
+    assert connection.published[0][1].startswith("_INBOX.test.")  # it asks for the ack
+    assert emitter.drops_resent == 0 and emitter.drops_unsent == 0
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        pytest.param(None, id="no-reply"),  # written to a server that died
+        pytest.param(Reply("", headers={"Status": "503"}), id="503"),  # leader election
+    ],
+)
+def test_an_unconfirmed_drop_record_is_sent_again_as_the_same_message(
+    refusal: Reply | None,
+) -> None:
+    connection, emitter = _drop_record_through(lambda n: refusal if n < 2 else STORED)
+    assert [subject for subject, _ in connection.published] == ["ts.drop.cam"] * 3
+    ids = set(connection.message_ids)
+    assert len(ids) == 1 and ids != {""}  # the stream stores it once
+    assert emitter.drops_resent == 2 and emitter.drops_unsent == 0
+
+
+def test_a_drop_record_never_confirmed_is_counted(caplog: pytest.LogCaptureFixture) -> None:
+    connection, emitter = _drop_record_through(lambda n: None, wait_seconds=4.0)
+    assert len(connection.published) == 6
+    assert emitter.drops_unsent == 3  # frames 3..5
+    assert "drop record of cam #3-5 (gap) not sent" in caplog.text
+
+
+def test_without_drop_subjects_in_the_stream_a_drop_record_goes_out_once() -> None:
+    async def may_emit(ticket: Ticket) -> bool:
+        return True
+
+    async def main() -> Connection:
+        connection = Connection(lambda subject: None)
+        emitter = Emitter(
+            connection,  # type: ignore[arg-type]
+            drop_subject_of=lambda s: f"ts.drop.{s}", may_emit=may_emit,
+            on_drop=lambda record, partition, epoch: None, on_done=lambda ticket: None,
+            stored=True, drops_stored=False, ack_timeout_seconds=0.05,
+        )
+        await emitter.start()
+        emitter.publish_drop(DropRecord("cam", 3, 5, "gap"), b"{}")
+        await asyncio.sleep(0.5)
+        await emitter.close()
+        assert emitter.drops_unsent == 0
+        return connection
+
+    assert asyncio.run(main()).published == [("ts.drop.cam", "")]
+
+
+@pytest.mark.parametrize("delay_seconds, unsent", [(0.1, 0), (2.0, 3)])
+def test_close_waits_for_drop_records_in_flight(delay_seconds: float, unsent: int) -> None:
+    # A worker that stops right after its last drop record: the ack still counts if it comes
+    # within the ack timeout; else the frames are counted unsent.
+    async def may_emit(ticket: Ticket) -> bool:
+        return True
+
+    async def main() -> int:
+        connection = Connection(
+            lambda subject: Reply(subject, STORED.data), delay_seconds=delay_seconds
+        )
+        emitter = Emitter(
+            connection,  # type: ignore[arg-type]
+            drop_subject_of=lambda s: f"ts.drop.{s}", may_emit=may_emit,
+            on_drop=lambda record, partition, epoch: None, on_done=lambda ticket: None,
+            stored=True, ack_timeout_seconds=0.5,
+        )
+        await emitter.start()
+        emitter.publish_drop(DropRecord("cam", 3, 5, "gap"), b"{}")
+        await asyncio.sleep(0)
+        await emitter.close()
+        return emitter.drops_unsent
+
+    assert asyncio.run(main()) == unsent

@@ -58,6 +58,28 @@ def test_init_creates_everything_once(server: NatsServer) -> None:
     asyncio.run(main())
 
 
+def test_an_earlier_results_stream_takes_the_drop_records_too(server: NatsServer) -> None:
+    # Before drop records were stored, the results stream captured ts.out.* only.
+    async def main() -> None:
+        connection = await connect(server.url)
+        api = JetStreamApi(connection)
+        layout = Layout(prefix="old", input_stream="OLD_IN", results_stream="OLD_OUT",
+                        partitions=2)
+        config = layout.results_stream_config()
+        assert config is not None and config["subjects"] == ["old.out.*", "old.drop.*"]
+        await api.create_stream({**config, "subjects": ["old.out.*"]})
+        report = await init_layout(connection, layout)
+        assert "OLD_OUT" in report.updated
+        stream = await api.stream_info("OLD_OUT")
+        assert stream is not None
+        assert stream["config"]["subjects"] == ["old.out.*", "old.drop.*"]
+        ack = await connection.jetstream().publish("old.drop.cam", b"{}")
+        assert ack.stream == "OLD_OUT"
+        await connection.close()
+
+    asyncio.run(main())
+
+
 def test_another_partition_count_is_refused(server: NatsServer) -> None:
     async def main() -> None:
         connection = await connect(server.url)

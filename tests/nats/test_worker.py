@@ -8,10 +8,11 @@ import threading
 import time
 from dataclasses import replace
 
+import pytest
 from tests.nats._helpers import Collector, Replayer, wait_for
 
 from torchstream import BatchPolicy
-from torchstream.nats import Layout, connect, init_layout
+from torchstream.nats import JetStreamApi, Layout, connect, init_layout
 from torchstream.nats._accounting import Accounting
 from torchstream.nats._connection import close_quietly
 from torchstream.nats._worker import Worker
@@ -109,3 +110,31 @@ def test_frames_that_go_stale_inside_the_worker_are_dropped_as_late(server: Nats
     pipeline = worker.pipeline_statistics()
     assert pipeline is not None and pipeline.dropped.get("deadline", 0) > 0, str(report)
     assert pipeline.stages[0].frames_total == processed
+
+
+def test_a_results_stream_without_drop_subjects_gets_plain_drop_records(
+    server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A results stream made by an earlier version keeps results only: the worker sends its
+    # drop records as plain messages (no ack would ever come) and says how to upgrade.
+    layout = Layout(prefix="early", input_stream="EARLY_IN", results_stream="EARLY_OUT",
+                    partitions=2)
+
+    async def main() -> tuple[bool, bool]:
+        connection = await connect(server.url)
+        await init_layout(connection, layout)
+        api = JetStreamApi(connection)
+        worker = Worker(server.url, [], layout=layout, worker_id="w1")
+        worker.api = api
+        await worker._discover_layout()
+        current = worker._drops_stored
+        config = layout.results_stream_config()
+        assert config is not None
+        await api.update_stream({**config, "subjects": ["early.out.*"]})
+        await worker._discover_layout()
+        earlier = worker._drops_stored
+        await close_quietly(connection)
+        return current, earlier
+
+    assert asyncio.run(main()) == (True, False)
+    assert "does not keep drop records" in caplog.text

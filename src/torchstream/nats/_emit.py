@@ -1,7 +1,8 @@
 """The way out of a worker: results and ends of stream to ``<prefix>.out.<source_id>``, drop
 records to ``<prefix>.drop.<source_id>``, in seq order per camera, each input message
 acknowledged only once what it produced is stored (so ``max_ack_pending`` stays the
-partition's in-flight budget). Runs on the worker's event loop."""
+partition's in-flight budget), each drop record sent again until the results stream has
+stored it. Runs on the worker's event loop."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import asyncio
 import collections
 import contextlib
 import functools
+import hashlib
 import itertools
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -26,6 +29,20 @@ log = logging.getLogger(__name__)
 trace = logging.getLogger("torchstream.nats.trace")
 
 
+DROP_ATTEMPTS = 6
+"""Sends of a drop record before it is given up (and its frames counted ``drops_unsent``):
+with the 5 s ack timeout, about half a minute, longer than a stream leader election."""
+
+
+@dataclass(eq=False)
+class _PendingDrop:
+    """A drop record sent to the results stream and not yet confirmed stored."""
+
+    record: DropRecord
+    body: bytes
+    attempts: int = 0
+
+
 class Emitter:
     """Publishes settled tickets in order and acknowledges their input messages.
 
@@ -34,7 +51,11 @@ class Emitter:
     worker lost the partition), and the frame is counted as a ``fenced`` drop,
     not acknowledged (its new owner decides about it). ``on_done(ticket)`` is called once
     per ticket when nothing more will happen to it. ``stored``: wait for the results
-    stream's ack before acknowledging the input (True when the layout keeps results)."""
+    stream's ack before acknowledging the input (True when the layout keeps results), and
+    send drop records (kept in that stream too) until it confirms them: a plain message is
+    lost when the server it was written to dies, and with it the count of those frames.
+    ``drops_stored`` False: the results stream does not keep drop records (one made by an
+    earlier version), they go out once as plain messages."""
 
     def __init__(
         self,
@@ -45,6 +66,7 @@ class Emitter:
         on_drop: Callable[[DropRecord, int, int], None],
         on_done: Callable[[Ticket], None],
         stored: bool,
+        drops_stored: bool | None = None,
         ack_timeout_seconds: float = 5.0,
     ) -> None:
         self._connection = connection
@@ -53,6 +75,7 @@ class Emitter:
         self._on_drop = on_drop
         self._on_done = on_done
         self._stored = stored
+        self._drops_stored = stored if drops_stored is None else drops_stored and stored
         self._ack_timeout = ack_timeout_seconds
         self._queue: asyncio.Queue[Ticket] = asyncio.Queue()
         self._orders: dict[str, Reorder] = collections.defaultdict(Reorder)
@@ -60,6 +83,11 @@ class Emitter:
         self._tokens = itertools.count()
         self._waiting: dict[str, Ticket] = {}
         """Results sent, waiting for the results stream's ack, by reply token."""
+        self._drops_waiting: dict[str, _PendingDrop] = {}
+        """Drop records sent, waiting for the results stream's ack, by reply token."""
+        self._drops_outstanding: set[_PendingDrop] = set()
+        """Drop records not confirmed yet (waiting for an ack, or to be sent again)."""
+        self._drops_settled = asyncio.Event()
         self._deadlines: collections.deque[tuple[float, str]] = collections.deque()
         """(time the ack is due, token) in sending order, for :meth:`_expire`."""
         self._subscription: object = None
@@ -69,7 +97,10 @@ class Emitter:
         self.published = 0
         self.unstored = 0
         self.drops_unsent = 0
-        """Frames whose drop record could not be sent."""
+        """Frames whose drop record could not be sent (or, with ``stored``, was not confirmed
+        after :data:`DROP_ATTEMPTS` sends)."""
+        self.drops_resent = 0
+        """Drop records sent again (not confirmed in time, or refused)."""
 
     async def start(self) -> None:
         if self._stored:
@@ -80,6 +111,16 @@ class Emitter:
         self._task = asyncio.create_task(self._run(), name="ts/nats/emit")
 
     async def close(self) -> None:
+        """Stop; drop records not confirmed yet get up to an ack timeout to be (sent again
+        and) confirmed, the rest are counted unsent."""
+        if self._drops_outstanding:
+            self._drops_settled.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._drops_settled.wait(), self._ack_timeout)
+        for pending in list(self._drops_outstanding):  # it may be stored: no ack came yet
+            self._drop_lost(pending.record, "not confirmed when the worker closed")
+        self._drops_outstanding.clear()
+        self._drops_waiting.clear()
         for task in (self._task, self._sweeper):
             if task is not None:
                 task.cancel()
@@ -181,19 +222,19 @@ class Emitter:
 
     async def _on_reply(self, reply: object) -> None:
         subject: str = getattr(reply, "subject", "")
-        ticket = self._waiting.pop(subject.rsplit(".", 1)[-1], None)
+        token = subject.rsplit(".", 1)[-1]
+        pending = self._drops_waiting.pop(token, None)
+        if pending is not None:
+            refusal = _refusal(reply)
+            if refusal is not None:
+                self._resend(pending, refusal)
+            else:
+                self._drop_settled(pending)
+            return
+        ticket = self._waiting.pop(token, None)
         if ticket is None:
             return  # answered after its timeout: counted already
-        if (getattr(reply, "headers", None) or {}).get("Status"):
-            # A status instead of an ack: 503, no stream took the subject (its leader is
-            # being elected, or it is gone).
-            self._unconfirmed(ticket)
-            return
-        try:
-            answer = json.loads(getattr(reply, "data", b"") or b"{}")
-        except ValueError:
-            answer = {"error": "unreadable"}
-        if "error" in answer:
+        if _refusal(reply) is not None:
             self._unconfirmed(ticket)
             return
         await self._ack(ticket)
@@ -226,9 +267,19 @@ class Emitter:
                 ticket = self._waiting.pop(token, None)
                 if ticket is not None:
                     self._unconfirmed(ticket)
+                pending = self._drops_waiting.pop(token, None)
+                if pending is not None:
+                    self._resend(pending, "no ack")
 
     def publish_drop(self, record: DropRecord, body: bytes) -> None:
-        """Send a drop record (fire and forget, in order with the results)."""
+        """Send a drop record, in order with the results: with ``stored``, again until the
+        results stream confirms it (its Nats-Msg-Id makes a resent copy stored once; a
+        subscriber may see both, which accounting counts as redundant); else once."""
+        if self._drops_stored:
+            pending = _PendingDrop(record, body)
+            self._drops_outstanding.add(pending)
+            self._send_drop(pending)
+            return
         task = asyncio.ensure_future(
             self._connection.publish(self._drop_subject_of(record.source_id), body)
         )
@@ -239,6 +290,70 @@ class Emitter:
     def _drop_sent(self, record: DropRecord, task: asyncio.Future[None]) -> None:
         error = None if task.cancelled() else task.exception()
         if task.cancelled() or error is not None:
-            self.drops_unsent += record.frames
-            log.warning("worker: drop record of %s #%d-%d (%s) not sent: %r", record.source_id,
-                        record.first_seq, record.last_seq, record.reason, error or "cancelled")
+            self._drop_lost(record, error or "cancelled")
+
+    def _drop_lost(self, record: DropRecord, why: object) -> None:
+        self.drops_unsent += record.frames
+        log.warning("worker: drop record of %s #%d-%d (%s) not sent: %r", record.source_id,
+                    record.first_seq, record.last_seq, record.reason, why)
+
+    def _drop_settled(self, pending: _PendingDrop) -> None:
+        self._drops_outstanding.discard(pending)
+        if not self._drops_outstanding:
+            self._drops_settled.set()
+
+    def _send_drop(self, pending: _PendingDrop) -> None:
+        if pending not in self._drops_outstanding:
+            return  # the emitter closed
+        pending.attempts += 1
+        token = f"d{next(self._tokens)}"
+        self._drops_waiting[token] = pending
+        loop = asyncio.get_running_loop()
+        self._deadlines.append((loop.time() + self._ack_timeout, token))
+        record = pending.record
+        task = asyncio.ensure_future(self._connection.publish(
+            self._drop_subject_of(record.source_id), pending.body,
+            reply=f"{self._inbox}.{token}",
+            headers={"Nats-Msg-Id": "drop-" + hashlib.sha1(pending.body).hexdigest()},
+        ))
+        self._acks.add(task)  # type: ignore[arg-type]
+        task.add_done_callback(self._acks.discard)  # type: ignore[arg-type]
+        task.add_done_callback(functools.partial(self._drop_published, token))
+
+    def _drop_published(self, token: str, task: asyncio.Future[None]) -> None:
+        error = None if task.cancelled() else task.exception()
+        if task.cancelled() or error is not None:
+            pending = self._drops_waiting.pop(token, None)
+            if pending is not None:
+                self._resend(pending, error or "cancelled")
+
+    def _resend(self, pending: _PendingDrop, why: object) -> None:
+        """Send ``pending`` again after a pause that doubles (0.2 s, 0.4 s, ... at most the ack
+        timeout), or give it up after :data:`DROP_ATTEMPTS` sends."""
+        if pending not in self._drops_outstanding:
+            return  # the emitter closed
+        if pending.attempts >= DROP_ATTEMPTS:
+            self._drop_lost(pending.record, f"not confirmed after {pending.attempts} sends: {why}")
+            self._drop_settled(pending)
+            return
+        self.drops_resent += 1
+        log.debug("worker: drop record of %s #%d sent again (%s)", pending.record.source_id,
+                  pending.record.first_seq, why)
+        pause = min(self._ack_timeout, 0.2 * 2 ** (pending.attempts - 1))
+        asyncio.get_running_loop().call_later(pause, self._send_drop, pending)
+
+
+def _refusal(reply: object) -> str | None:
+    """Why the results stream did not store a message (None: it did). A status instead of
+    an ack (503: no stream took the subject, its leader is being elected or it is gone), or
+    an error in the ack."""
+    status = (getattr(reply, "headers", None) or {}).get("Status")
+    if status:
+        return f"status {status}"
+    try:
+        answer = json.loads(getattr(reply, "data", b"") or b"{}")
+    except ValueError:
+        return "unreadable ack"
+    if "error" in answer:
+        return f"error {answer['error']}"
+    return None

@@ -82,8 +82,10 @@ class Layout:
     ``max_age_seconds`` / ``max_bytes``: live limits of the input stream; older frames are
     discarded (``discard: old``) and counted by workers as ``broker_discard``.
     ``replicas``: copies of each stream on a cluster (1 on a single server, 3 on a cluster).
-    ``results_stream``: keep results in a stream too (None: results are plain messages to
-    whoever listens), limited by ``results_max_age_seconds``.
+    ``results_stream``: keep results and drop records in a stream too (None: they are plain
+    messages to whoever listens), limited by ``results_max_age_seconds``; workers then wait
+    for its acks (a result's input is acknowledged once it is stored, a drop record is sent
+    again until it is).
     ``heartbeat_ttl_seconds``: how long a worker's heartbeat entry lives in the membership
     bucket.
     """
@@ -203,7 +205,7 @@ class Layout:
             return None
         return {
             "name": self.results_stream,
-            "subjects": [f"{self.prefix}.out.*"],
+            "subjects": [f"{self.prefix}.out.*", f"{self.prefix}.drop.*"],
             "retention": "limits",
             "discard": "old",
             "max_age": _nanoseconds(self.results_max_age_seconds),
@@ -271,7 +273,9 @@ async def init_layout(connection: NATS, layout: Layout, *, api: JetStreamApi | N
     updated: list[str] = []
     unchanged: list[str] = []
 
-    async def ensure_stream(config: dict[str, Any], *, check_partitions: bool) -> None:
+    async def ensure_stream(
+        config: dict[str, Any], *, check_partitions: bool, may_add_subjects: bool = False
+    ) -> None:
         name = config["name"]
         info = await api.stream_info(name)
         if info is None:
@@ -296,7 +300,11 @@ async def init_layout(connection: NATS, layout: Layout, *, api: JetStreamApi | N
                     f"--partitions {partitions}, or delete the stream (and its consumers) "
                     "and run init again"
                 )
-        if actual.get("subjects") != config["subjects"]:
+        subjects = actual.get("subjects") or []
+        if subjects != config["subjects"] and not (
+            # an earlier layout's results stream (results only): drop records join it
+            may_add_subjects and set(subjects) < set(config["subjects"])
+        ):
             raise LayoutError(
                 f"stream {name} captures {actual.get('subjects')}, the layout needs "
                 f"{config['subjects']}: is it another deployment's stream?"
@@ -310,7 +318,7 @@ async def init_layout(connection: NATS, layout: Layout, *, api: JetStreamApi | N
     await ensure_stream(layout.input_stream_config(), check_partitions=True)
     results = layout.results_stream_config()
     if results is not None:
-        await ensure_stream(results, check_partitions=False)
+        await ensure_stream(results, check_partitions=False, may_add_subjects=True)
 
     for partition in range(layout.partitions):
         config = layout.consumer_config(partition)

@@ -67,7 +67,9 @@ class WorkerStatistics:
     counts: dict[str, int]
     """``claims``, ``takeovers`` (cameras taken over), ``replayed``, ``stalls`` (noticed),
     ``fences`` (stalls or lost links that cost it partitions), ``rejected`` (malformed
-    messages), ``leaves`` (partitions handed over gracefully)."""
+    messages), ``leaves`` (partitions handed over gracefully), ``drop_records_resent`` (not
+    confirmed stored in time, sent again) and ``drop_frames_unsent`` (frames whose drop
+    record was never confirmed)."""
     stages: tuple[StageStatistics, ...] = ()
     """Its pipeline's stages: frames, batches, busy time (empty before :meth:`run`)."""
 
@@ -175,6 +177,7 @@ class Worker(Ownership, Intake):
         self._wake: asyncio.Event | None = None
         self._pipeline: Pipeline | None = None
         self._emitter: Emitter | None = None
+        self._drops_stored = True  # the results stream keeps drop records (read at start)
         self._settle_until = 0.0
         self._closing: set[asyncio.Future[None]] = set()
         self._asking_first_seq: asyncio.Future[int | None] | None = None
@@ -235,7 +238,11 @@ class Worker(Ownership, Intake):
             results_unstored=emitter.unstored if emitter else 0,
             decoded_only=stats.decoded_only,
             dropped=dict(self._dropped),
-            counts=dict(self._counts),
+            counts={
+                **self._counts,
+                "drop_records_resent": emitter.drops_resent if emitter else 0,
+                "drop_frames_unsent": emitter.drops_unsent if emitter else 0,
+            },
             stages=pipeline.stages if pipeline is not None else (),
         )
 
@@ -286,6 +293,7 @@ class Worker(Ownership, Intake):
             on_drop=self.record_drop,
             on_done=self._done,
             stored=self.layout.results_stream is not None,
+            drops_stored=self._drops_stored,
         )
         await emitter.start()
         subject = f"{self.layout.prefix}.workers.heartbeat"
@@ -340,10 +348,19 @@ class Worker(Ownership, Intake):
             changes["ack_wait_seconds"] = config.get("ack_wait", 30e9) / 1e9
             if int(config.get("max_ack_pending", 0)) > 0:
                 changes["max_ack_pending"] = int(config["max_ack_pending"])
-        if layout.results_stream is not None and (
-            await self.api.stream_info(layout.results_stream) is None
-        ):
-            changes["results_stream"] = None
+        if layout.results_stream is not None:
+            results = await self.api.stream_info(layout.results_stream)
+            if results is None:
+                changes["results_stream"] = None
+            else:
+                subjects = results["config"].get("subjects") or []
+                self._drops_stored = f"{layout.prefix}.drop.*" in subjects
+                if not self._drops_stored:
+                    log.warning(
+                        "worker %s: stream %s does not keep drop records (made by an earlier "
+                        "version): they go out as plain messages; run `torchstream nats init`",
+                        self.worker_id, layout.results_stream,
+                    )
         self.layout = replace(layout, **changes)
 
     @property
