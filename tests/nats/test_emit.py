@@ -159,14 +159,25 @@ def test_a_drop_record_that_cannot_be_sent_is_counted(caplog: pytest.LogCaptureF
     assert "drop record of cam #3-5 (gap) not sent" in caplog.text
 
 
+def _drop_emitter(connection: Connection, **options: Any) -> Emitter:
+    """An emitter that only sends drop records (``options``: ``stored``, timeouts...)."""
+
+    async def may_emit(ticket: Ticket) -> bool:
+        return True
+
+    return Emitter(
+        connection,  # type: ignore[arg-type]
+        drop_subject_of=lambda s: f"ts.drop.{s}", may_emit=may_emit,
+        on_drop=lambda record, partition, epoch: None, on_done=lambda ticket: None,
+        **{"stored": True, **options},
+    )
+
+
 def _drop_record_through(
     answers: Callable[[int], Reply | None], *, wait_seconds: float = 1.5
 ) -> tuple[Connection, Emitter]:
     """One drop record (cam #3-5, gap) through an emitter of a layout with a results stream;
     ``answers(n)`` is the stream's reply to the n-th send (from 0)."""
-
-    async def may_emit(ticket: Ticket) -> bool:
-        return True
 
     async def main() -> tuple[Connection, Emitter]:
         sends = 0
@@ -178,12 +189,7 @@ def _drop_record_through(
             return None if reply is None else Reply(subject, reply.data, reply.headers)
 
         connection = Connection(answer)
-        emitter = Emitter(
-            connection,  # type: ignore[arg-type]
-            drop_subject_of=lambda s: f"ts.drop.{s}", may_emit=may_emit,
-            on_drop=lambda record, partition, epoch: None, on_done=lambda ticket: None,
-            stored=True, ack_timeout_seconds=0.05,
-        )
+        emitter = _drop_emitter(connection, ack_timeout_seconds=0.05)
         await emitter.start()
         emitter.publish_drop(DropRecord("cam", 3, 5, "gap"), b'{"first_seq": 3}')
         await asyncio.sleep(wait_seconds)
@@ -228,17 +234,9 @@ def test_a_drop_record_never_confirmed_is_counted(caplog: pytest.LogCaptureFixtu
 
 
 def test_without_drop_subjects_in_the_stream_a_drop_record_goes_out_once() -> None:
-    async def may_emit(ticket: Ticket) -> bool:
-        return True
-
     async def main() -> Connection:
         connection = Connection(lambda subject: None)
-        emitter = Emitter(
-            connection,  # type: ignore[arg-type]
-            drop_subject_of=lambda s: f"ts.drop.{s}", may_emit=may_emit,
-            on_drop=lambda record, partition, epoch: None, on_done=lambda ticket: None,
-            stored=True, drops_stored=False, ack_timeout_seconds=0.05,
-        )
+        emitter = _drop_emitter(connection, drops_stored=False, ack_timeout_seconds=0.05)
         await emitter.start()
         emitter.publish_drop(DropRecord("cam", 3, 5, "gap"), b"{}")
         await asyncio.sleep(0.5)
@@ -253,19 +251,11 @@ def test_without_drop_subjects_in_the_stream_a_drop_record_goes_out_once() -> No
 def test_close_waits_for_drop_records_in_flight(delay_seconds: float, unsent: int) -> None:
     # A worker that stops right after its last drop record: the ack still counts if it comes
     # within the ack timeout; else the frames are counted unsent.
-    async def may_emit(ticket: Ticket) -> bool:
-        return True
-
     async def main() -> int:
         connection = Connection(
             lambda subject: Reply(subject, STORED.data), delay_seconds=delay_seconds
         )
-        emitter = Emitter(
-            connection,  # type: ignore[arg-type]
-            drop_subject_of=lambda s: f"ts.drop.{s}", may_emit=may_emit,
-            on_drop=lambda record, partition, epoch: None, on_done=lambda ticket: None,
-            stored=True, ack_timeout_seconds=0.5,
-        )
+        emitter = _drop_emitter(connection, ack_timeout_seconds=0.5)
         await emitter.start()
         emitter.publish_drop(DropRecord("cam", 3, 5, "gap"), b"{}")
         await asyncio.sleep(0)
