@@ -13,7 +13,7 @@ from typing import Any
 import nats.errors
 import pytest
 
-from torchstream.nats._emit import Emitter
+from torchstream.nats._emit import DROP_ATTEMPTS, Emitter
 from torchstream.nats._ledger import DropRecord
 from torchstream.nats._tickets import Ticket
 from torchstream.nats._wire import Encoded
@@ -228,7 +228,7 @@ def test_an_unconfirmed_drop_record_is_sent_again_as_the_same_message(
 
 def test_a_drop_record_never_confirmed_is_counted(caplog: pytest.LogCaptureFixture) -> None:
     connection, emitter = _drop_record_through(lambda n: None, wait_seconds=4.0)
-    assert len(connection.published) == 6
+    assert len(connection.published) == DROP_ATTEMPTS
     assert emitter.drops_unsent == 3  # frames 3..5
     assert "drop record of cam #3-5 (gap) not sent" in caplog.text
 

@@ -29,9 +29,10 @@ log = logging.getLogger(__name__)
 trace = logging.getLogger("torchstream.nats.trace")
 
 
-DROP_ATTEMPTS = 6
+DROP_ATTEMPTS = 10
 """Sends of a drop record before it is given up (and its frames counted ``drops_unsent``):
-with the 5 s ack timeout, about half a minute, longer than a stream leader election."""
+with the 5 s ack timeout, about 25 s of refusals (503 while a stream leader is elected, which
+takes seconds) or 75 s without any reply."""
 
 
 @dataclass(eq=False)
