@@ -39,6 +39,7 @@ NVDEC_CODECS = {
 _Decoded = tuple[torch.Tensor, torch.cuda.Event, float | None, bool]
 """One decoded picture: RGB surface, its ready event, pts in seconds, keyframe flag."""
 
+
 @functools.cache
 def _nvc() -> Any:
     try:

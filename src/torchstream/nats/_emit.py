@@ -41,6 +41,8 @@ class _PendingDrop:
 
     record: DropRecord
     body: bytes
+    message_id: str
+    """Nats-Msg-Id: the same for every send, so the stream stores the record once."""
     attempts: int = 0
 
 
@@ -277,7 +279,7 @@ class Emitter:
         results stream confirms it (its Nats-Msg-Id makes a resent copy stored once; a
         subscriber may see both, which accounting counts as redundant); else once."""
         if self._drops_stored:
-            pending = _PendingDrop(record, body)
+            pending = _PendingDrop(record, body, "drop-" + hashlib.sha1(body).hexdigest())
             self._drops_outstanding.add(pending)
             self._send_drop(pending)
             return
@@ -289,9 +291,9 @@ class Emitter:
         task.add_done_callback(functools.partial(self._drop_sent, record))
 
     def _drop_sent(self, record: DropRecord, task: asyncio.Future[None]) -> None:
-        error = None if task.cancelled() else task.exception()
-        if task.cancelled() or error is not None:
-            self._drop_lost(record, error or "cancelled")
+        failure = _failure(task)
+        if failure is not None:
+            self._drop_lost(record, failure)
 
     def _drop_lost(self, record: DropRecord, why: object) -> None:
         self.drops_unsent += record.frames
@@ -315,18 +317,18 @@ class Emitter:
         task = asyncio.ensure_future(self._connection.publish(
             self._drop_subject_of(record.source_id), pending.body,
             reply=f"{self._inbox}.{token}",
-            headers={"Nats-Msg-Id": "drop-" + hashlib.sha1(pending.body).hexdigest()},
+            headers={"Nats-Msg-Id": pending.message_id},
         ))
         self._acks.add(task)  # type: ignore[arg-type]
         task.add_done_callback(self._acks.discard)  # type: ignore[arg-type]
         task.add_done_callback(functools.partial(self._drop_published, token))
 
     def _drop_published(self, token: str, task: asyncio.Future[None]) -> None:
-        error = None if task.cancelled() else task.exception()
-        if task.cancelled() or error is not None:
+        failure = _failure(task)
+        if failure is not None:
             pending = self._drops_waiting.pop(token, None)
             if pending is not None:
-                self._resend(pending, error or "cancelled")
+                self._resend(pending, failure)
 
     def _resend(self, pending: _PendingDrop, why: object) -> None:
         """Send ``pending`` again after a pause that doubles (0.2 s, 0.4 s, ... at most the ack
@@ -342,6 +344,11 @@ class Emitter:
                   pending.record.first_seq, why)
         pause = min(self._ack_timeout, 0.2 * 2 ** (pending.attempts - 1))
         asyncio.get_running_loop().call_later(pause, self._send_drop, pending)
+
+
+def _failure(task: asyncio.Future[None]) -> object | None:
+    """Why a publish task did not get its message out (None: it did)."""
+    return "cancelled" if task.cancelled() else task.exception()
 
 
 def _refusal(reply: object) -> str | None:
